@@ -1,0 +1,837 @@
+"""
+Math answer grading for GSM8K and MATH, with no symbolic-math dependency.
+
+    grade(response, answer) -> Grade(correct, formatted, extracted)
+
+Two halves:
+1. extract_answer(text): find the final answer in free model text. Strongest marker wins, and within a marker
+   the *last* occurrence wins (so a retracted earlier attempt is superseded):
+   <answer>..</answer> tags > \\boxed{..}/\\fbox{..} > "#### N" > "(final) answer is/: .." > last number.
+   The last-number fallback still counts for `correct` but the response is not `formatted`.
+2. is_equiv(pred, gold): normalise the LaTeX/plain text (units, $, %, ^\\circ, \\left, thousands separators..),
+   split structure (tuples and intervals are ordered, sets and solution lists are not, matrices cell by cell,
+   equations side by side), then compare scalars with our own small recursive-descent parser:
+   exact Fraction arithmetic where possible, otherwise complex floats at a few random points for the free
+   variables (so 2(x+1) == 2x+2 and \\sqrt8 == 2\\sqrt2 without sympy). Model text is never eval'd.
+
+Decimal vs exact (the one judgement call): a decimal equals an exact value when it is exactly equal (0.5 = 1/2),
+or when it has at least 3 significant digits and the exact value rounded half-up to the decimal's number of
+places gives exactly that decimal (0.333 = 1/3, 3.14 = \\pi, 0.667 = 2/3; but 0.33 != 1/3, 0.666 != 2/3).
+
+Every call is bounded: inputs are truncated, parse depth and token counts are capped, exact powers and
+factorials are only done when the result is small, and evaluation runs under a step budget and a wall-clock guard.
+"""
+import cmath
+import math
+import random
+import re
+import time
+from dataclasses import dataclass
+from decimal import Decimal, ROUND_HALF_UP
+from fractions import Fraction
+
+MAX_RESPONSE_CHARS = 100_000  # final answers live at the end; only the tail of a huge response is searched
+MAX_ANSWER_CHARS = 1_000      # longer "answers" are compared as strings only
+MAX_TOKENS = 400
+MAX_DEPTH = 60
+TIME_BUDGET_S = 0.25          # per is_equiv call, on top of the structural caps
+REL_TOL = 1e-9
+
+
+@dataclass
+class Grade:
+    correct: bool
+    formatted: bool      # the final answer was given in a recognised form (not the last-number fallback)
+    extracted: str | None
+
+
+# -----------------------------------------------------------------------------
+# answer extraction
+
+def _find_boxed(text):
+    """All (start, end, content) of complete \\boxed{..} / \\fbox{..} / \\boxed 5, the last few only."""
+    out = []
+    for m in list(re.finditer(r'\\(?:boxed|fbox)\s*', text))[-8:]:  # bounded work on adversarial input
+        i = m.end()
+        if i < len(text) and text[i] == '{':
+            depth = 0
+            for j in range(i, len(text)):
+                if text[j] == '{':
+                    depth += 1
+                elif text[j] == '}':
+                    depth -= 1
+                    if depth == 0:
+                        out.append((m.start(), j + 1, text[i + 1:j]))
+                        break
+            # unterminated \boxed{ (a truncated generation) is skipped
+        elif m.end() > m.start() + 6:  # "\boxed 5": the token after the space
+            t = re.match(r'[^\s$.,;]+', text[i:])
+            if t:
+                out.append((m.start(), i + t.end(), t.group(0)))
+    return out
+
+
+def _last_boxed(text):
+    # only the last box: MATH solutions often box an intermediate result or an equivalent form just before
+    boxes = _find_boxed(text)
+    return boxes[-1][2] if boxes else None
+
+
+def _clip_answer_phrase(s):
+    """Text after "the answer is": keep the first math span or the first sentence."""
+    s = s.strip().lstrip('*: ').strip()
+    m = re.match(r'\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]', s, re.S)
+    if m:
+        return next(g for g in m.groups() if g is not None)
+    s = s.split('\n')[0]
+    s = re.split(r'\.(?:\s|$)|;|\*\*', s)[0]  # sentence end; a decimal point is followed by a digit
+    return s.strip()
+
+
+_NUMBER_RE = re.compile(r'-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+')
+
+
+def _extract(text):
+    """-> (answer or None, formatted)."""
+    if not text:
+        return None, False
+    text = text[-MAX_RESPONSE_CHARS:]
+    tags = re.findall(r'<answer>(.*?)</answer>', text, re.S | re.I)
+    if tags:
+        inner = tags[-1]
+        boxed = _last_boxed(inner)
+        return (boxed if boxed is not None else inner.strip()), True
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed, True
+    hashes = re.findall(r'####\s*([^\n]*)', text)
+    if hashes:
+        return hashes[-1].strip(), True
+    phrases = list(re.finditer(r'(?i)(?:final answer|the answer|answer)\s*(?:is\b|:)\s*:?', text))
+    if phrases:
+        cand = _clip_answer_phrase(text[phrases[-1].end():phrases[-1].end() + 500])
+        if cand:
+            return cand, True
+    nums = _NUMBER_RE.findall(text[-10_000:])
+    if nums:
+        return nums[-1].rstrip(','), False
+    return None, False
+
+
+def extract_answer(text):
+    """The final answer given in free text, or None."""
+    return _extract(text)[0]
+
+
+# -----------------------------------------------------------------------------
+# normalisation (string level)
+
+_UNICODE = {'\u2212': '-', '\u2013': '-', '\u00d7': '\\times ', '\u00f7': '\\div ', '\u00b7': '\\cdot ',
+            '\u221a': '\\sqrt', '\u03c0': '\\pi ', '\u221e': '\\infty ', '\u2264': '\\le ', '\u2265': '\\ge ',
+            '\u00b0': '^\\circ', '\u00a0': ' ', '\u2009': ' ', '\u202f': ' ', '\u222a': '\\cup ', '\u00bd': '1/2'}
+_DROP = [r'\\displaystyle', r'\\left(?![a-zA-Z])', r'\\right(?![a-zA-Z])', r'\\[bB]igg?[lr]?(?![a-zA-Z])',
+         r'\\!', r'\\,', r'\\;', r'\\:', r'\\ ', r'\\q?quad(?![a-zA-Z])', r'\\limits']
+_UNIT_WORDS = None  # any word inside \text{} that is not a separator counts as a unit (see _normalize)
+
+
+def _unwrap_text_commands(s):
+    """\\text{abc} -> abc (marked with spaces); returns the string."""
+    return re.sub(r'\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}',
+                  r' \1 ', s)
+
+
+def _normalize(s):
+    s = s[:MAX_ANSWER_CHARS * 2].strip()
+    for k, v in _UNICODE.items():
+        s = s.replace(k, v)
+    s = re.sub(r'^\$+|\$+$', '', s.strip()).strip()
+    s = re.sub(r'^\\[(\[]|\\[)\]]$', '', s).strip()
+    # LaTeX thousands separators: 4,\!000 and 10{,}000
+    s = re.sub(r'(?<=\d)(?:,\\!|\{,\})(?=\d{3})', '', s)
+    for pat in _DROP:
+        s = re.sub(pat, ' ', s)
+    s = re.sub(r'\\[dtc]frac', r'\\frac', s)
+    s = re.sub(r'\\[dt]binom', r'\\binom', s)
+    s = re.sub(r'\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|\bdegrees?\b', ' ', s)
+    s = re.sub(r'\\?%|\bpercent\b', ' ', s)
+    s = s.replace('\\$', ' ').replace('$', ' ')
+    s = s.replace('\\{', '\\lbrace ').replace('\\}', '\\rbrace ')
+    s = re.sub(r'\\(?:leq|le)(?![a-zA-Z])', '<=', s)
+    s = re.sub(r'\\(?:geq|ge)(?![a-zA-Z])', '>=', s)
+    s = re.sub(r'\\(?:neq|ne)(?![a-zA-Z])', '!=', s)
+    whole_text = re.fullmatch(r'\s*\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}\s*\.?', s)
+    if whole_text:  # the whole answer is words: \text{Evelyn}, \text{(C)}
+        return whole_text.group(1).strip()
+    # \text{ and } / \text{ or } separate solutions; other words inside \text{} are units: drop them
+    s = re.sub(r'\\text\s*\{\s*(?:and|or)\s*\}', ',', s)
+    s = re.sub(r'\\(?:text|textbf|mathrm|mbox)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\s*\^\s*\{?[23]\}?)?', ' ', s)
+    s = _unwrap_text_commands(s)
+    s = re.sub(r'\s+(?:and|or)\s+', ', ', s)
+    # plain-text units after a value: "18 apples", "5 cm^2" (a word of 2+ letters not preceded by a backslash)
+    s = re.sub(r'(?<=[\d}.)\s])\s*(?<!\\)\b(?!(?:sqrt|pi|sin|cos|tan|ln|log|exp|infty)\b)[a-zA-Z]{2,}\.?(?:\s*\^\s*\{?[23]\}?)?'
+               r'(?:\s+[a-zA-Z]{2,}\.?)*\s*$', '', s)
+    s = s.strip().rstrip('.').strip()
+    s = re.sub(r'\s+', ' ', s)
+    # plain thousands separators, only when the whole answer is one number: 1,000 / 1 000
+    if re.fullmatch(r'-?\d{1,3}(?:[, ]\d{3})+(?:\.\d+)?', s):
+        s = s.replace(',', '').replace(' ', '')
+    return s
+
+
+# -----------------------------------------------------------------------------
+# structure: lists, tuples, intervals, sets, matrices, equations
+
+def _split_top(s, seps):
+    """Split s at top-level occurrences of any separator (outside (), [], {})."""
+    parts, depth, last, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c in '([{':
+            depth += 1
+        elif c in ')]}':
+            depth -= 1
+        elif depth == 0:
+            for sep in seps:
+                if s.startswith(sep, i):
+                    parts.append(s[last:i])
+                    last = i + len(sep)
+                    i = last - 1
+                    break
+        i += 1
+    parts.append(s[last:])
+    return [p.strip() for p in parts]
+
+
+def _outer_bracketed(s):
+    """True if s[0] is an opening bracket whose partner is s[-1]."""
+    if len(s) < 2 or s[0] not in '([' or s[-1] not in ')]':
+        return False
+    depth = 0
+    for i, c in enumerate(s):
+        depth += c in '([{'
+        depth -= c in ')]}'
+        if depth == 0 and i < len(s) - 1:
+            return False
+    return True
+
+
+def _structure(s):
+    """Parse normalised text into ('mat', rows) | ('union', parts) | ('seq', open, close, items) |
+    ('set', items) | ('list', items) | ('rel', op, lhs, rhs) | ('scalar', text)."""
+    m = re.fullmatch(r'\\begin\{[pbBvV]?matrix\}(.*)\\end\{[pbBvV]?matrix\}', s, re.S)
+    if m:
+        rows = [r for r in re.split(r'\\\\', m.group(1)) if r.strip()]
+        return ('mat', [[c.strip() for c in r.split('&')] for r in rows])
+    parts = _split_top(s, ['\\cup'])
+    if len(parts) > 1:
+        return ('union', parts)
+    if s.startswith('\\lbrace') and s.endswith('\\rbrace'):
+        return ('set', [p for p in _split_top(s[7:-7], [',', ';']) if p])
+    if _outer_bracketed(s):
+        items = _split_top(s[1:-1], [','])
+        if len(items) == 1:
+            return _structure(items[0]) if s[0] == '(' else ('scalar', s)
+        return ('seq', s[0], s[-1], items)
+    items = [p for p in _split_top(s, [',', ';']) if p]
+    if len(items) > 1:
+        return ('list', items)
+    if s.count('\\pm') == 1:  # 1 \pm \sqrt2 is the solution list {1+\sqrt2, 1-\sqrt2}
+        return ('list', [s.replace('\\pm', '+'), s.replace('\\pm', '-')])
+    for op in ['<=', '>=', '!=', '=', '<', '>']:
+        sides = _split_top(s, [op])
+        if len(sides) >= 2 and all(sides):
+            return ('rel', op, sides[0], sides[-1])
+    return ('scalar', s)
+
+
+def _strip_var_eq(st):
+    """x = 5 -> 5 (when the gold is a bare value). The last right-hand side counts: k = 2+3 = 5 -> 5."""
+    if st[0] == 'rel' and st[1] == '=':
+        return ('scalar', st[3])
+    return st
+
+
+def _unordered_eq(a, b, eq):
+    if len(a) != len(b):
+        return False
+    left = list(b)
+    for x in a:
+        for j, y in enumerate(left):
+            if eq(x, y):
+                del left[j]
+                break
+        else:
+            return False
+    return True
+
+
+def _struct_equiv(p, g, ctx):
+    kp, kg = p[0], g[0]
+    if kg in ('list', 'set', 'union', 'seq'):
+        if kp == 'rel' or kp == 'scalar':
+            p = _strip_var_eq(p)
+        if kg in ('list', 'set') and kp in ('list', 'set'):
+            items_p = [_strip_var_eq(_structure(x)) for x in p[1]]
+            items_g = [_structure(x) for x in g[1]]
+            return _unordered_eq(items_p, items_g, lambda a, b: _struct_equiv(a, b, ctx))
+        if kg == 'union' and kp == 'union':
+            return _unordered_eq([_structure(x) for x in p[1]], [_structure(x) for x in g[1]],
+                                 lambda a, b: _struct_equiv(a, b, ctx))
+        if kg == 'seq' and kp == 'seq':
+            return (p[1] == g[1] and p[2] == g[2] and len(p[3]) == len(g[3])
+                    and all(_struct_equiv(_structure(a), _structure(b), ctx) for a, b in zip(p[3], g[3])))
+        return False
+    if kg == 'mat':
+        return (kp == 'mat' and len(p[1]) == len(g[1])
+                and all(len(rp) == len(rg) and all(_scalar_equiv(a, b, ctx) for a, b in zip(rp, rg))
+                        for rp, rg in zip(p[1], g[1])))
+    if kg == 'rel':
+        if kp == 'rel':
+            if p[1] == g[1] and _scalar_equiv(p[2], g[2], ctx) and _scalar_equiv(p[3], g[3], ctx):
+                return True
+            flip = {'<': '>', '>': '<', '<=': '>=', '>=': '<=', '=': '=', '!=': '!='}
+            if flip[p[1]] == g[1] and _scalar_equiv(p[3], g[2], ctx) and _scalar_equiv(p[2], g[3], ctx):
+                return True
+            if p[1] == g[1] == '=':  # same equation up to a non-zero factor: y=2x+3 vs 2x-y+3=0
+                return _proportional(f'({p[2]})-({p[3]})', f'({g[2]})-({g[3]})', ctx)
+            return False
+        # a bare value against "y = 2x+3": compare with the right-hand side when the left is a single symbol
+        if g[1] == '=' and re.fullmatch(r'[a-zA-Z](?:_\{?\w+\}?)?|\\[a-zA-Z]+', g[2]) and kp == 'scalar':
+            return _scalar_equiv(p[1], g[3], ctx)
+        return False
+    # gold is a scalar
+    p = _strip_var_eq(p)
+    if p[0] != 'scalar':
+        return False
+    return _scalar_equiv(p[1], g[1], ctx)
+
+
+# -----------------------------------------------------------------------------
+# a small LaTeX / plain-math expression parser
+
+class _Fail(Exception):
+    pass
+
+
+_TOKEN_RE = re.compile(r'\s*(?:(?P<num>\d+\.?\d*(?:[eE][+-]?\d+(?![\d.]))?|\.\d+)'
+                       r'|(?P<cmd>\\[a-zA-Z]+)|(?P<word>[a-zA-Z]+)|(?P<op><=|>=|!=|\*\*|[-+*/^()\[\]{}!|_,=<>]))')
+_FUNCS = {'sin', 'cos', 'tan', 'cot', 'sec', 'csc', 'arcsin', 'arccos', 'arctan', 'sinh', 'cosh', 'tanh',
+          'ln', 'log', 'exp'}
+_GREEK = {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'varepsilon', 'zeta', 'eta', 'theta', 'vartheta', 'iota',
+          'kappa', 'lambda', 'mu', 'nu', 'xi', 'rho', 'sigma', 'tau', 'upsilon', 'phi', 'varphi', 'chi', 'psi',
+          'omega', 'Gamma', 'Delta', 'Theta', 'Lambda', 'Xi', 'Sigma', 'Phi', 'Psi', 'Omega'}
+
+
+def _tokenize(s):
+    toks, i = [], 0
+    s = s.strip()
+    while i < len(s):
+        m = _TOKEN_RE.match(s, i)
+        if not m or m.end() == i:
+            raise _Fail(f'bad char {s[i]!r}')
+        i = m.end()
+        kind = m.lastgroup
+        t = m.group(kind)
+        if kind == 'word':
+            if t in _FUNCS or t in ('sqrt', 'pi', 'infty'):
+                toks.append(('cmd', '\\' + t))
+            elif len(t) >= 3:
+                raise _Fail('a word is text, not a product of variables')
+            else:
+                toks.extend(('var', c) for c in t)  # xy is x*y
+        else:
+            toks.append((kind, t))
+        if len(toks) > MAX_TOKENS:
+            raise _Fail('too long')
+    return toks
+
+
+class _Parser:
+    # grammar: expr := term {(+|-) term}; term := unary {(*|/|implicit) unary}; unary := (-|+) unary | power;
+    # power := postfix [^ unary]; postfix := atom {!}; atom := number | var | (expr) | {expr} | \frac.. | \sqrt..
+    def __init__(self, toks):
+        self.toks, self.i, self.depth = toks, 0, 0
+
+    def peek(self):
+        return self.toks[self.i] if self.i < len(self.toks) else (None, None)
+
+    def take(self, val=None):
+        k, v = self.peek()
+        if k is None or (val is not None and v != val):
+            raise _Fail(f'expected {val}')
+        self.i += 1
+        return k, v
+
+    def enter(self):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Fail('too deep')
+
+    def parse(self):
+        e = self.expr()
+        if self.i != len(self.toks):
+            raise _Fail(f'trailing {self.peek()[1]!r}')
+        return e
+
+    def expr(self):
+        self.enter()
+        e = self.term()
+        while self.peek()[1] in ('+', '-'):
+            op = self.take()[1]
+            r = self.term()
+            e = ('add', e, r) if op == '+' else ('add', e, ('neg', r))
+        self.depth -= 1
+        return e
+
+    def starts_atom(self):
+        k, v = self.peek()
+        return k in ('num', 'var') or v in ('(', '{') or (k == 'cmd' and v not in (
+            '\\cdot', '\\times', '\\div', '\\pm', '\\mp', '\\cup', '\\lbrace', '\\rbrace'))
+
+    def term(self):
+        e = self.unary()
+        while True:
+            v = self.peek()[1]
+            if v in ('*', '\\cdot', '\\times'):
+                self.take()
+                e = ('mul', e, self.unary())
+            elif v in ('/', '\\div'):
+                self.take()
+                e = ('div', e, self.unary())
+            elif self.starts_atom():
+                # a mixed number 6\frac{3}{4} means 6 + 3/4, not 6 * 3/4
+                if e[0] == 'num' and e[2] is False and self.peek()[1] == '\\frac':
+                    f = self.power()
+                    if f[0] == 'div' and f[1][0] == 'num' and f[2][0] == 'num':
+                        e = ('add', e, f)
+                        continue
+                    e = ('mul', e, f)
+                else:
+                    e = ('mul', e, self.power())
+            else:
+                return e
+
+    def unary(self):
+        if self.peek()[1] in ('-', '+'):
+            self.enter()
+            op = self.take()[1]
+            u = self.unary()
+            self.depth -= 1
+            return ('neg', u) if op == '-' else u
+        return self.power()
+
+    def power(self):
+        self.enter()
+        base = self.postfix()
+        if self.peek()[1] in ('^', '**'):
+            self.take()
+            base = ('pow', base, self.group() if self.peek()[1] == '{' else self.unary())
+        self.depth -= 1
+        return base
+
+    def postfix(self):
+        e = self.atom()
+        while self.peek()[1] == '!':
+            self.take()
+            e = ('fact', e)
+        return e
+
+    def group(self):
+        self.take('{')
+        e = self.expr()
+        self.take('}')
+        return e
+
+    def arg(self):
+        """A LaTeX macro argument: {..} or a single token (\\frac12 is \\frac{1}{2})."""
+        k, v = self.peek()
+        if v == '{':
+            return self.group()
+        if k == 'num' and len(v) > 1 and v.isdigit():
+            self.toks[self.i] = ('num', v[1:])  # leave the remaining digits for the caller
+            return ('num', Fraction(int(v[0])), False)
+        return self.atom()
+
+    def atom(self):
+        self.enter()
+        k, v = self.take()
+        if k == 'num':
+            e = ('num', Fraction(v), '.' in v or 'e' in v.lower())
+            if self.peek()[1] == '_':  # 1011_2: a numeral in another base is a symbol, not a value
+                self.take()
+                base = self.take()[1] if self.peek()[1] != '{' else (self.take(), self.take()[1], self.take())[1]
+                e = ('var', f'{v}_{base}')
+        elif k == 'var':
+            e = ('const', 'i') if v == 'i' else ('var', v)
+            if self.peek()[1] == '_':
+                self.take()
+                sub = self.take()[1] if self.peek()[1] != '{' else (self.take(), self.take()[1], self.take())[1]
+                e = ('var', f'{v}_{sub}')
+        elif v in ('(', '['):
+            e = self.expr()
+            self.take(')' if v == '(' else ']')
+        elif v == '{':
+            e = self.expr()
+            self.take('}')
+        elif v == '|':
+            e = ('abs', self.expr())
+            self.take('|')
+        elif v == '\\frac':
+            num = self.arg()
+            e = ('div', num, self.arg())
+        elif v == '\\binom':
+            n = self.arg()
+            e = ('binom', n, self.arg())
+        elif v == '\\sqrt':
+            n = ('num', Fraction(2), False)
+            if self.peek()[1] == '[':
+                self.take()
+                n = self.expr()
+                self.take(']')
+            e = ('root', self.arg(), n)
+        elif v == '\\pi':
+            e = ('const', 'pi')
+        elif v == '\\infty':
+            e = ('const', 'inf')
+        elif v[1:] in _GREEK:
+            e = ('var', v)
+        elif v[1:] in _FUNCS:
+            name, power = v[1:], None
+            if name == 'log' and self.peek()[1] == '_':
+                self.take()
+                base = self.arg()
+                self.depth -= 1
+                return ('div', ('fn', 'ln', self.fn_arg()), ('fn', 'ln', base))
+            if self.peek()[1] == '^':  # \sin^2 x
+                self.take()
+                power = self.arg()
+            e = ('fn', name, self.fn_arg())
+            if power is not None:
+                e = ('pow', e, power)
+        else:
+            raise _Fail(f'unknown token {v!r}')
+        self.depth -= 1
+        return e
+
+    def fn_arg(self):
+        if self.peek()[1] in ('(', '{'):
+            return self.atom()
+        e = self.power()  # \sin 2x is sin(2x)
+        while self.peek()[0] in ('num', 'var') or self.peek()[1] == '\\pi':
+            e = ('mul', e, self.power())
+        return e
+
+
+def _parse(s):
+    try:
+        return _Parser(_tokenize(s)).parse()
+    except (_Fail, ValueError, ZeroDivisionError):
+        return None
+
+
+# -----------------------------------------------------------------------------
+# evaluation: exact Fractions when possible, complex floats otherwise
+
+class _Budget:
+    def __init__(self, seconds):
+        self.deadline = time.monotonic() + seconds
+        self.steps = 0
+
+    def tick(self):
+        self.steps += 1
+        if self.steps % 256 == 0 and time.monotonic() > self.deadline:
+            raise _Fail('time')
+
+
+def _exact_root(x, n):
+    """Exact n-th root of a non-negative Fraction, or None."""
+    if x < 0 or n < 1 or n > 64 or x.numerator.bit_length() > 4000 or x.denominator.bit_length() > 4000:
+        return None
+    out = []
+    for v in (x.numerator, x.denominator):
+        r = round(v ** (1.0 / n)) if v.bit_length() < 1000 else None
+        if r is None:
+            return None
+        for c in (r - 1, r, r + 1):
+            if c >= 0 and c ** n == v:
+                out.append(c)
+                break
+        else:
+            return None
+    return Fraction(out[0], out[1])
+
+
+def _c(x):
+    return complex(x) if not isinstance(x, complex) else x
+
+
+def _eval(e, env, budget):
+    budget.tick()
+    k = e[0]
+    if k == 'num':
+        return e[1]
+    if k == 'var':
+        if e[1] not in env:
+            raise _Fail('free variable')
+        return env[e[1]]
+    if k == 'const':
+        return {'pi': complex(math.pi), 'i': 1j, 'inf': complex(math.inf)}[e[1]]
+    if k == 'neg':
+        return -_eval(e[1], env, budget)
+    if k == 'abs':
+        v = _eval(e[1], env, budget)
+        return abs(v) if isinstance(v, Fraction) else complex(abs(v))
+    if k == 'fact':
+        v = _eval(e[1], env, budget)
+        if isinstance(v, Fraction) and v.denominator == 1 and 0 <= v <= 300:
+            return Fraction(math.factorial(int(v)))
+        if isinstance(v, Fraction) and v.denominator == 1 and v > 300:
+            return complex(math.inf)  # 9999! is "a huge number"; only a string match can equal it
+        vc = _c(v)
+        if abs(vc.imag) > 1e-12 or vc.real < 0 or vc.real > 170:
+            raise _Fail('factorial')
+        return complex(math.gamma(vc.real + 1))
+    if k == 'binom':
+        n, r = _eval(e[1], env, budget), _eval(e[2], env, budget)
+        if all(isinstance(x, Fraction) and x.denominator == 1 for x in (n, r)) and 0 <= r <= n <= 2000:
+            return Fraction(math.comb(int(n), int(r)))
+        raise _Fail('binom')
+    a = _eval(e[1], env, budget)
+    if k == 'fn':
+        f = {'sin': cmath.sin, 'cos': cmath.cos, 'tan': cmath.tan, 'cot': lambda z: 1 / cmath.tan(z),
+             'sec': lambda z: 1 / cmath.cos(z), 'csc': lambda z: 1 / cmath.sin(z), 'arcsin': cmath.asin,
+             'arccos': cmath.acos, 'arctan': cmath.atan, 'sinh': cmath.sinh, 'cosh': cmath.cosh,
+             'tanh': cmath.tanh, 'ln': cmath.log, 'log': cmath.log10, 'exp': cmath.exp}[e[1]]
+        z = _c(a)
+        if abs(z) > 1e6:
+            raise _Fail('huge argument')
+        return f(z)
+    b = _eval(e[2], env, budget)
+    both = isinstance(a, Fraction) and isinstance(b, Fraction)
+    if k == 'add':
+        return a + b if both else _c(a) + _c(b)
+    if k == 'mul':
+        return a * b if both else _c(a) * _c(b)
+    if k == 'div':
+        if b == 0:
+            raise _Fail('division by zero')
+        return a / b if both else _c(a) / _c(b)
+    if k == 'root':  # e = ('root', radicand, index)
+        if both and b.denominator == 1:
+            r = _exact_root(a, int(b))
+            if r is not None:
+                return r
+            if a < 0 and b % 2 == 1:  # real odd root of a negative number
+                r = _exact_root(-a, int(b))
+                return -r if r is not None else complex(-(float(-a) ** (1 / float(b))))
+        if b == 0:
+            raise _Fail('zeroth root')
+        return _c(a) ** (1 / _c(b)) if not (both and b == 2) else cmath.sqrt(_c(a))
+    if k == 'pow':
+        if both and b.denominator == 1:
+            n = int(b) if abs(b) < 10 ** 6 else None
+            size = max(a.numerator.bit_length(), a.denominator.bit_length())
+            if n is not None and size * abs(n) <= 20_000 and not (a == 0 and n < 0):
+                return a ** n
+        if both and a >= 0 and b.denominator <= 64 and abs(b.numerator) <= 64:
+            r = _exact_root(a, b.denominator)  # 8^{2/3} = 4 exactly
+            if r is not None and (r != 0 or b > 0):
+                return r ** b.numerator
+        try:
+            za, zb = _c(a), _c(b)
+            if za == 0:
+                if zb.real > 0:
+                    return 0j
+                raise _Fail('0^neg')
+            if abs(zb) * max(1.0, abs(cmath.log(za))) > 700:  # would overflow: it is "infinite" for us
+                return complex(math.inf)
+            return za ** zb
+        except (OverflowError, ZeroDivisionError, ValueError):
+            return complex(math.inf)
+    raise _Fail(f'unknown node {k}')
+
+
+def _vars(e, out):
+    if e[0] == 'var':
+        out.add(e[1])
+    elif e[0] not in ('num', 'const'):
+        for x in e[1:]:
+            if isinstance(x, tuple):
+                _vars(x, out)
+    return out
+
+
+def _finite(z):
+    return isinstance(z, Fraction) or (math.isfinite(z.real) and math.isfinite(z.imag))
+
+
+def _close(a, b):
+    a, b = _c(a), _c(b)
+    return abs(a - b) <= REL_TOL * max(1.0, abs(a), abs(b))
+
+
+def _decimal_matches(lit, value):
+    """Does the decimal literal `lit` (e.g. '-0.333') stand for `value` (Fraction or complex)?"""
+    d = Decimal(lit)
+    digits = d.as_tuple().digits
+    sig = len(str(int(''.join(map(str, digits))))) if any(digits) else 0
+    if sig < 3:
+        return False
+    places = -d.as_tuple().exponent if d.as_tuple().exponent < 0 else 0
+    if isinstance(value, Fraction):
+        v = Decimal(value.numerator) / Decimal(value.denominator)
+    else:
+        if abs(value.imag) > 1e-12 or not math.isfinite(value.real):
+            return False
+        v = Decimal(repr(value.real))
+    return v.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP) == d
+
+
+def _points(names, n, seed):
+    rng = random.Random(seed)
+    # random reals away from 0 and small integers, so accidental coincidences (x^2 = x) are unlikely
+    return [{v: Fraction(rng.randint(1000, 3000), 1000) * (1 if rng.random() < 0.7 else -1) for v in names}
+            for _ in range(n)]
+
+
+_INF_TEXT = {'\\infty': '+inf', '+\\infty': '+inf', '-\\infty': '-inf', 'infty': '+inf', 'inf': '+inf'}
+
+
+def _canon_text(s):
+    s = _unwrap_text_commands(s).lower()
+    return re.sub(r'[\s{}\\.]|text|mathrm|mbox', '', s)
+
+
+def _scalar_equiv(p, g, ctx):
+    if p == g:
+        return True
+    if p.replace(' ', '') == g.replace(' ', ''):
+        return True
+    if p.strip() in _INF_TEXT or g.strip() in _INF_TEXT:
+        return _INF_TEXT.get(p.strip()) == _INF_TEXT.get(g.strip()) is not None
+    # multiple choice: gold "(C)" or "C" vs "C", "(c)", "C)"
+    mg = re.fullmatch(r'\(?([A-E])\)?', g.strip())
+    if mg:
+        mp = re.fullmatch(r'\(?([A-Ea-e])\)?', p.strip())
+        return bool(mp) and mp.group(1).upper() == mg.group(1)
+    if len(p) > MAX_ANSWER_CHARS or len(g) > MAX_ANSWER_CHARS:
+        return False
+    tp, tg = _parse(p), _parse(g)
+    if tp is None or tg is None:
+        return _canon_text(p) == _canon_text(g) != ''
+    names = _vars(tp, set()) | _vars(tg, set())
+    budget = ctx
+    if not names:
+        try:
+            vp, vg = _eval(tp, {}, budget), _eval(tg, {}, budget)
+        except _Fail:
+            return False
+        if not (_finite(vp) and _finite(vg)):
+            return False
+        if isinstance(vp, Fraction) and isinstance(vg, Fraction) and vp == vg:
+            return True
+        # a decimal literal against an exact value: the rounding rule
+        lp = re.fullmatch(r'-?(?:\d+\.\d*|\.\d+)', p.replace(' ', ''))
+        lg = re.fullmatch(r'-?(?:\d+\.\d*|\.\d+)', g.replace(' ', ''))
+        if lp and not lg:
+            return _decimal_matches(lp.group(0), vg)
+        if lg and not lp:
+            return _decimal_matches(lg.group(0), vp)
+        if lp and lg:
+            return False  # two different decimals
+        if isinstance(vp, Fraction) and isinstance(vg, Fraction):
+            return False
+        return _close(vp, vg)
+    # free variables: compare at random points; both sides must use the same symbols
+    if _vars(tp, set()) != _vars(tg, set()):
+        return False
+    ok = 0
+    for env in _points(sorted(names), 6, seed=1234):
+        try:
+            vp, vg = _eval(tp, env, budget), _eval(tg, env, budget)
+        except _Fail as err:
+            if str(err) == 'time':
+                return False
+            continue
+        if not (_finite(vp) and _finite(vg)):
+            continue
+        if not _close(vp, vg):
+            return False
+        ok += 1
+    return ok >= 3
+
+
+def _proportional(p, g, ctx):
+    """Are the expressions p and g non-zero constant multiples of each other (as equations p=0, g=0)?"""
+    tp, tg = _parse(p), _parse(g)
+    if tp is None or tg is None:
+        return False
+    names = sorted(_vars(tp, set()) | _vars(tg, set()))
+    if _vars(tp, set()) != _vars(tg, set()) or not names:
+        return False
+    ratio, ok = None, 0
+    for env in _points(names, 6, seed=99):
+        try:
+            vp, vg = _c(_eval(tp, env, ctx)), _c(_eval(tg, env, ctx))
+        except _Fail:
+            continue
+        if not (_finite(vp) and _finite(vg)) or abs(vg) < 1e-12:
+            continue
+        r = vp / vg
+        if ratio is None:
+            ratio = r
+        elif not _close(r, ratio):
+            return False
+        ok += 1
+    return ok >= 3 and ratio is not None and abs(ratio) > 1e-12
+
+
+# -----------------------------------------------------------------------------
+# public API
+
+def is_equiv(pred, gold):
+    """Is the extracted answer `pred` mathematically the same answer as the gold answer `gold`?"""
+    if pred is None or gold is None:
+        return False
+    p, g = _normalize(str(pred)), _normalize(str(gold))
+    if not p or not g:
+        return False
+    if p == g:
+        return True
+    try:
+        return _struct_equiv(_structure(p), _structure(g), _Budget(TIME_BUDGET_S))
+    except (_Fail, RecursionError, OverflowError, ValueError, ZeroDivisionError, ArithmeticError):
+        return False
+
+
+def grade(response, answer):
+    """Grade one model response against the dataset's gold answer (GSM8K number or MATH LaTeX)."""
+    gold = answer
+    if '####' in gold:
+        gold = gold.split('####')[-1]
+    elif '\\boxed' in gold or '\\fbox' in gold:
+        gold = _last_boxed(gold) or gold
+    extracted, formatted = _extract(response or '')
+    return Grade(correct=is_equiv(extracted, gold), formatted=formatted, extracted=extracted)
+
+
+def gsm8k_gold(row):
+    """The number after '####' in a GSM8K row's answer, thousands separators removed."""
+    if '####' not in row['answer']:
+        raise ValueError(f"GSM8K row has no '####' in its answer: {row['answer'][-80:]!r}")
+    return row['answer'].split('####')[-1].strip().replace(',', '')
+
+
+def math_gold(row):
+    """The content of the last \\boxed{} in a MATH row's solution."""
+    boxed = _last_boxed(row['solution'])
+    if boxed is None:
+        raise ValueError(f"MATH row {row.get('unique_id', '?')} has no \\boxed{{}} in its solution")
+    return boxed
+
+
+def summarize(grades):
+    """n, accuracy and format_rate over a list of Grade."""
+    n = len(grades)
+    return {'n': n, 'accuracy': sum(g.correct for g in grades) / max(n, 1),
+            'format_rate': sum(g.formatted for g in grades) / max(n, 1)}
