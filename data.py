@@ -1,0 +1,334 @@
+"""
+Data: load math datasets, render them into prompt/response token ids with a loss mask, and pack them into
+fixed-length training rows.
+
+An example is a dict {"id", "prompt", "response", "answer"}: `prompt` is the problem text, `response` the target
+solution, `answer` the gold final answer (what grade.py compares against). Rendering turns it into token ids plus
+a 0/1 mask of the tokens the loss is taken on (the response only). Packing puts several examples into one row of
+exactly `seq_len` tokens; each keeps its own positions (restarting at 0) and its own document id, so the model
+attends only within an example (see model.py `doc=`). The whole epoch plan (which examples land in which row) is a
+pure function of (seed, epoch), so resuming at row k replays exactly the rows an uninterrupted run would have seen.
+"""
+import json
+import math
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA_DIR = os.path.join(HERE, "data")
+
+# The one evaluation/training prompt protocol (cf. Qwen2.5-Math's chain-of-thought prompt). sample.py uses the same.
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+PLAIN_TEMPLATE = "Solve this math problem:\n\n{problem}\n\nAnswer:"
+
+# -----------------------------------------------------------------------------
+# loading
+
+def read_jsonl(path, required=()):
+    """Rows of a JSON Lines file; a malformed line is an error naming the file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: missing key(s) {missing}; the line has {sorted(row)}")
+            rows.append(row)
+    return rows
+
+
+def gsm8k_solution(answer, where="GSM8K answer"):
+    """A GSM8K answer in the form our prompt asks for: calculator annotations <<48/2=24>> dropped and the
+    '#### 72' line replaced by a sentence ending in \\boxed{72}, which grade.py extracts."""
+    if "####" not in answer:
+        raise ValueError(f"{where}: no '#### <answer>' line")
+    body, final = answer.rsplit("####", 1)
+    body = re.sub(r"<<[^<>]*>>", "", body).strip()
+    final = final.strip().replace(",", "")
+    return f"{body}\nThe final answer is $\\boxed{{{final}}}$.", final
+
+
+def load_gsm8k(path):
+    out = []
+    for i, row in enumerate(read_jsonl(path, required=("question", "answer"))):
+        solution, final = gsm8k_solution(row["answer"], where=f"{path}:{i + 1}")
+        out.append({"id": f"{path}:{i + 1}", "prompt": row["question"], "response": solution, "answer": final})
+    return out
+
+
+def _math_rows(path):
+    """MATH rows from a jsonl file or from the original tree (<split>/<subject>/<n>.json, detected automatically)."""
+    if os.path.isfile(path):
+        return [(f"{path}:{i + 1}", r) for i, r in enumerate(read_jsonl(path, required=("problem", "solution")))]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"MATH data not found: {path} (expected a .jsonl file or a directory of <subject>/<n>.json)")
+    rows = []
+    for root, _, files in sorted(os.walk(path)):
+        # numeric file ids sort numerically, so the order matches the vendored jsonl (subject, then id)
+        for name in sorted((f for f in files if f.endswith(".json")), key=lambda f: (len(f), f)):
+            fpath = os.path.join(root, name)
+            try:
+                with open(fpath, encoding="utf-8") as f:
+                    row = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{fpath}: invalid JSON ({e.msg} at line {e.lineno})") from None
+            for k in ("problem", "solution"):
+                if k not in row:
+                    raise ValueError(f"{fpath}: missing key '{k}'")
+            rows.append((fpath, row))
+    if not rows:
+        raise FileNotFoundError(f"no MATH .json files under {path}")
+    return rows
+
+
+def load_math(path):
+    from grade import math_gold  # the one place that knows how to read a \boxed{} answer
+    out = []
+    for where, row in _math_rows(path):
+        answer = row.get("answer")
+        if answer is None:
+            answer = math_gold(row)
+        out.append({"id": row.get("unique_id", where), "prompt": row["problem"], "response": row["solution"],
+                    "answer": answer})
+    return out
+
+
+def load_pairs(path, prompt_key="prompt", response_key="response"):
+    """Generic jsonl of prompt/response pairs (an optional 'answer' key is kept for grading)."""
+    rows = read_jsonl(path, required=(prompt_key, response_key))
+    return [{"id": f"{path}:{i + 1}", "prompt": r[prompt_key], "response": r[response_key], "answer": r.get("answer")}
+            for i, r in enumerate(rows)]
+
+
+def make_arith(n, seed, max_digits=3):
+    """Generated addition/subtraction problems: the embedded default's data, needs no download. Deterministic."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        a, b = rng.randrange(10 ** rng.randint(1, max_digits)), rng.randrange(10 ** rng.randint(1, max_digits))
+        op = rng.choice("+-")
+        c = a + b if op == "+" else a - b
+        out.append({"id": f"arith-{seed}:{i}", "prompt": f"What is {a} {op} {b}?",
+                    "response": f"{a} {op} {b} = {c}. The final answer is $\\boxed{{{c}}}$.", "answer": str(c)})
+    return out
+
+
+def load_dataset(name, split="train"):
+    """A named vendored dataset (gsm8k, math, math500, arith) or a path: a .jsonl with question/answer (GSM8K
+    layout), problem/solution (MATH layout) or prompt/response keys, or a MATH directory tree."""
+    if name == "gsm8k":
+        return load_gsm8k(os.path.join(DATA_DIR, "gsm8k", f"{split}.jsonl"))
+    if name == "math":
+        return load_math(os.path.join(DATA_DIR, "math", f"{split}.jsonl"))
+    if name == "math500":
+        if split != "test":
+            raise ValueError("math500 has only a test split")
+        return load_math(os.path.join(DATA_DIR, "math500", "test.jsonl"))
+    if name == "arith":  # disjoint seeds for train and test
+        return make_arith(20000 if split == "train" else 500, seed=0 if split == "train" else 1)
+    if os.path.isdir(name):
+        return load_math(name)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"dataset '{name}': not a known name (gsm8k, math, math500, arith) nor a file or folder")
+    with open(name, encoding="utf-8") as f:
+        first = json.loads(next((l for l in f if l.strip()), "{}"))
+    if "question" in first:
+        return load_gsm8k(name)
+    if "problem" in first:
+        return load_math(name)
+    return load_pairs(name)
+
+
+def parse_mixture(spec):
+    """'gsm8k:1,math:0.5' -> [('gsm8k', 1.0), ('math', 0.5)]. A weight w means each epoch takes round(w * len) of
+    that dataset's examples: w < 1 subsamples, w > 1 repeats."""
+    out = []
+    for part in spec.split(","):
+        name, w = part.strip(), 1.0
+        head, sep, tail = name.rpartition(":")
+        if sep and re.fullmatch(r"[0-9.eE+-]+", tail):
+            try:
+                name, w = head, float(tail)
+            except ValueError:
+                raise ValueError(f"datasets='{spec}': weight '{tail}' of '{head}' is not a number") from None
+        if not name or w < 0:
+            raise ValueError(f"datasets='{spec}': bad entry '{part}'")
+        out.append((name, w))
+    return out
+
+# -----------------------------------------------------------------------------
+# rendering: example -> (ids, mask)
+
+def prompt_messages(problem, system_prompt=SYSTEM_PROMPT):
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return msgs + [{"role": "user", "content": problem}]
+
+
+def render_prompt(tok, problem, prompt_format, system_prompt=SYSTEM_PROMPT):
+    """Token ids of the prompt the model continues from: exactly the prefix that training puts before a response."""
+    if prompt_format == "chat":
+        return tok.render_chat(prompt_messages(problem, system_prompt), add_generation_prompt=True)[0]
+    if prompt_format == "plain":
+        return tok.encode(PLAIN_TEMPLATE.format(problem=problem), allow_special=False)
+    raise ValueError(f"prompt_format must be 'chat' or 'plain', got '{prompt_format}'")
+
+
+def render_example(tok, ex, prompt_format, system_prompt=SYSTEM_PROMPT):
+    """(ids, mask): mask[t] = 1 where token t belongs to the response (the loss is taken only there). Dataset text is
+    encoded with special tokens as plain text, so a stray '<|im_end|>' in a problem cannot end a turn."""
+    if prompt_format == "chat":
+        msgs = prompt_messages(ex["prompt"], system_prompt) + [{"role": "assistant", "content": ex["response"]}]
+        return tok.render_chat(msgs)
+    p = render_prompt(tok, ex["prompt"], "plain")
+    r = tok.encode(" " + ex["response"], allow_special=False) + [tok.eot_id]
+    return p + r, [0] * len(p) + [1] * len(r)
+
+# -----------------------------------------------------------------------------
+# packing: examples -> fixed-length rows
+
+def pack_rows(lengths, order, seq_len, open_rows=64):
+    """Assign examples to rows of at most seq_len tokens: first fit over the last `open_rows` rows, which packs
+    tightly while keeping roughly the shuffled order. Returns a list of rows, each a list of example indices."""
+    rows, free, open_ = [], [], []  # free[r] = tokens left in row r; open_ = rows still accepting
+    for i in order:
+        n = min(lengths[i], seq_len)
+        for r in open_:
+            if free[r] >= n:
+                break
+        else:
+            r = len(rows)
+            rows.append([]); free.append(seq_len); open_.append(r)
+            if len(open_) > open_rows:
+                open_.pop(0)
+        rows[r].append(i)
+        free[r] -= n
+        if free[r] == 0:
+            open_.remove(r)
+    return rows
+
+
+def collate(rows, examples, seq_len, pad_id):
+    """Rows of example indices -> tensors, all (B, T=seq_len):
+    idx: token ids; targets: next token where it is a supervised response token else -100; pos: position within
+    its own example; doc: document id within the row (pads get their own id, so they attend only to pads)."""
+    B, T = len(rows), seq_len
+    idx = np.full((B, T), pad_id, dtype=np.int64)
+    tgt = np.full((B, T), -100, dtype=np.int64)
+    pos = np.zeros((B, T), dtype=np.int64)
+    doc = np.zeros((B, T), dtype=np.int64)
+    for b, row in enumerate(rows):
+        t = 0
+        for d, i in enumerate(row):
+            ids, mask = examples[i]["ids"], examples[i]["mask"]
+            n = min(len(ids), T - t)
+            idx[b, t:t + n] = ids[:n]
+            m = np.asarray(mask[1:n], dtype=bool)  # target at position j is token j+1, if that token is supervised
+            tgt[b, t:t + n - 1] = np.where(m, np.asarray(ids[1:n]), -100)
+            pos[b, t:t + n] = np.arange(n)
+            doc[b, t:t + n] = d
+            t += n
+        pos[b, t:] = np.arange(T - t)
+        doc[b, t:] = len(row)
+    return {k: torch.from_numpy(v) for k, v in (("idx", idx), ("targets", tgt), ("pos", pos), ("doc", doc))}
+
+
+class Dataset:
+    """Tokenized examples plus the deterministic plan of rows for every epoch.
+
+    rows(k) gives the k-th training row of the whole run (epochs laid end to end), so the data position to resume
+    from is a single integer: the number of rows consumed."""
+
+    def __init__(self, examples, tok, seq_len, prompt_format, pack=True, seed=0, weights=None, system_prompt=SYSTEM_PROMPT):
+        self.seq_len, self.pack, self.seed, self.pad_id = seq_len, pack, seed, tok.pad_id
+        self.examples = examples
+        self.source = weights  # list of (start, end, weight) ranges into examples, one per dataset
+        for ex in examples:
+            ex["ids"], ex["mask"] = render_example(tok, ex, prompt_format, system_prompt)
+        self.lengths = [len(ex["ids"]) for ex in examples]
+        self.n_truncated = sum(n > seq_len for n in self.lengths)
+        self.n_supervised_lost = sum(sum(ex["mask"][seq_len:]) for ex in examples)
+        self._plans = {}
+
+    def epoch_order(self, epoch):
+        """Shuffled example indices for one epoch, with per-dataset weights applied."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = []
+        for start, end, w in self.source or [(0, len(self.examples), 1.0)]:
+            n = end - start
+            k = round(w * n)
+            reps, rest = divmod(k, n) if n else (0, 0)
+            idx = [start + j for _ in range(reps) for j in rng.permutation(n)]
+            idx += [start + j for j in rng.permutation(n)[:rest]]
+            order += idx
+        return [order[j] for j in rng.permutation(len(order))]
+
+    def plan(self, epoch):
+        if epoch not in self._plans:
+            order = self.epoch_order(epoch)
+            self._plans[epoch] = pack_rows(self.lengths, order, self.seq_len) if self.pack else [[i] for i in order]
+        return self._plans[epoch]
+
+    def rows_per_epoch(self, epoch=0):
+        return len(self.plan(epoch))
+
+    def total_rows(self, epochs):
+        """Rows in `epochs` epochs (a fraction counts that fraction of the last epoch's rows)."""
+        full = int(epochs)
+        n = sum(self.rows_per_epoch(e) for e in range(full))
+        return n + int((epochs - full) * self.rows_per_epoch(full)) if epochs > full else n
+
+    def row(self, k):
+        """(epoch, row) for global row index k."""
+        e = 0
+        while k >= self.rows_per_epoch(e):
+            k -= self.rows_per_epoch(e)
+            e += 1
+        return self.plan(e)[k]
+
+    def batch(self, start, n):
+        """The n rows starting at global row `start`, as tensors, plus the ids of the examples in them."""
+        rows = [self.row(k) for k in range(start, start + n)]
+        b = collate(rows, self.examples, self.seq_len, self.pad_id)
+        b["example_ids"] = [[self.examples[i]["id"] for i in r] for r in rows]
+        return b
+
+    def stats(self):
+        n_tok = sum(min(n, self.seq_len) for n in self.lengths)
+        rows = self.rows_per_epoch(0)
+        return {"examples": len(self.examples), "truncated": self.n_truncated, "rows_per_epoch": rows,
+                "fill": n_tok / max(1, rows * self.seq_len), "supervised_tokens_cut": self.n_supervised_lost}
+
+
+def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_samples=0, val_size=0,
+                   system_prompt=SYSTEM_PROMPT):
+    """Train and validation Datasets from a mixture spec ('gsm8k:1,math:0.5'). Each dataset is shuffled with a
+    fixed seed; the validation examples are held out from the front of that order (val_size split across datasets
+    in proportion to their sizes) and max_samples (if > 0) caps each dataset's training examples."""
+    train, val, ranges = [], [], []
+    parts = [(name, w, load_dataset(name, "train")) for name, w in parse_mixture(spec)]
+    total = sum(len(rows) for _, _, rows in parts)
+    for name, w, rows in parts:
+        order = np.random.default_rng([seed, 7]).permutation(len(rows))
+        n_val = math.ceil(val_size * len(rows) / total) if val_size else 0
+        val += [rows[i] for i in order[:n_val]]
+        tr = [rows[i] for i in order[n_val:]]
+        if max_samples:
+            tr = tr[:max_samples]
+        ranges.append((len(train), len(train) + len(tr), w))
+        train += tr
+    if not train:
+        raise ValueError(f"datasets='{spec}': no training examples")
+    train_ds = Dataset(train, tok, seq_len, prompt_format, pack, seed, ranges, system_prompt)
+    val_ds = Dataset(val, tok, seq_len, prompt_format, pack, seed, None, system_prompt) if val else None
+    return train_ds, val_ds

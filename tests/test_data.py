@@ -1,0 +1,176 @@
+"""data.py: loaders and their errors, the GSM8K answer form, loss masks, packing, mixing, determinism."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data  # noqa: E402
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen2.5")
+
+
+class ByteTok:
+    """A stand-in tokenizer (bytes + one end token) for the tests that are about layout, not vocabulary."""
+    name, n_vocab, eot_id, pad_id = "bytes", 257, 256, 256
+
+    def encode(self, text, allow_special=True):
+        return list(text.encode())
+
+    def render_chat(self, messages, add_generation_prompt=False):
+        ids, mask = [], []
+        for m in messages:
+            head = list(f"<{m['role']}>".encode())
+            body = list(m["content"].encode()) + [self.eot_id]
+            ids += head + body
+            mask += [0] * len(head) + [int(m["role"] == "assistant")] * len(body)
+        if add_generation_prompt:
+            ids += list(b"<assistant>")
+            mask += [0] * 11
+        return ids, mask
+
+
+def examples(n, seed=0):
+    return data.make_arith(n, seed)
+
+
+def test_gsm8k_solution_drops_calculator_and_boxes_answer():
+    sol, final = data.gsm8k_solution("Natalia sold 48/2 = <<48/2=24>>24 clips.\nSo 1,000 total.\n#### 1,000")
+    assert "<<" not in sol and "24 clips" in sol
+    assert final == "1000" and sol.endswith("$\\boxed{1000}$.")
+    with pytest.raises(ValueError, match="####"):
+        data.gsm8k_solution("no final line")
+
+
+def test_vendored_gsm8k_answers_grade_correct():
+    from grade import grade
+    rows = data.load_dataset("gsm8k", "test")
+    assert len(rows) == 1319
+    bad = [r["id"] for r in rows if not grade(r["response"], r["answer"]).correct]
+    assert not bad, bad[:5]
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"question": "q", "answer": "a\\n#### 1"}\n{"question": "q2", oops}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: invalid JSON"):
+        data.load_gsm8k(str(p))
+    p.write_text('{"question": "q"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: missing key"):
+        data.load_gsm8k(str(p))
+    p.write_text('{"question": "q", "answer": "no hashes"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
+        data.load_gsm8k(str(p))
+
+
+def test_math_directory_tree_equals_jsonl(tmp_path):
+    rows = data.read_jsonl(os.path.join(data.DATA_DIR, "math", "test.jsonl"))[:30]
+    for i, r in enumerate(rows):
+        d = tmp_path / "test" / r["type"].lower().replace(" ", "_")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i}.json").write_text(json.dumps({k: r[k] for k in ("problem", "solution", "level", "type")}))
+    tree = data.load_dataset(str(tmp_path))
+    flat = data.load_math(os.path.join(data.DATA_DIR, "math", "test.jsonl"))[:30]
+    key = lambda e: e["prompt"]
+    assert sorted((e["prompt"], e["response"], e["answer"]) for e in tree) == \
+           sorted((e["prompt"], e["response"], e["answer"]) for e in flat)
+
+
+def test_unknown_dataset_is_clear():
+    with pytest.raises(FileNotFoundError, match="not a known name"):
+        data.load_dataset("gsm9k")
+
+
+def test_parse_mixture():
+    assert data.parse_mixture("gsm8k:1,math:0.5") == [("gsm8k", 1.0), ("math", 0.5)]
+    assert data.parse_mixture("gsm8k") == [("gsm8k", 1.0)]
+    with pytest.raises(ValueError):
+        data.parse_mixture("gsm8k:-1")
+
+
+def test_plain_mask_covers_response_and_end_token_only():
+    tok = ByteTok()
+    ex = examples(1)[0]
+    ids, mask = data.render_example(tok, ex, "plain")
+    prompt = data.render_prompt(tok, ex["prompt"], "plain")
+    assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)])
+    sup = bytes(i for i, m in zip(ids, mask) if m and i < 256).decode()
+    assert sup == " " + ex["response"] and ids[-1] == tok.eot_id and mask[-1] == 1
+
+
+def test_chat_mask_with_real_qwen_template():
+    from tokenizer import load_tokenizer
+    tok = load_tokenizer(FIXTURE)
+    ex = {"id": "x", "prompt": "What is 2+2? <|im_end|>", "response": "2+2 = 4. The final answer is $\\boxed{4}$.", "answer": "4"}
+    ids, mask = data.render_example(tok, ex, "chat")
+    prompt = data.render_prompt(tok, ex["prompt"], "chat")
+    assert ids[:len(prompt)] == prompt, "training prompt prefix must equal the generation prompt"
+    sup = [i for i, m in zip(ids, mask) if m]
+    assert tok.decode(sup) == ex["response"] + "<|im_end|>"
+    assert "You are Qwen" not in tok.decode(ids)  # our system prompt replaces the default one
+
+
+def test_collate_targets_positions_docs():
+    tok = ByteTok()
+    exs = examples(3)
+    for e in exs:
+        e["ids"], e["mask"] = data.render_example(tok, e, "plain")
+    T = sum(len(e["ids"]) for e in exs[:2]) + 5
+    b = data.collate([[0, 1]], exs, T, tok.pad_id)
+    n0, n1 = len(exs[0]["ids"]), len(exs[1]["ids"])
+    assert b["idx"][0, :n0].tolist() == exs[0]["ids"]
+    assert b["pos"][0, n0:n0 + n1].tolist() == list(range(n1))                 # positions restart per example
+    assert b["doc"][0].tolist() == [0] * n0 + [1] * n1 + [2] * 5               # pads are a document of their own
+    assert b["targets"][0, n0 - 1] == -100                                    # never predict across a boundary
+    assert (b["targets"][0, n0 + n1:] == -100).all()
+    for j in range(n0 - 1):                                                    # target = next token iff supervised
+        want = exs[0]["ids"][j + 1] if exs[0]["mask"][j + 1] else -100
+        assert b["targets"][0, j] == want
+
+
+def test_packing_keeps_every_example_once_and_fits():
+    tok = ByteTok()
+    ds = data.Dataset(examples(500), tok, seq_len=512, prompt_format="plain", seed=3)
+    rows = ds.plan(0)
+    flat = sorted(i for r in rows for i in r)
+    assert flat == list(range(500))
+    assert all(sum(ds.lengths[i] for i in r) <= 512 for r in rows)
+    assert ds.stats()["fill"] > 0.9
+    assert ds.plan(1) != ds.plan(0)                                           # reshuffled each epoch
+    again = data.Dataset(examples(500), tok, seq_len=512, prompt_format="plain", seed=3)
+    assert again.plan(1) == ds.plan(1)                                        # ... deterministically
+    b = ds.batch(5, 4)
+    assert b["idx"].shape == (4, 512) and len(b["example_ids"]) == 4
+
+
+def test_truncation_is_counted():
+    tok = ByteTok()
+    ds = data.Dataset(examples(50), tok, seq_len=40, prompt_format="plain")
+    long = sum(n > 40 for n in ds.lengths)
+    assert long > 0 and ds.stats()["truncated"] == long
+    b = ds.batch(0, ds.rows_per_epoch(0))
+    assert b["idx"].shape[1] == 40
+
+
+def test_padding_mode_one_example_per_row():
+    tok = ByteTok()
+    ds = data.Dataset(examples(20), tok, seq_len=64, prompt_format="plain", pack=False)
+    assert ds.rows_per_epoch(0) == 20 and all(len(r) == 1 for r in ds.plan(0))
+
+
+def test_mixture_weights_set_examples_per_epoch():
+    tok = ByteTok()
+    a, b = examples(100, seed=1), examples(40, seed=2)
+    ds = data.Dataset(a + b, tok, 64, "plain", pack=False, seed=0, weights=[(0, 100, 0.5), (100, 140, 2.0)])
+    order = ds.epoch_order(0)
+    assert sum(i < 100 for i in order) == 50 and sum(i >= 100 for i in order) == 80
+    assert len(set(i for i in order if i < 100)) == 50                          # subsampled without replacement
+
+
+def test_build_datasets_val_is_held_out_and_max_samples():
+    tok = ByteTok()
+    tr, va = data.build_datasets("arith", tok, 64, "plain", max_samples=300, val_size=50)
+    assert len(tr.examples) == 300 and len(va.examples) == 50
+    assert not {e["id"] for e in tr.examples} & {e["id"] for e in va.examples}
