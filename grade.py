@@ -130,7 +130,7 @@ _UNICODE = {'\u2212': '-', '\u2013': '-', '\u00d7': '\\times ', '\u00f7': '\\div
             '\u221a': '\\sqrt', '\u03c0': '\\pi ', '\u221e': '\\infty ', '\u2264': '\\le ', '\u2265': '\\ge ',
             '\u00b0': '^\\circ', '\u00a0': ' ', '\u2009': ' ', '\u202f': ' ', '\u222a': '\\cup ', '\u00bd': '1/2'}
 _DROP = [r'\\displaystyle', r'\\left(?![a-zA-Z])', r'\\right(?![a-zA-Z])', r'\\[bB]igg?[lr]?(?![a-zA-Z])',
-         r'\\!', r'\\,', r'\\;', r'\\:', r'\\ ', r'\\q?quad(?![a-zA-Z])', r'\\limits']
+         r'\\!', r'\\,', r'\\;', r'\\:', r'(?<!\\)\\ ', r'\\q?quad(?![a-zA-Z])', r'\\limits']
 _UNIT_WORDS = None  # any word inside \text{} that is not a separator counts as a unit (see _normalize)
 
 
@@ -170,6 +170,7 @@ def _normalize(s):
     # plain-text units after a value: "18 apples", "5 cm^2" (a word of 2+ letters not preceded by a backslash)
     s = re.sub(r'(?<=[\d}.)\s])\s*(?<!\\)\b(?!(?:sqrt|pi|sin|cos|tan|ln|log|exp|infty)\b)[a-zA-Z]{2,}\.?(?:\s*\^\s*\{?[23]\}?)?'
                r'(?:\s+[a-zA-Z]{2,}\.?)*\s*$', '', s)
+    s = re.sub(r'\s*\b[ap]\.?m\.?$', '', s)  # 8:34 p.m.
     s = s.strip().rstrip('.').strip()
     s = re.sub(r'\s+', ' ', s)
     # plain thousands separators, only when the whole answer is one number: 1,000 / 1 000
