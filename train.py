@@ -1,0 +1,467 @@
+"""
+Fine-tune a pretrained decoder (or train one from scratch) on math data. Reads top to bottom:
+config -> numerics -> model and tokenizer -> data -> the loop (accumulate, guard, clip, step) -> eval and checkpoints.
+
+  python train.py                                  # embedded default: a tiny model learns arithmetic on a CPU in minutes
+  python train.py configs/gsm8k_qwen05b.py         # an experiment file overrides fields of Config
+  python train.py configs/gsm8k_qwen05b.py --lr=2e-5 --max_iters=200   # --key=value overrides it again
+"""
+import dataclasses
+import difflib
+import glob
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+import data
+from model import PRESETS, ModelConfig, Transformer, from_pretrained
+from tokenizer import load_tokenizer
+
+
+@dataclass
+class Config:
+    # the defaults are the embedded example: a ~1M-parameter model learns 3-digit addition/subtraction on a CPU
+    # I/O
+    out_dir: str = "out"
+    init_from: str = "scratch"           # "scratch", or a Hugging Face checkpoint folder / cached hub id
+    model_preset: str = "scratch-22m"    # for scratch: a preset of model.PRESETS ...
+    n_layer: int = 2                     # ... with these overrides (0 = the preset's value)
+    n_embd: int = 128
+    n_head: int = 4
+    tokenizer: str = "math"              # for scratch: "math" or a tokenizer folder; pretrained models bring theirs
+    resume: str = ""                     # "" = fresh run, "auto" = latest ckpt in out_dir, or a path to a ckpt-*.pt
+    # data
+    datasets: str = "arith"              # "name[:weight],...": gsm8k, math, arith, or a .jsonl / MATH folder path
+    prompt_format: str = "plain"         # "chat" (the model's chat template) or "plain"
+    system_prompt: str = data.SYSTEM_PROMPT
+    seq_len: int = 64                    # every row has exactly this many tokens (static shapes)
+    pack: bool = True                    # pack several examples per row; False = one example per row, padded
+    max_samples: int = 0                 # cap on training examples per dataset (0 = all)
+    val_size: int = 200                  # examples held out for validation loss
+    seed: int = 1337
+    # optimisation
+    batch_size: int = 32                 # rows per micro-batch
+    grad_accum: int = 1                  # micro-batches per optimizer step
+    epochs: float = 1.0                  # run length in epochs, unless max_iters > 0
+    max_iters: int = 1500                # optimizer steps (0 = from epochs)
+    max_time: float = 0.0                # wall-clock budget in seconds (0 = none); saves before it exits
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1            # the decay ends at lr * min_lr_ratio
+    schedule: str = "cosine"             # cosine | linear | constant (each after a linear warmup)
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0               # 0 = no clipping (the norm is still computed for the guard)
+    max_bad_steps: int = 5               # stop after this many non-finite steps in a row
+    # numerics: decided once, in setup_numerics()
+    device: str = "auto"                 # auto = cuda > mps > cpu
+    dtype: str = "auto"                  # auto = bf16 on GPUs that have it, else fp16 (+GradScaler); fp32 on mps/cpu
+    compile: bool = False
+    grad_checkpointing: bool = False
+    # evaluation, logging, checkpoints
+    log_interval: int = 50
+    eval_interval: int = 500             # validation loss (and generation eval if eval_samples > 0)
+    eval_samples: int = 100              # problems of the eval set to generate and grade at each eval (0 = off)
+    eval_dataset: str = ""               # "" = the first training dataset's test split
+    eval_max_new_tokens: int = 48
+    eval_batch_size: int = 64
+    save_interval: int = 500
+    keep_last: int = 2                   # ckpt-*.pt files kept (best.pt is extra)
+    wandb_project: str = ""              # log to wandb when set and installed
+
+
+def load_config(argv):
+    """Config from defaults, then an optional experiment file (its top-level names), then --key=value flags.
+    Unknown keys are errors naming the closest valid key; values are checked against the default's type."""
+    cfg = Config()
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+
+    def set_key(key, value, where):
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            raise SystemExit(f"{where}: unknown config key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+        default = getattr(Config, key)
+        if isinstance(value, str) and not isinstance(default, str):
+            try:
+                value = {"true": True, "false": False}[value.lower()] if isinstance(default, bool) else type(default)(value)
+            except (KeyError, ValueError):
+                raise SystemExit(f"{where}: {key}={value!r} is not a valid {type(default).__name__}") from None
+        if isinstance(default, float) and type(value) is int:
+            value = float(value)
+        if type(value) is not type(default):
+            raise SystemExit(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
+        setattr(cfg, key, value)
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq:
+                raise SystemExit(f"command line: '{arg}' must be --key=value")
+            set_key(key, value, "command line")
+        else:
+            if not os.path.isfile(arg):
+                raise SystemExit(f"config file not found: {arg}")
+            ns = {}
+            with open(arg) as f:
+                exec(compile(f.read(), arg, "exec"), ns)
+            for key, value in ns.items():
+                if not key.startswith("_") and not callable(value) and not hasattr(value, "__file__"):
+                    set_key(key, value, arg)
+    return cfg
+
+# -----------------------------------------------------------------------------
+# numerics: the one place that decides device, compute dtype and loss scaling
+
+def setup_numerics(cfg):
+    """-> (device, autocast context, GradScaler or None, dtype name). Weights and optimizer state stay fp32 (a bf16
+    weight cannot absorb a 1e-5 relative update); matmuls run in the compute dtype under autocast."""
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    dtype = cfg.dtype
+    if dtype == "auto":
+        if device == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise SystemExit(f"dtype must be auto, float32, bfloat16 or float16, got '{dtype}'")
+    if dtype == "float16" and device != "cuda":
+        raise SystemExit("float16 training needs CUDA (use bfloat16 or float32 on mps/cpu)")
+    dev_type = device.split(":")[0]
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(dev_type, dtype=getattr(torch, dtype))
+    scaler = torch.amp.GradScaler("cuda") if dtype == "float16" else None
+    if dev_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, ctx, scaler, dtype
+
+
+def lr_at(step, cfg, total_steps):
+    """Linear warmup to cfg.lr over warmup_iters, then cosine / linear decay to lr*min_lr_ratio, or constant."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    if cfg.schedule == "constant":
+        return cfg.lr
+    frac = min(1.0, (step - cfg.warmup_iters) / max(1, total_steps - cfg.warmup_iters))
+    decay = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
+
+# -----------------------------------------------------------------------------
+# checkpoints: one format, one resume path
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, fsync, then rename: an interrupted save never damages the previous file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def list_checkpoints(out_dir):
+    return sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """A training checkpoint (ckpt-*.pt or best.pt); raises a clear error for anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable nanomath checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"{path}: not a nanomath checkpoint (no 'model' / 'model_config' entries)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    with torch.device("meta"):
+        model = Transformer(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"], assign=True)
+    return model.to(device)
+
+
+def rng_state():
+    s = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s):
+    random.setstate(s["python"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+# -----------------------------------------------------------------------------
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def build_model(cfg, device):
+    if cfg.init_from == "scratch":
+        tok = load_tokenizer(cfg.tokenizer)
+        mc = dataclasses.replace(PRESETS[cfg.model_preset], vocab_size=-(-tok.n_vocab // 64) * 64, max_seq_len=cfg.seq_len)
+        for k in ("n_layer", "n_embd", "n_head"):
+            if getattr(cfg, k):
+                mc = dataclasses.replace(mc, **{k: getattr(cfg, k)})
+        if cfg.n_head or cfg.n_embd:  # keep the preset's GQA ratio and MLP ratio sensible for the overrides
+            mc = dataclasses.replace(mc, n_kv_head=mc.n_head if mc.n_kv_head == PRESETS[cfg.model_preset].n_head else mc.n_kv_head,
+                                     intermediate_size=mc.intermediate_size if not cfg.n_embd else -(-8 * mc.n_embd // 3 // 64) * 64)
+        torch.manual_seed(cfg.seed)
+        model = Transformer(mc).to(device)
+    else:
+        model = from_pretrained(cfg.init_from, device=device, dtype=torch.float32)
+        tok = load_tokenizer(model.source_dir)
+    if tok.n_vocab > model.config.vocab_size:
+        raise SystemExit(f"tokenizer has {tok.n_vocab} tokens but the model only {model.config.vocab_size}")
+    return model, tok
+
+
+def evaluate_loss(model, ds, ctx, device, batch_size):
+    """Mean cross-entropy per supervised token over every row of a dataset's first epoch."""
+    model.eval()
+    total, count = 0.0, 0
+    n = ds.rows_per_epoch(0)
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            b = ds.batch(start, min(batch_size, n - start))
+            with ctx:
+                loss = model(b["idx"].to(device), b["targets"].to(device), pos=b["pos"].to(device),
+                             doc=b["doc"].to(device), reduction="sum")
+            total += loss.item()
+            count += int((b["targets"] != -100).sum())
+    model.train()
+    return total / max(1, count)
+
+
+def train(cfg):
+    """Runs the whole training job described by cfg; returns a summary dict. Raises TrainingError on a run that
+    cannot continue (too many non-finite steps)."""
+    t_start = time.time()
+    device, ctx, scaler, dtype = setup_numerics(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    print(f"device {device}, compute dtype {dtype}{', GradScaler' if scaler else ''}")
+    print("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
+
+    # resume: the checkpoint's config is the run's config, except for the run-length and output fields
+    ckpt = None
+    if cfg.resume:
+        path = cfg.resume
+        if path == "auto":
+            found = list_checkpoints(cfg.out_dir)
+            path = found[-1] if found else ""
+        if path:
+            ckpt = load_checkpoint(path)
+            if "optimizer" not in ckpt:
+                raise SystemExit(f"{path} holds weights only (best.pt); resume from a ckpt-*.pt file")
+            print(f"resuming from {path} at step {ckpt['step']}")
+
+    model, tok = build_model(cfg, device)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+    model.grad_checkpointing = cfg.grad_checkpointing
+    tok.save(os.path.join(cfg.out_dir, "tokenizer"))
+    with open(os.path.join(cfg.out_dir, "config.json.tmp"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    os.replace(os.path.join(cfg.out_dir, "config.json.tmp"), os.path.join(cfg.out_dir, "config.json"))
+    print(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.config}")
+
+    train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
+                                           cfg.max_samples, cfg.val_size, cfg.system_prompt)
+    st = train_ds.stats()
+    print(f"train data: {st['examples']} examples -> {st['rows_per_epoch']} rows of {cfg.seq_len} tokens per epoch "
+          f"({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
+          f"({st['supervised_tokens_cut']} supervised tokens cut)")
+    rows_per_step = cfg.batch_size * cfg.grad_accum
+    total_steps = cfg.max_iters or train_ds.total_rows(cfg.epochs) // rows_per_step
+    if total_steps <= 0:
+        raise SystemExit(f"no optimizer steps: {train_ds.total_rows(cfg.epochs)} rows in {cfg.epochs} epochs < one "
+                         f"step of {rows_per_step} rows (batch_size * grad_accum)")
+
+    # AdamW with decay on matrices only (not norms, biases); fused on CUDA
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
+
+    step, best, rng = 0, None, None
+    if ckpt:
+        opt.load_state_dict(ckpt["optimizer"])
+        if scaler and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        step, best = ckpt["step"], ckpt.get("best")
+        set_rng_state(ckpt["rng"])
+        del ckpt
+
+    raw_model = model  # checkpoints are written from the uncompiled module: no _orig_mod. prefixes
+    if cfg.compile:
+        model = torch.compile(model)
+
+    def checkpoint(name, full=True):
+        state = {"model": raw_model.state_dict(), "model_config": dataclasses.asdict(raw_model.config),
+                 "config": dataclasses.asdict(cfg), "step": step, "best": best, "tokenizer_dir": "tokenizer"}
+        if full:
+            state.update(optimizer=opt.state_dict(), scaler=scaler.state_dict() if scaler else None, rng=rng_state())
+        save_atomic(state, os.path.join(cfg.out_dir, name))
+        if name.startswith("ckpt-"):
+            for old in list_checkpoints(cfg.out_dir)[:-cfg.keep_last or None]:
+                os.remove(old)
+
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+
+    def log(rec):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if wandb_run:
+            wandb_run.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=rec.get("step"))
+
+    wandb_run = None
+    if cfg.wandb_project:
+        try:
+            import wandb
+            wandb_run = wandb.init(project=cfg.wandb_project, config=dataclasses.asdict(cfg))
+        except ImportError:
+            print("wandb_project is set but wandb is not installed: logging to metrics.jsonl only")
+
+    eval_problems = None
+    if cfg.eval_samples:
+        name = cfg.eval_dataset or data.parse_mixture(cfg.datasets)[0][0]
+        eval_problems = data.load_dataset(name, "test")[:cfg.eval_samples]
+
+    def run_eval():
+        nonlocal best
+        rec = {"step": step}
+        if val_ds:
+            rec["val_loss"] = evaluate_loss(model, val_ds, ctx, device, cfg.batch_size)
+        if eval_problems:
+            from sample import evaluate
+            summary, records = evaluate(raw_model, tok, eval_problems, cfg.prompt_format, cfg.system_prompt,
+                                        max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                                        device=device, ctx=ctx, seed=cfg.seed)
+            rec.update({f"eval_{k}": v for k, v in summary.items()})
+            with open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") as f:
+                for r in records[:5]:
+                    f.write(json.dumps({"step": step, **r}) + "\n")
+        print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
+        log(rec)
+        # best.pt follows answer accuracy when generation eval is on, else validation loss
+        metric = rec.get("eval_accuracy", -rec["val_loss"] if "val_loss" in rec else None)
+        if metric is not None and (best is None or metric > best):
+            best = metric
+            checkpoint("best.pt", full=False)
+        return rec
+
+    # -------------------------------------------------------------------------
+    # the loop. Data position = rows consumed = step * rows_per_step, so resume needs only the step.
+    print(f"training for {total_steps} steps of {rows_per_step} rows ({cfg.batch_size} x {cfg.grad_accum} accumulation)")
+    model.train()
+    bad_in_a_row, t_log, tokens_since, last = 0, time.time(), 0, {}
+    flops_per_token = raw_model.flops_per_token(cfg.seq_len)
+    peak_flops = 989e12 if device.startswith("cuda") else None  # H100/H200 dense bf16; MFU is printed on CUDA only
+    stop_reason = "max_iters" if cfg.max_iters else "epochs"
+    try:
+        while step < total_steps:
+            if cfg.max_time and time.time() - t_start > cfg.max_time:
+                stop_reason = "max_time"
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg, total_steps)
+            micro = [train_ds.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size) for m in range(cfg.grad_accum)]
+            # the loss is the sum over answer tokens divided by the answer tokens of the WHOLE accumulated batch
+            # (not a mean of per-micro-batch means), so N micro-batches of 1 give the gradient of one batch of N
+            n_sup = sum(int((b["targets"] != -100).sum()) for b in micro)
+            loss_acc = torch.zeros((), device=device)
+            for b in micro:
+                with ctx:
+                    loss = model(b["idx"].to(device, non_blocking=True), b["targets"].to(device, non_blocking=True),
+                                 pos=b["pos"].to(device, non_blocking=True), doc=b["doc"].to(device, non_blocking=True),
+                                 reduction="sum") / max(1, n_sup)
+                (scaler.scale(loss) if scaler else loss).backward()
+                loss_acc += loss.detach()
+            if scaler:
+                scaler.unscale_(opt)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            loss_v, gnorm_v = loss_acc.item(), gnorm.item()
+            # the guard: never apply an update computed from a non-finite loss or gradient. (With fp16 an inf
+            # gradient is the GradScaler's business: it skips the step and lowers the scale by itself.)
+            if not math.isfinite(loss_v) or (not math.isfinite(gnorm_v) and not scaler):
+                bad_in_a_row += 1
+                ids = [i for b in micro for row in b["example_ids"] for i in row]
+                print(f"step {step}: non-finite loss {loss_v} / grad norm {gnorm_v}: update skipped "
+                      f"({bad_in_a_row} in a row); examples in this batch: {ids}")
+                log({"step": step, "event": "skipped_nonfinite", "loss": loss_v, "grad_norm": gnorm_v, "example_ids": ids})
+                opt.zero_grad(set_to_none=True)
+                if scaler:
+                    scaler.update()
+                step += 1
+                if bad_in_a_row >= cfg.max_bad_steps:
+                    raise TrainingError(f"{bad_in_a_row} non-finite steps in a row (last at step {step - 1}); stopping "
+                                        f"without applying any of them. See metrics.jsonl for the example ids; try a "
+                                        f"lower lr, dtype=float32 to rule out precision, or check those examples.")
+                continue
+            bad_in_a_row = 0
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens_since += rows_per_step * cfg.seq_len
+            last = {"step": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm_v, "n_sup": n_sup}
+
+            if step % cfg.log_interval == 0 or step == total_steps:
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                dt = time.time() - t_log
+                tps = tokens_since / dt
+                eta = (total_steps - step) * dt / max(1, min(cfg.log_interval, step))
+                rec = {**last, "tok_per_s": tps, "elapsed": time.time() - t_start}
+                line = (f"step {step}/{total_steps} | loss {loss_v:.4f} | lr {last['lr']:.2e} | gnorm {gnorm_v:.2f} "
+                        f"| {tps / 1e3:.1f}k tok/s")
+                if peak_flops:
+                    rec["mfu"] = flops_per_token * tps / peak_flops
+                    line += f" | mfu {rec['mfu']:.1%}"
+                print(line + f" | eta {int(eta // 60)}m{int(eta % 60):02d}s")
+                log(rec)
+                t_log, tokens_since = time.time(), 0
+            if step % cfg.eval_interval == 0 or step == total_steps:
+                run_eval()
+            if step % cfg.save_interval == 0 and step != total_steps:
+                checkpoint(f"ckpt-{step:06d}.pt")
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+        print("interrupted: saving a checkpoint before exiting")
+    if step == 0 or not os.path.exists(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt")):
+        checkpoint(f"ckpt-{step:06d}.pt")
+    summary = {"step": step, "stop_reason": stop_reason, "best": best, "time": time.time() - t_start, **last}
+    print(f"done: {stop_reason} at step {step} after {summary['time']:.0f}s; checkpoints in {cfg.out_dir}")
+    if wandb_run:
+        wandb_run.finish()
+    return summary
+
+
+def main(argv=None):
+    cfg = load_config(sys.argv[1:] if argv is None else argv)
+    try:
+        train(cfg)
+    except TrainingError as e:
+        raise SystemExit(f"training stopped: {e}")
+
+
+if __name__ == "__main__":
+    main()
