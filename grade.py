@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from decimal import Decimal, ROUND_HALF_UP
 from fractions import Fraction
 
-MAX_RESPONSE_CHARS = 100_000  # final answers live at the end; only the tail of a huge response is searched
+MAX_RESPONSE_CHARS = 1_000_000  # only the tail of a longer response is searched (final answers live at the end)
+MAX_BOX_CHARS = 20_000          # a \\boxed{} longer than this is not an answer
 MAX_ANSWER_CHARS = 1_000      # longer "answers" are compared as strings only
 MAX_TOKENS = 400
 MAX_DEPTH = 60
@@ -55,7 +56,7 @@ def _find_boxed(text):
         i = m.end()
         if i < len(text) and text[i] == '{':
             depth = 0
-            for j in range(i, len(text)):
+            for j in range(i, min(len(text), i + MAX_BOX_CHARS)):
                 if text[j] == '{':
                     depth += 1
                 elif text[j] == '}':
@@ -77,18 +78,47 @@ def _last_boxed(text):
     return boxes[-1][2] if boxes else None
 
 
-def _clip_answer_phrase(s):
-    """Text after "the answer is": keep the first math span or the first sentence."""
-    s = s.strip().lstrip('*: ').strip()
-    m = re.match(r'\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]', s, re.S)
-    if m:
-        return next(g for g in m.groups() if g is not None)
-    s = s.split('\n')[0]
-    s = re.split(r'\.(?:\s|$)|;|\*\*', s)[0]  # sentence end; a decimal point is followed by a digit
-    return s.strip()
-
-
+_MATH_SPAN_RE = re.compile(r'\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|\$([^$\n]+?)\$', re.S)
 _NUMBER_RE = re.compile(r'-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+')
+
+
+def _is_prose(s):
+    """Two or more plain words of 3+ letters (outside \\commands): a sentence, not a formula."""
+    return len(re.findall(r'(?<![\\a-zA-Z])[a-zA-Z]{3,}', _unwrap_text_commands(s))) >= 2
+
+
+def _math_spans(text):
+    """(end, content) of $..$, $$..$$, \\(..\\), \\[..\\]; an inline $..$ that reads as prose (currency) is skipped."""
+    out = []
+    for m in _MATH_SPAN_RE.finditer(text):
+        content = next(g for g in m.groups() if g is not None).strip()
+        if content and not (m.group(4) is not None and _is_prose(content)):
+            out.append((m.end(), content))
+    return out
+
+
+def _clip_answer_phrase(s):
+    """Text after "the answer is": the math span or the first sentence, reduced to the value it states."""
+    s = s.strip().lstrip('*: ').strip()
+    spans = _math_spans(s)
+    if spans and s.startswith(('$', '\\(', '\\[')):
+        return spans[0][1]
+    s = s.split('\n')[0]
+    s = re.split(r'\.(?:\s|$)|;|\*\*|<', s)[0].strip()  # sentence end; a decimal point is followed by a digit
+    # "Final Answer: The volume of $V$ is 120" -> what follows the last "is"
+    tail = re.split(r'\bis\b|\bare\b|\bequals\b', s)[-1].strip()
+    if tail and not tail.startswith('$') and _math_spans(tail):
+        spans = _math_spans(tail)
+    elif tail and tail.startswith('$'):
+        spans = _math_spans(tail)
+    else:
+        spans = []
+    if spans:
+        return spans[-1][1]
+    if _is_prose(tail):  # "Jane started growing Sphere 3 hours ago": the number in it
+        nums = _NUMBER_RE.findall(tail)
+        return nums[-1].rstrip(',') if nums else tail
+    return tail
 
 
 def _extract(text):
@@ -112,9 +142,14 @@ def _extract(text):
         cand = _clip_answer_phrase(text[phrases[-1].end():phrases[-1].end() + 500])
         if cand:
             return cand, True
-    nums = _NUMBER_RE.findall(text[-10_000:])
+    # no marker: the last number, or the last formula if it comes later ("... is $(7, 6)$.")
+    tail = text[-10_000:]
+    nums = list(_NUMBER_RE.finditer(tail))
+    spans = _math_spans(tail)
+    if spans and (not nums or spans[-1][0] >= nums[-1].end()):
+        return spans[-1][1], False
     if nums:
-        return nums[-1].rstrip(','), False
+        return nums[-1].group(0).rstrip(','), False
     return None, False
 
 
@@ -136,7 +171,7 @@ _UNIT_WORDS = None  # any word inside \text{} that is not a separator counts as 
 
 def _unwrap_text_commands(s):
     """\\text{abc} -> abc (marked with spaces); returns the string."""
-    return re.sub(r'\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}',
+    return re.sub(r'\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}',
                   r' \1 ', s)
 
 
@@ -159,12 +194,16 @@ def _normalize(s):
     s = re.sub(r'\\(?:leq|le)(?![a-zA-Z])', '<=', s)
     s = re.sub(r'\\(?:geq|ge)(?![a-zA-Z])', '>=', s)
     s = re.sub(r'\\(?:neq|ne)(?![a-zA-Z])', '!=', s)
-    whole_text = re.fullmatch(r'\s*\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}\s*\.?', s)
+    s = re.sub(r'^[a-zA-Z]\s*\\in(?![a-zA-Z])', '', s).strip()  # x \in [1,2]
+    # R minus a point: \mathbb{R} \setminus \{5\} is (-\infty,5) \cup (5,\infty)
+    s = re.sub(r'^\\mathbb\s*\{?R\}?\s*\\(?:setminus|backslash)\s*\\lbrace\s*([^,{}]+?)\s*\\rbrace\s*$',
+               r'(-\\infty,\1)\\cup(\1,\\infty)', s)
+    whole_text = re.fullmatch(r'\s*\\(?:text|textbf|textnormal|mathrm|mbox)\s*\{([^{}]*)\}\s*\.?', s)
     if whole_text:  # the whole answer is words: \text{Evelyn}, \text{(C)}
         return whole_text.group(1).strip()
     # \text{ and } / \text{ or } separate solutions; other words inside \text{} are units: drop them
     s = re.sub(r'\\text\s*\{\s*(?:and|or)\s*\}', ',', s)
-    s = re.sub(r'\\(?:text|textbf|mathrm|mbox)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\s*\^\s*\{?[23]\}?)?', ' ', s)
+    s = re.sub(r'\\(?:text|textbf|textnormal|mathrm|mbox)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\s*\^\s*\{?[23]\}?)?', ' ', s)
     s = _unwrap_text_commands(s)
     s = re.sub(r'\s+(?:and|or)\s+', ', ', s)
     # plain-text units after a value: "18 apples", "5 cm^2" (a word of 2+ letters not preceded by a backslash)
@@ -463,7 +502,7 @@ class _Parser:
                 base = self.take()[1] if self.peek()[1] != '{' else (self.take(), self.take()[1], self.take())[1]
                 e = ('var', f'{v}_{base}')
         elif k == 'var':
-            e = ('const', 'i') if v == 'i' else ('var', v)
+            e = ('const', v) if v in ('i', 'e') else ('var', v)  # the imaginary unit and Euler's number
             if self.peek()[1] == '_':
                 self.take()
                 sub = self.take()[1] if self.peek()[1] != '{' else (self.take(), self.take()[1], self.take())[1]
@@ -576,7 +615,7 @@ def _eval(e, env, budget):
             raise _Fail('free variable')
         return env[e[1]]
     if k == 'const':
-        return {'pi': complex(math.pi), 'i': 1j, 'inf': complex(math.inf)}[e[1]]
+        return {'pi': complex(math.pi), 'i': 1j, 'e': complex(math.e), 'inf': complex(math.inf)}[e[1]]
     if k == 'neg':
         return -_eval(e[1], env, budget)
     if k == 'abs':
@@ -597,16 +636,16 @@ def _eval(e, env, budget):
         if all(isinstance(x, Fraction) and x.denominator == 1 for x in (n, r)) and 0 <= r <= n <= 2000:
             return Fraction(math.comb(int(n), int(r)))
         raise _Fail('binom')
-    a = _eval(e[1], env, budget)
     if k == 'fn':
         f = {'sin': cmath.sin, 'cos': cmath.cos, 'tan': cmath.tan, 'cot': lambda z: 1 / cmath.tan(z),
              'sec': lambda z: 1 / cmath.cos(z), 'csc': lambda z: 1 / cmath.sin(z), 'arcsin': cmath.asin,
              'arccos': cmath.acos, 'arctan': cmath.atan, 'sinh': cmath.sinh, 'cosh': cmath.cosh,
              'tanh': cmath.tanh, 'ln': cmath.log, 'log': cmath.log10, 'exp': cmath.exp}[e[1]]
-        z = _c(a)
+        z = _c(_eval(e[2], env, budget))
         if abs(z) > 1e6:
             raise _Fail('huge argument')
         return f(z)
+    a = _eval(e[1], env, budget)
     b = _eval(e[2], env, budget)
     both = isinstance(a, Fraction) and isinstance(b, Fraction)
     if k == 'add':
