@@ -78,18 +78,24 @@ class Config:
     wandb_project: str = ""              # log to wandb when set and installed
 
 
+# names users bring from nanoGPT / the HF Trainer, for the "did you mean" hint
+ALIASES = {"learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "block_size": "seq_len",
+           "max_seq_length": "seq_len", "num_train_epochs": "epochs", "max_steps": "max_iters", "output_dir": "out_dir",
+           "per_device_train_batch_size": "batch_size", "warmup_steps": "warmup_iters", "max_grad_norm": "grad_clip"}
+
+
 def load_config(argv):
     """Config from defaults, then an optional experiment file (its top-level names), then --key=value flags.
     Unknown keys are errors naming the closest valid key; values are checked against the default's type."""
     cfg = Config()
     fields = {f.name: f for f in dataclasses.fields(Config)}
 
-    def set_key(key, value, where):
+    def set_key(key, value, where, from_cli=False):
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
+            close = [ALIASES[key]] if key in ALIASES else difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
             raise SystemExit(f"{where}: unknown config key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
         default = getattr(Config, key)
-        if isinstance(value, str) and not isinstance(default, str):
+        if from_cli and not isinstance(default, str):
             try:
                 value = {"true": True, "false": False}[value.lower()] if isinstance(default, bool) else type(default)(value)
             except (KeyError, ValueError):
@@ -105,7 +111,7 @@ def load_config(argv):
             key, eq, value = arg[2:].partition("=")
             if not eq:
                 raise SystemExit(f"command line: '{arg}' must be --key=value")
-            set_key(key, value, "command line")
+            set_key(key, value, "command line", from_cli=True)
         else:
             if not os.path.isfile(arg):
                 raise SystemExit(f"config file not found: {arg}")
@@ -214,13 +220,14 @@ class TrainingError(RuntimeError):
 def build_model(cfg, device):
     if cfg.init_from == "scratch":
         tok = load_tokenizer(cfg.tokenizer)
-        mc = dataclasses.replace(PRESETS[cfg.model_preset], vocab_size=-(-tok.n_vocab // 64) * 64, max_seq_len=cfg.seq_len)
-        for k in ("n_layer", "n_embd", "n_head"):
-            if getattr(cfg, k):
-                mc = dataclasses.replace(mc, **{k: getattr(cfg, k)})
-        if cfg.n_head or cfg.n_embd:  # keep the preset's GQA ratio and MLP ratio sensible for the overrides
-            mc = dataclasses.replace(mc, n_kv_head=mc.n_head if mc.n_kv_head == PRESETS[cfg.model_preset].n_head else mc.n_kv_head,
-                                     intermediate_size=mc.intermediate_size if not cfg.n_embd else -(-8 * mc.n_embd // 3 // 64) * 64)
+        if cfg.model_preset not in PRESETS:
+            raise SystemExit(f"model_preset '{cfg.model_preset}' is not one of {sorted(PRESETS)}")
+        mc = dataclasses.asdict(PRESETS[cfg.model_preset])
+        mc.update(vocab_size=-(-tok.n_vocab // 64) * 64, max_seq_len=cfg.seq_len)  # vocab padded to a multiple of 64
+        if cfg.n_layer or cfg.n_embd or cfg.n_head:  # overrides: plain multi-head attention, SwiGLU width ~8/3 C
+            mc.update({k: getattr(cfg, k) for k in ("n_layer", "n_embd", "n_head") if getattr(cfg, k)})
+            mc.update(n_kv_head=mc["n_head"], head_dim=0, intermediate_size=-(-8 * mc["n_embd"] // 3 // 32) * 32)
+        mc = ModelConfig(**mc)
         torch.manual_seed(cfg.seed)
         model = Transformer(mc).to(device)
     else:
@@ -246,6 +253,23 @@ def evaluate_loss(model, ds, ctx, device, batch_size):
             count += int((b["targets"] != -100).sum())
     model.train()
     return total / max(1, count)
+
+
+def forward_backward(model, micro, ctx, scaler, device):
+    """Accumulate the gradients of one optimizer step over its micro-batches. The loss is the sum over answer
+    tokens divided by the answer tokens of the WHOLE accumulated batch (not a mean of per-micro-batch means, which
+    over-weights short answers), so N micro-batches of 1 row give exactly the gradient of one batch of N rows.
+    Returns (loss as a 0-dim tensor, number of supervised tokens)."""
+    n_sup = sum(int((b["targets"] != -100).sum()) for b in micro)
+    loss_acc = torch.zeros((), device=device)
+    for b in micro:
+        with ctx:
+            loss = model(b["idx"].to(device, non_blocking=True), b["targets"].to(device, non_blocking=True),
+                         pos=b["pos"].to(device, non_blocking=True), doc=b["doc"].to(device, non_blocking=True),
+                         reduction="sum") / max(1, n_sup)
+        (scaler.scale(loss) if scaler else loss).backward()
+        loss_acc += loss.detach()
+    return loss_acc, n_sup
 
 
 def train(cfg):
@@ -369,7 +393,8 @@ def train(cfg):
     # the loop. Data position = rows consumed = step * rows_per_step, so resume needs only the step.
     print(f"training for {total_steps} steps of {rows_per_step} rows ({cfg.batch_size} x {cfg.grad_accum} accumulation)")
     model.train()
-    bad_in_a_row, t_log, tokens_since, last = 0, time.time(), 0, {}
+    bad_in_a_row, t_log, tokens_since = 0, time.time(), 0
+    last = {"loss": float("nan"), "lr": 0.0, "grad_norm": float("nan")}  # until the first applied update
     flops_per_token = raw_model.flops_per_token(cfg.seq_len)
     peak_flops = 989e12 if device.startswith("cuda") else None  # H100/H200 dense bf16; MFU is printed on CUDA only
     stop_reason = "max_iters" if cfg.max_iters else "epochs"
@@ -381,23 +406,14 @@ def train(cfg):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg, total_steps)
             micro = [train_ds.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size) for m in range(cfg.grad_accum)]
-            # the loss is the sum over answer tokens divided by the answer tokens of the WHOLE accumulated batch
-            # (not a mean of per-micro-batch means), so N micro-batches of 1 give the gradient of one batch of N
-            n_sup = sum(int((b["targets"] != -100).sum()) for b in micro)
-            loss_acc = torch.zeros((), device=device)
-            for b in micro:
-                with ctx:
-                    loss = model(b["idx"].to(device, non_blocking=True), b["targets"].to(device, non_blocking=True),
-                                 pos=b["pos"].to(device, non_blocking=True), doc=b["doc"].to(device, non_blocking=True),
-                                 reduction="sum") / max(1, n_sup)
-                (scaler.scale(loss) if scaler else loss).backward()
-                loss_acc += loss.detach()
+            loss_acc, n_sup = forward_backward(model, micro, ctx, scaler, device)
             if scaler:
                 scaler.unscale_(opt)
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             loss_v, gnorm_v = loss_acc.item(), gnorm.item()
             # the guard: never apply an update computed from a non-finite loss or gradient. (With fp16 an inf
             # gradient is the GradScaler's business: it skips the step and lowers the scale by itself.)
+            step += 1  # steps are counted from 1 in logs and checkpoint names: ckpt-000010.pt has taken 10 steps
             if not math.isfinite(loss_v) or (not math.isfinite(gnorm_v) and not scaler):
                 bad_in_a_row += 1
                 ids = [i for b in micro for row in b["example_ids"] for i in row]
@@ -407,22 +423,20 @@ def train(cfg):
                 opt.zero_grad(set_to_none=True)
                 if scaler:
                     scaler.update()
-                step += 1
                 if bad_in_a_row >= cfg.max_bad_steps:
-                    raise TrainingError(f"{bad_in_a_row} non-finite steps in a row (last at step {step - 1}); stopping "
+                    raise TrainingError(f"{bad_in_a_row} non-finite steps in a row (last at step {step}); stopping "
                                         f"without applying any of them. See metrics.jsonl for the example ids; try a "
                                         f"lower lr, dtype=float32 to rule out precision, or check those examples.")
-                continue
-            bad_in_a_row = 0
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
             else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
+                bad_in_a_row = 0
+                if scaler:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                opt.zero_grad(set_to_none=True)
+                last = {"step": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm_v, "n_sup": n_sup}
             tokens_since += rows_per_step * cfg.seq_len
-            last = {"step": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm_v, "n_sup": n_sup}
 
             if step % cfg.log_interval == 0 or step == total_steps:
                 if device.startswith("cuda"):
@@ -430,8 +444,8 @@ def train(cfg):
                 dt = time.time() - t_log
                 tps = tokens_since / dt
                 eta = (total_steps - step) * dt / max(1, min(cfg.log_interval, step))
-                rec = {**last, "tok_per_s": tps, "elapsed": time.time() - t_start}
-                line = (f"step {step}/{total_steps} | loss {loss_v:.4f} | lr {last['lr']:.2e} | gnorm {gnorm_v:.2f} "
+                rec = {**last, "step": step, "tok_per_s": tps, "elapsed": time.time() - t_start}
+                line = (f"step {step}/{total_steps} | loss {last['loss']:.4f} | lr {last['lr']:.2e} | gnorm {last['grad_norm']:.2f} "
                         f"| {tps / 1e3:.1f}k tok/s")
                 if peak_flops:
                     rec["mfu"] = flops_per_token * tps / peak_flops
