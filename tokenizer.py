@@ -58,6 +58,16 @@ def token_str_to_bytes(s, where):
 def token_bytes_to_str(b):
     return "".join(BYTE_TO_CHAR[x] for x in b)
 
+# HF's NFC normaliser (the unicode-normalization-alignments crate inside `tokenizers`) has Unicode 9.0 tables;
+# Python's are newer. To it, the combining marks added since 9.0 (and U+11930, whose composition with U+11935 is
+# new) are unknown, i.e. inert starters that nothing reorders or composes across. Normalising the text between
+# them and leaving them in place reproduces HF exactly (found by sweeping every code point against HF's NFC).
+_HF_UNKNOWN = re.compile("([" + "".join(
+    chr(int(a, 16)) + ("-" + chr(int(b, 16)) if b else "") for a, _, b in (r.partition("-") for r in """
+    07FD 0898-089F 08CA-08D3 09FE 0C3C 0D3B-0D3C 0EBA 1715 1ABF-1ACE 1DF6-1DFA A82C 10D24-10D27 10EAB-10EAC
+    10F46-10F50 10F82-10F85 11070 1133B 1145E 11839-1183A 11930 1193D-1193E 11943 119E0 11A34 11A47 11A99 11D42
+    11D44-11D45 11D97 16FF0-16FF1 1E130-1E136 1E2AE 1E2EC-1E2EF""".split())) + "])")
+
 # -----------------------------------------------------------------------------
 
 class Tokenizer:
@@ -66,7 +76,7 @@ class Tokenizer:
 
     def __init__(self, name, enc, special, special_flags, eot, stop, nfc, default_system, files):
         self.name = name                       # "qwen" or "math"
-        self.enc = enc                         # tiktoken.Encoding over the ordinary (BPE) tokens only
+        self.enc = enc                         # tiktoken.Encoding (we call only encode_ordinary and decode on it)
         self.special = dict(special)           # every added token (string -> id), all atomic
         self.n_vocab = max(enc.max_token_value, max(special.values())) + 1
         self.eot_id = special[eot]
@@ -98,9 +108,12 @@ class Tokenizer:
         return pat.split(text) if pat is not None else [text]
 
     def _norm(self, s):
-        if self.nfc and not unicodedata.is_normalized("NFC", s):
-            s = unicodedata.normalize("NFC", s)
-        return s
+        if not self.nfc or s.isascii() or unicodedata.is_normalized("NFC", s):
+            return s
+        if _HF_UNKNOWN.search(s) is None:
+            return unicodedata.normalize("NFC", s)
+        parts = _HF_UNKNOWN.split(s)  # [text, mark, text, mark, ..., text]
+        return "".join(p if i % 2 else unicodedata.normalize("NFC", p) for i, p in enumerate(parts))
 
     def encode(self, text, allow_special=True):
         segs = self._segments(text, allow_special)
@@ -147,7 +160,7 @@ class Tokenizer:
             return self.enc.decode(ids, errors="replace")  # invalid UTF-8 -> U+FFFD, like HF's from_utf8_lossy
         except KeyError:
             # ids with no token (e.g. embedding rows past the vocabulary) are skipped, as the HF decoder does
-            known = [i for i in ids if 0 <= i < self.n_vocab and self.token_bytes(i) is not None]
+            known = [i for i in ids if isinstance(i, int) and self.token_bytes(i) is not None]
             return self.enc.decode(known, errors="replace")
 
     def token_bytes(self, i):
@@ -349,7 +362,8 @@ def _make_qwen(pattern, ranks, special, flags, files, path):
     for s in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
         if s not in special:
             raise ValueError(f"{path}: special token {s!r} missing from the added tokens")
-    enc = tiktoken.Encoding(name="qwen", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    # specials go into tiktoken only so it can decode them; encoding uses encode_ordinary + our own splitting
+    enc = tiktoken.Encoding(name="qwen", pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
     return Tokenizer("qwen", enc, special, flags, "<|endoftext|>", ("<|im_end|>", "<|endoftext|>"),
                      nfc=True, default_system=QWEN_SYSTEM, files=files)
 
@@ -525,7 +539,7 @@ def load_math_tokenizer(path):
             raise ValueError(f"{path}: special token {s!r} missing from 'special'")
     if set(special.values()) & set(range(len(vocab))):
         raise ValueError(f"{path}: special ids overlap the vocab ids 0..{len(vocab) - 1}")
-    enc = tiktoken.Encoding(name="nanomath-math", pat_str=d["pattern"], mergeable_ranks=ranks, special_tokens={})
+    enc = tiktoken.Encoding(name="nanomath-math", pat_str=d["pattern"], mergeable_ranks=ranks, special_tokens=special)
     return Tokenizer("math", enc, special, {}, "<|endoftext|>", ("<|im_end|>", "<|endoftext|>"),
                      nfc=False, default_system=None, files={"math_tokenizer.json": raw})
 
