@@ -27,7 +27,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from decimal import Decimal, ROUND_HALF_UP
+from decimal import Decimal, ROUND_HALF_UP, localcontext
 from fractions import Fraction
 
 MAX_RESPONSE_CHARS = 1_000_000  # only the tail of a longer response is searched (final answers live at the end)
@@ -142,8 +142,12 @@ def _extract(text):
         cand = _clip_answer_phrase(text[phrases[-1].end():phrases[-1].end() + 500])
         if cand:
             return cand, True
-    # no marker: the last number, or the last formula if it comes later ("... is $(7, 6)$.")
+    # no marker: the last number, or the last formula if it comes later ("... is $(7, 6)$."), but not
+    # the numbers of a closing check ("So x = 3. Checking: 2(3) + 1 = 7.")
     tail = text[-10_000:]
+    checks = list(re.finditer(r'(?i)\b(?:let\'s |let me )?(?:check|checking|verify|verifying|verification)\b', tail))
+    if checks and _NUMBER_RE.search(tail[:checks[-1].start()]):
+        tail = tail[:checks[-1].start()]
     nums = list(_NUMBER_RE.finditer(tail))
     spans = _math_spans(tail)
     if spans and (not nums or spans[-1][0] >= nums[-1].end()):
@@ -190,6 +194,7 @@ def _normalize(s):
     s = re.sub(r'\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|\bdegrees?\b', ' ', s)
     s = re.sub(r'\\?%|\bpercent\b', ' ', s)
     s = s.replace('\\$', ' ').replace('$', ' ')
+    s = re.sub(r'\\\{\s*\\\}|\\varnothing|\\o\b|\\empty\b', r'\\emptyset', s)
     s = s.replace('\\{', '\\lbrace ').replace('\\}', '\\rbrace ')
     s = re.sub(r'\\(?:leq|le)(?![a-zA-Z])', '<=', s)
     s = re.sub(r'\\(?:geq|ge)(?![a-zA-Z])', '>=', s)
@@ -201,6 +206,10 @@ def _normalize(s):
     whole_text = re.fullmatch(r'\s*\\(?:text|textbf|textnormal|mathrm|mbox)\s*\{([^{}]*)\}\s*\.?', s)
     if whole_text:  # the whole answer is words: \text{Evelyn}, \text{(C)}
         return whole_text.group(1).strip()
+    # "1.5 million" is a number, not a unit
+    s = re.sub(r'\s*\\?(?:text\s*\{)?\s*\b(hundred|thousand|million|billion|trillion)\b\s*\}?',
+               lambda m: ' \\times 10^{%d}' % {'hundred': 2, 'thousand': 3, 'million': 6, 'billion': 9,
+                                              'trillion': 12}[m.group(1)], s)
     # \text{ and } / \text{ or } separate solutions; other words inside \text{} are units: drop them
     s = re.sub(r'\\text\s*\{\s*(?:and|or)\s*\}', ',', s)
     s = re.sub(r'\\(?:text|textbf|textnormal|mathrm|mbox)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\s*\^\s*\{?[23]\}?)?', ' ', s)
@@ -257,7 +266,7 @@ def _outer_bracketed(s):
 
 def _structure(s):
     """Parse normalised text into ('mat', rows) | ('union', parts) | ('seq', open, close, items) |
-    ('set', items) | ('list', items) | ('rel', op, lhs, rhs) | ('scalar', text)."""
+    ('set', items) | ('list', items) | ('rel', op, lhs, rhs, text) | ('scalar', text)."""
     m = re.fullmatch(r'\\begin\{[pbBvV]?matrix\}(.*)\\end\{[pbBvV]?matrix\}', s, re.S)
     if m:
         rows = [r for r in re.split(r'\\\\', m.group(1)) if r.strip()]
@@ -280,7 +289,7 @@ def _structure(s):
     for op in ['<=', '>=', '!=', '=', '<', '>']:
         sides = _split_top(s, [op])
         if len(sides) >= 2 and all(sides):
-            return ('rel', op, sides[0], sides[-1])
+            return ('rel', op, sides[0], sides[-1], s)
     return ('scalar', s)
 
 
@@ -305,13 +314,43 @@ def _unordered_eq(a, b, eq):
     return True
 
 
+def _as_interval(st):
+    """1 <= x < 2 -> ('seq', '[', ')', ['1', '2']); x > 5 -> (5, \\infty); else st unchanged."""
+    if st[0] != 'rel' or st[1] not in ('<', '<=', '>', '>='):
+        return st
+    parts = [x.strip() for x in re.split(r'(<=|>=|<|>)', st[4])]
+    if len(parts) == 5 and parts[1][0] == parts[3][0]:  # a < x <= b, or b > x > a
+        lo, op1, _, op2, hi = parts if parts[1][0] == '<' else parts[::-1]
+        if parts[1][0] == '>':
+            op1, op2 = {'>': '<', '>=': '<='}[parts[3]], {'>': '<', '>=': '<='}[parts[1]]
+        return ('seq', '[' if op1 == '<=' else '(', ']' if op2 == '<=' else ')', [lo, hi])
+    if len(parts) == 3:
+        a, op, b = parts
+        if re.fullmatch(r'[a-zA-Z]', b):  # 5 < x is x > 5
+            a, b, op = b, a, {'<': '>', '<=': '>=', '>': '<', '>=': '<='}[op]
+        if not re.fullmatch(r'[a-zA-Z]', a):
+            return st
+        if op in ('>', '>='):
+            return ('seq', '[' if op == '>=' else '(', ')', [b, '\\infty'])
+        return ('seq', '(', ']' if op == '<=' else ')', ['-\\infty', b])
+    return st
+
+
 def _struct_equiv(p, g, ctx):
+    if g[0] in ('seq', 'union') or p[0] in ('seq', 'union'):
+        p, g = _as_interval(p), _as_interval(g)
+    # a column or row vector against a tuple: compare the entries
+    for a, b in ((p, g), (g, p)):
+        if a[0] == 'mat' and b[0] == 'seq' and b[1] == '(' and (len(a[1]) == 1 or all(len(r) == 1 for r in a[1])):
+            entries = [c for r in a[1] for c in r]
+            a = ('seq', '(', ')', entries)
+            p, g = (a, b) if p[0] == 'mat' else (b, a)
     kp, kg = p[0], g[0]
     if kg in ('list', 'set', 'union', 'seq'):
         if kp == 'rel' or kp == 'scalar':
             p = _strip_var_eq(p)
         if kg in ('list', 'set') and kp in ('list', 'set'):
-            items_p = [_strip_var_eq(_structure(x)) for x in p[1]]
+            items_p = [_structure(x) for x in p[1]]  # x = 2 items are reduced against a bare gold item
             items_g = [_structure(x) for x in g[1]]
             return _unordered_eq(items_p, items_g, lambda a, b: _struct_equiv(a, b, ctx))
         if kg == 'union' and kp == 'union':
@@ -496,6 +535,8 @@ class _Parser:
         self.enter()
         k, v = self.take()
         if k == 'num':
+            if len(v) > 400 or ('e' in v.lower() and abs(int(re.split('[eE]', v)[1])) > 400):
+                raise _Fail('number too large to be an answer')  # keeps Fraction('1e999999999') from hanging
             e = ('num', Fraction(v), '.' in v or 'e' in v.lower())
             if self.peek()[1] == '_':  # 1011_2: a numeral in another base is a symbol, not a value
                 self.take()
@@ -718,13 +759,18 @@ def _decimal_matches(lit, value):
     if sig < 3:
         return False
     places = -d.as_tuple().exponent if d.as_tuple().exponent < 0 else 0
-    if isinstance(value, Fraction):
-        v = Decimal(value.numerator) / Decimal(value.denominator)
-    else:
-        if abs(value.imag) > 1e-12 or not math.isfinite(value.real):
-            return False
-        v = Decimal(repr(value.real))
-    return v.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP) == d
+    with localcontext() as ctx:
+        ctx.prec = min(places + 60, 3000)  # enough digits that the rounding below is exact
+        if isinstance(value, Fraction):
+            v = Decimal(value.numerator) / Decimal(value.denominator)
+        else:
+            if abs(value.imag) > 1e-12 or not math.isfinite(value.real):
+                return False
+            v = Decimal(repr(value.real))
+            if places > 12:  # a float only carries ~15 digits: compare 3.14159265358979323846 to pi at 12 places
+                q = Decimal(1).scaleb(-12)
+                return v.quantize(q, rounding=ROUND_HALF_UP) == d.quantize(q, rounding=ROUND_HALF_UP)
+        return v.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP) == d
 
 
 def _points(names, n, seed):
