@@ -170,7 +170,6 @@ _UNICODE = {'\u2212': '-', '\u2013': '-', '\u00d7': '\\times ', '\u00f7': '\\div
             '\u00b0': '^\\circ', '\u00a0': ' ', '\u2009': ' ', '\u202f': ' ', '\u222a': '\\cup ', '\u00bd': '1/2'}
 _DROP = [r'\\displaystyle', r'\\left(?![a-zA-Z])', r'\\right(?![a-zA-Z])', r'\\[bB]igg?[lr]?(?![a-zA-Z])',
          r'\\!', r'\\,', r'\\;', r'\\:', r'(?<!\\)\\ ', r'\\q?quad(?![a-zA-Z])', r'\\limits']
-_UNIT_WORDS = None  # any word inside \text{} that is not a separator counts as a unit (see _normalize)
 
 
 def _unwrap_text_commands(s):
@@ -304,7 +303,13 @@ def _unordered_eq(a, b, eq):
     if len(a) != len(b):
         return False
     left = list(b)
-    for x in a:
+    rest = []
+    for x in a:  # identical items first, so long equal lists stay cheap
+        if x in left:
+            left.remove(x)
+        else:
+            rest.append(x)
+    for x in rest:
         for j, y in enumerate(left):
             if eq(x, y):
                 del left[j]
@@ -521,6 +526,17 @@ class _Parser:
         self.take('}')
         return e
 
+    def subscript(self):
+        """The text of a subscript, _2 or _{n+1}, as part of a symbol's name."""
+        if self.peek()[1] != '{':
+            return self.take()[1]
+        self.take('{')
+        parts = []
+        while self.peek()[1] != '}':
+            parts.append(self.take()[1])
+        self.take('}')
+        return ''.join(parts)
+
     def arg(self):
         """A LaTeX macro argument: {..} or a single token (\\frac12 is \\frac{1}{2})."""
         k, v = self.peek()
@@ -540,14 +556,12 @@ class _Parser:
             e = ('num', Fraction(v), '.' in v or 'e' in v.lower())
             if self.peek()[1] == '_':  # 1011_2: a numeral in another base is a symbol, not a value
                 self.take()
-                base = self.take()[1] if self.peek()[1] != '{' else (self.take(), self.take()[1], self.take())[1]
-                e = ('var', f'{v}_{base}')
+                e = ('var', f'{v}_{self.subscript()}')
         elif k == 'var':
             e = ('const', v) if v in ('i', 'e') else ('var', v)  # the imaginary unit and Euler's number
             if self.peek()[1] == '_':
                 self.take()
-                sub = self.take()[1] if self.peek()[1] != '{' else (self.take(), self.take()[1], self.take())[1]
-                e = ('var', f'{v}_{sub}')
+                e = ('var', f'{v}_{self.subscript()}')
         elif v in ('(', '['):
             e = self.expr()
             self.take(')' if v == '(' else ']')
@@ -620,7 +634,11 @@ class _Budget:
 
     def tick(self):
         self.steps += 1
-        if self.steps % 256 == 0 and time.monotonic() > self.deadline:
+        if self.steps % 256 == 0:
+            self.check()
+
+    def check(self):
+        if time.monotonic() > self.deadline:
             raise _Fail('time')
 
 
@@ -630,8 +648,11 @@ def _exact_root(x, n):
         return None
     out = []
     for v in (x.numerator, x.denominator):
-        r = round(v ** (1.0 / n)) if v.bit_length() < 1000 else None
-        if r is None:
+        if n == 2:
+            r = math.isqrt(v)  # exact for any size, so \sqrt{10^{200}} = 10^{100} exactly
+        elif v.bit_length() < 1000:
+            r = round(v ** (1.0 / n))
+        else:
             return None
         for c in (r - 1, r, r + 1):
             if c >= 0 and c ** n == v:
@@ -789,6 +810,7 @@ def _canon_text(s):
 
 
 def _scalar_equiv(p, g, ctx):
+    ctx.check()  # many items (long lists, big matrices) share one time budget
     if p == g:
         return True
     if p.replace(' ', '') == g.replace(' ', ''):
@@ -810,7 +832,9 @@ def _scalar_equiv(p, g, ctx):
     if not names:
         try:
             vp, vg = _eval(tp, {}, budget), _eval(tg, {}, budget)
-        except _Fail:
+        except _Fail as err:
+            if str(err) == 'time':
+                raise
             return False
         if not (_finite(vp) and _finite(vg)):
             return False
@@ -837,7 +861,7 @@ def _scalar_equiv(p, g, ctx):
             vp, vg = _eval(tp, env, budget), _eval(tg, env, budget)
         except _Fail as err:
             if str(err) == 'time':
-                return False
+                raise
             continue
         if not (_finite(vp) and _finite(vg)):
             continue

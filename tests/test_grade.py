@@ -147,11 +147,24 @@ def test_adversarial_inputs_are_fast(name):
     assert time.perf_counter() - t0 < 1.0, name
 
 
+def test_long_structures_share_one_time_budget():
+    # unordered lists compare item against item: a long list of near-misses must still return quickly
+    n = 330
+    worst = [','.join(f'x+{i}' for i in reversed(range(n))), ','.join(f'x+{i}' for i in [-7] + list(range(1, n)))]
+    fractions = [','.join(f'{i}/1' for i in reversed(range(n))), ','.join(str(i) for i in [-7] + list(range(1, n)))]
+    for pred, gold in (worst, fractions):
+        t0 = time.perf_counter()
+        assert not is_equiv(pred, gold)
+        assert time.perf_counter() - t0 < 1.0
+    assert is_equiv(','.join(f'x+{i}' for i in reversed(range(n))), ','.join(f'x+{i}' for i in range(n)))
+
+
 def test_adversarial_values_are_still_judged():
     assert grade('\\boxed{10^{10^{10^{10}}}}', '10^{10^{10^{10}}}').correct
     assert not grade('\\boxed{10^{10^{10^{11}}}}', '10^{10^{10^{10}}}').correct
     assert grade('\\boxed{' + '(' * 50 + '1' + ')' * 50 + '}', '1').correct
     assert not grade('\\boxed{9998!}', '9999!').correct
+    assert is_equiv('\\sqrt{10^{200}}', '10^{100}') and not is_equiv('\\sqrt{10^{200}+1}', '10^{100}')
 
 
 # -----------------------------------------------------------------------------
