@@ -51,8 +51,15 @@ class Grade:
 
 def _find_boxed(text):
     """All (start, end, content) of complete \\boxed{..} / \\fbox{..} / \\boxed 5, the last few only."""
+    starts, end = [], len(text)
+    while len(starts) < 8:  # the last few boxes only, found from the end: bounded work on adversarial input
+        i = max(text.rfind('\\boxed', 0, end), text.rfind('\\fbox', 0, end))
+        if i < 0:
+            break
+        starts.insert(0, i)
+        end = i
     out = []
-    for m in list(re.finditer(r'\\(?:boxed|fbox)\s*', text))[-8:]:  # bounded work on adversarial input
+    for m in (re.compile(r'\\(?:boxed|fbox)\s*').match(text, i) for i in starts):
         i = m.end()
         if i < len(text) and text[i] == '{':
             depth = 0
@@ -121,6 +128,15 @@ def _clip_answer_phrase(s):
     return tail
 
 
+def _last_match(pattern, text):
+    """The last match of pattern; the tail is searched first since final answers sit at the end."""
+    for window in (20_000, len(text)):
+        matches = list(re.finditer(pattern, text[-window:]))
+        if matches or window >= len(text):
+            return matches[-1] if matches else None
+    return None
+
+
 def _extract(text):
     """-> (answer or None, formatted)."""
     if not text:
@@ -134,12 +150,12 @@ def _extract(text):
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed, True
-    hashes = re.findall(r'####\s*([^\n]*)', text)
-    if hashes:
-        return hashes[-1].strip(), True
-    phrases = list(re.finditer(r'(?i)(?:final answer|the answer|answer)\s*(?:is\b|:)\s*:?', text))
-    if phrases:
-        cand = _clip_answer_phrase(text[phrases[-1].end():phrases[-1].end() + 500])
+    m = _last_match(r'####\s*([^\n]*)', text)
+    if m:
+        return m.group(1).strip(), True
+    m = _last_match(r'(?i)(?:final answer|the answer|answer)\s*(?:is\b|:)\s*:?', text)
+    if m:
+        cand = _clip_answer_phrase(m.string[m.end():m.end() + 500])
         if cand:
             return cand, True
     # no marker: the last number, or the last formula if it comes later ("... is $(7, 6)$."), but not
