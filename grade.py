@@ -85,6 +85,15 @@ def _last_boxed(text):
     return boxes[-1][2] if boxes else None
 
 
+def _last_boxes_joined(text, n):
+    """The last n boxes as one list "a, b", if only "and", commas, $ or spaces separate them; else None."""
+    boxes = _find_boxed(text)[-n:]
+    if len(boxes) != n or any(not re.fullmatch(r'[\s$,.]*(?:and|or)?[\s$,]*', text[a[1]:b[0]])
+                              for a, b in zip(boxes, boxes[1:])):
+        return None
+    return ', '.join(b[2] for b in boxes)
+
+
 _MATH_SPAN_RE = re.compile(r'\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|\$([^$\n]+?)\$', re.S)
 _NUMBER_RE = re.compile(r'-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+')
 
@@ -122,9 +131,9 @@ def _clip_answer_phrase(s):
         spans = []
     if spans:
         return spans[-1][1]
-    if _is_prose(tail):  # "Jane started growing Sphere 3 hours ago": the number in it
+    if _is_prose(tail):  # "Jane started growing Sphere 3 hours ago", "4 cookies, not 5": the first number
         nums = _NUMBER_RE.findall(tail)
-        return nums[-1].rstrip(',') if nums else tail
+        return nums[0].rstrip(',') if nums else tail
     return tail
 
 
@@ -188,6 +197,16 @@ _DROP = [r'\\displaystyle', r'\\left(?![a-zA-Z])', r'\\right(?![a-zA-Z])', r'\\[
          r'\\!', r'\\,', r'\\;', r'\\:', r'(?<!\\)\\ ', r'\\q?quad(?![a-zA-Z])', r'\\limits']
 
 
+_UNITS = 'zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen ' \
+         'seventeen eighteen nineteen'.split()
+_TENS = 'twenty thirty forty fifty sixty seventy eighty ninety'.split()
+_NUMBER_WORDS = {w: i for i, w in enumerate(_UNITS)}
+_NUMBER_WORDS.update({t: 20 + 10 * i for i, t in enumerate(_TENS)})
+_NUMBER_WORDS.update({f'{t}{sep}{u}': 20 + 10 * i + j for i, t in enumerate(_TENS) for j, u in enumerate(_UNITS[1:10], 1)
+                      for sep in ('-', ' ')})
+_NUMBER_WORDS.update({'a hundred': 100, 'one hundred': 100})
+
+
 def _unwrap_text_commands(s):
     """\\text{abc} -> abc (marked with spaces); returns the string."""
     return re.sub(r'\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}',
@@ -236,6 +255,8 @@ def _normalize(s):
     s = re.sub(r'\s*\b[ap]\.?m\.?$', '', s)  # 8:34 p.m.
     s = s.strip().rstrip('.').strip()
     s = re.sub(r'\s+', ' ', s)
+    if s.lower() in _NUMBER_WORDS:  # "twenty-five"
+        s = str(_NUMBER_WORDS[s.lower()])
     # plain thousands separators, only when the whole answer is one number: 1,000 / 1 000
     if re.fullmatch(r'-?\d{1,3}(?:[, ]\d{3})+(?:\.\d+)?', s):
         s = s.replace(',', '').replace(' ', '')
@@ -938,7 +959,14 @@ def grade(response, answer):
     elif '\\boxed' in gold or '\\fbox' in gold:
         gold = _last_boxed(gold) or gold
     extracted, formatted = _extract(response or '')
-    return Grade(correct=is_equiv(extracted, gold), formatted=formatted, extracted=extracted)
+    correct = is_equiv(extracted, gold)
+    if not correct and extracted is not None and response:
+        # "the roots are \boxed{2} and \boxed{3}" against a gold list "2, 3": join the last boxes
+        n_gold = len(_split_top(_normalize(gold), [',']))
+        joined = _last_boxes_joined(response[-MAX_RESPONSE_CHARS:], n_gold) if n_gold > 1 else None
+        if joined is not None and is_equiv(joined, gold):
+            correct, extracted = True, joined
+    return Grade(correct=correct, formatted=formatted, extracted=extracted)
 
 
 def gsm8k_gold(row):
