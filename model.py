@@ -404,11 +404,16 @@ class Transformer(nn.Module):
         return F.cross_entropy(logits, t, reduction="sum")
 
     def make_cache(self, batch_size, max_len, device=None, dtype=None) -> KVCache:
-        """A KVCache with static (batch_size, max_len) buffers on the model's device / dtype by default."""
+        """A KVCache with static (batch_size, max_len) buffers; by default on the model's device, in the autocast
+        dtype when called under autocast, else in the weights' dtype."""
         p = self.embed_tokens.weight
         cfg = self.config
-        return KVCache(cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim,
-                       device=device or p.device, dtype=dtype or p.dtype)
+        device = torch.device(device or p.device)
+        if dtype is None:
+            # under autocast keys/values come out in the autocast dtype: store them in it, not in fp32
+            autocast = torch.is_autocast_enabled(device.type)
+            dtype = torch.get_autocast_dtype(device.type) if autocast else p.dtype
+        return KVCache(cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim, device=device, dtype=dtype)
 
     def num_params(self, non_embedding=False) -> int:
         """Parameter count, a tied matrix counted once. non_embedding=True leaves out the token embedding and the
@@ -651,6 +656,8 @@ def save_pretrained(model, out_dir, max_shard_bytes=2**31) -> None:
     plus model.safetensors.index.json when the weights exceed max_shard_bytes. Tied weights are written once (no
     lm_head.weight), as transformers does. Every file is written atomically; weight files of another layout left
     from an earlier save are removed afterwards. Tokenizer files from model.source_dir are copied along."""
+    model = getattr(model, "module", model)  # DistributedDataParallel wrapper
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper (its state_dict keys carry a prefix)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}

@@ -108,6 +108,7 @@ def test_logits_match_hf_padded_batch(ckpts, name):
     fam = name.split("-")[0]
     ours = M.from_pretrained(ckpts[name])
     assert ours.config.qkv_bias == (fam == "qwen") and ours.config.tie_embeddings == (fam == "qwen")
+    assert all(p.requires_grad for p in ours.parameters())  # loaded weights are trainable Parameters
     if fam == "qwen":
         assert ours.lm_head.weight is ours.embed_tokens.weight
     else:
@@ -264,6 +265,13 @@ def test_grad_checkpointing_and_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         l16 = m(idx, targets)
     assert l16.dtype == torch.float32 and abs(l16.item() - loss.item()) <= 0.05
+    # the KV cache follows the autocast dtype, and decoding under autocast stays finite
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        cache = m.make_cache(2, 8)
+        assert cache.k.dtype == torch.bfloat16 and m.make_cache(2, 8, dtype=torch.float32).k.dtype == torch.float32
+        idx, valid = M.left_pad([[1, 2, 3], [4]])
+        assert torch.isfinite(m(idx, cache=cache, valid=valid)).all()
+        assert torch.isfinite(m(torch.tensor([[5], [6]]), cache=cache)).all()
 
 
 def test_num_params_and_presets():
