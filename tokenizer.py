@@ -399,7 +399,7 @@ _SYMBOLS = ("∑ ∏ ∫ ∮ √ ∛ ∞ ≤ ≥ ≠ ≈ ≡ ≅ ≃ ∼ ∝ ± 
 _ESCAPES = ["\\" + c for c in "{}\\,;!%$|#&_ "]
 
 def math_symbols():
-    """The tokens every math tokenizer has as single tokens (the issue asks for >= 200)."""
+    """The tokens every math tokenizer has as single tokens (the issue asks for >= 200 math ones)."""
     out = ["\\" + w for w in _GREEK.split() + _LATEX] + _ESCAPES + _SYMBOLS
     return list(dict.fromkeys(out))  # dedupe, keep order
 
@@ -439,7 +439,7 @@ def train_math_tokenizer(texts, vocab_size=MATH_VOCAB, verbose=True):
     vocab = [bytes([b]) for b in range(256)]
     # forced tokens, plus the byte prefixes of multi-byte characters, so tiktoken's pair merging can build them
     # inside longer pieces (they get the lowest ranks after the bytes, so they merge before anything learned)
-    for sym in math_symbols():
+    for sym in math_symbols() + ["system", "user", "assistant"]:  # + ChatML role names: short chat headers
         b = sym.encode()
         chain = [b[:k] for k in range(2, len(b))] if not sym.isascii() else []
         for t in chain + [b]:
