@@ -209,3 +209,11 @@ def test_end_to_end_cli_train_then_sample(tmp_path):
     r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(out / "ckpt-000003.pt"), "--prompt", "What is 2 + 3?",
                         "--max-new-tokens", "8"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_every_experiment_config_loads():
+    files = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+    assert len(files) >= 3
+    for f in files:
+        cfg = train.load_config([f])
+        assert cfg.out_dir.startswith("out")
