@@ -167,14 +167,14 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_cos_sin(pos, head_dim, theta, dtype):
+def rope_cos_sin(pos, head_dim, theta):
     """cos, sin (B, 1, T, head_dim) for positions pos (B, T). Computed from the positions on every call (not
     a cached table) so per-row positions of packed/left-padded batches cost nothing extra, and in fp32 so a bf16
     model still gets exact angles; there is no buffer for model.to(bfloat16) to round."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim))
     freqs = pos[..., None].float() * inv_freq  # (B, T, hd/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # HF "rotate-half" layout: first half / second half pairs
-    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+    return emb.cos()[:, None], emb.sin()[:, None]  # fp32; cast to the q/k dtype at use, as HF does
 
 
 def apply_rope(x, cos, sin):
@@ -335,6 +335,8 @@ class Transformer(nn.Module):
         cfg = self.config
         mask = None
         kv_start = None
+        if valid is not None and cache is None:
+            raise ValueError("valid marks pad tokens for the KV cache; without a cache, mask the loss with -100")
         if cache is not None:
             if doc is not None:
                 raise ValueError("doc (packing) and cache (decoding) cannot be combined")
@@ -362,7 +364,7 @@ class Transformer(nn.Module):
             mask = (same & causal)[:, None]  # (B, 1, T, T); the diagonal is always True, so no empty rows
         if pos is None:
             pos = torch.arange(T, device=idx.device)[None].expand(B, T)
-        cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta, torch.float32)
+        cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
 
         x = self.embed_tokens(idx)  # (B, T, C)
         for i, block in enumerate(self.layers):
@@ -387,7 +389,9 @@ class Transformer(nn.Module):
         keep = t != -100
         h = x.reshape(-1, x.size(-1))[keep]  # (N, C) supervised positions only (a host sync; N varies)
         t = t[keep]  # (N,)
-        loss = h.float().sum() * 0.0  # stays 0 (and in the graph) if nothing is supervised
+        if h.size(0) == 0:
+            return x.reshape(-1)[:1].float().sum() * 0.0  # nothing supervised: 0 (not NaN), still in the graph
+        loss = 0.0
         for i in range(0, h.size(0), self.loss_chunk):
             hc, tc = h[i:i + self.loss_chunk], t[i:i + self.loss_chunk]
             if torch.is_grad_enabled() and hc.requires_grad:
@@ -396,7 +400,7 @@ class Transformer(nn.Module):
             else:
                 loss = loss + self._chunk_ce(hc, tc)
         if reduction == "mean":
-            loss = loss / max(h.size(0), 1)
+            loss = loss / h.size(0)
         return loss
 
     def _chunk_ce(self, h, t):
