@@ -41,6 +41,9 @@ import torch.nn.functional as F
 
 import data
 import grade as G
+import train
+from model import from_pretrained, left_pad, save_pretrained
+from tokenizer import load_tokenizer
 
 PROTOCOL = {
     name: {"split": "test", "prompt_format": "chat", "system_prompt": data.SYSTEM_PROMPT, "temperature": 0.0,
@@ -91,8 +94,6 @@ def _cache_dtype(model, ctx):
 def _generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, generator, ctx, stream,
                     index):
     """One left-padded batch. Returns (ids, entropies) per row."""
-    from model import left_pad
-
     device = next(model.parameters()).device
     B, P = len(prompts), max(len(p) for p in prompts)
     max_seq = model.config.max_seq_len
@@ -292,10 +293,6 @@ def load_model(ckpt, device="cpu"):
     """-> (model, tok, info). ckpt: a training checkpoint file (or a folder holding best.pt / ckpt-*.pt), a HF
     checkpoint folder, or a cached hub id. info: {"kind", "path", "prompt_format", "system_prompt"}; the prompt
     format is the one the checkpoint was trained with, or chat/plain by the tokenizer for HF models."""
-    import train
-    from model import from_pretrained
-    from tokenizer import load_tokenizer
-
     path = ckpt
     if os.path.isdir(ckpt):  # train.py's out_dir (it also holds a config.json, but not an HF one)
         found = train.list_checkpoints(ckpt)
@@ -328,14 +325,12 @@ def load_model(ckpt, device="cpu"):
 def export_hf(model, tok, out_dir):
     """A Hugging Face checkpoint folder: config.json + safetensors (model.save_pretrained), the tokenizer files,
     and a generation_config.json naming our stop tokens if the source did not bring one."""
-    from model import _atomic_write, save_pretrained
-
     save_pretrained(model, out_dir)
     tok.save(out_dir)
     gen = os.path.join(out_dir, "generation_config.json")
     if not os.path.isfile(gen):
         cfg = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id, "do_sample": False}
-        _atomic_write(gen, lambda f: f.write((json.dumps(cfg, indent=2) + "\n").encode()))
+        _write_atomic_text(gen, json.dumps(cfg, indent=2) + "\n")
 
 
 def read_prompts(path):
@@ -407,7 +402,6 @@ def main(argv=None):
     if not 0.0 < args.top_p <= 1.0 or args.top_k < 0 or args.temperature < 0:
         ap.error("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
 
-    import train
     device, ctx, _, dtype = train.setup_numerics(types.SimpleNamespace(device=args.device, dtype=args.dtype))
     try:
         model, tok, info = load_model(args.ckpt, device)
