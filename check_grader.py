@@ -4,7 +4,8 @@ Report card for grade.py, over everything it can be checked against without a mo
 2. self-consistency: every MATH train+test solution against its gold, every GSM8K train+test answer against its
    '####' number (single core, timed),
 3. false positives: each MATH gold answer against another problem's gold answer,
-4. worst-case time of one grade() call over the adversarial inputs of tests/test_grade.py.
+4. mechanical rewrites of every MATH gold answer (x = 5, 5.0, a/b, \\left(..\\right), +1, 2(..)),
+5. worst-case time of one grade() call over the adversarial inputs of tests/test_grade.py.
 Run: python check_grader.py
 """
 import json
@@ -65,8 +66,22 @@ print(f'cross-problem pairs with different gold strings: {compared}, accepted {l
 for a in accepted:
     print('  accepted:', a)
 
-# 4. adversarial timing
-from test_grade import ADVERSARIAL, GOLDS  # noqa: E402
+# 4. mechanical rewrites of every MATH gold answer (equivalent ones must pass, perturbed ones must fail)
+from test_grade import ADVERSARIAL, GOLDS, rewrites  # noqa: E402
+t0 = time.time()
+wrong, total = [], 0
+for a in ans:
+    if not a:
+        continue
+    for text, want in rewrites(a):
+        total += 1
+        if is_equiv(text, a) != want:
+            wrong.append((text, a, want))
+print(f'rewrites of MATH gold answers: {total - len(wrong)}/{total} judged as intended in {time.time() - t0:.1f}s')
+for w in wrong:
+    print('  wrong:', w)
+
+# 5. adversarial timing
 worst = (0.0, None)
 for name, text in ADVERSARIAL.items():
     for gold in GOLDS:

@@ -215,12 +215,15 @@ def _unwrap_text_commands(s):
 
 def _normalize(s):
     s = s[:MAX_ANSWER_CHARS * 2].strip()
+    boxed = _find_boxed(s)
+    if len(boxed) == 1 and boxed[0][0] == 0 and boxed[0][1] == len(s):  # a whole "\boxed{..}" answer
+        s = boxed[0][2].strip()
     for k, v in _UNICODE.items():
         s = s.replace(k, v)
     s = re.sub(r'^\$+|\$+$', '', s.strip()).strip()
     s = re.sub(r'^\\[(\[]|\\[)\]]$', '', s).strip()
     # LaTeX thousands separators: 4,\!000 and 10{,}000
-    s = re.sub(r'(?<=\d)(?:,\\!|\{,\})(?=\d{3})', '', s)
+    s = re.sub(r'(?<=\d)(?:\s*,\s*\\!\s*|\{,\})(?=\d{3})', '', s)
     for pat in _DROP:
         s = re.sub(pat, ' ', s)
     s = re.sub(r'\\[dtc]frac', r'\\frac', s)
@@ -722,10 +725,10 @@ def _eval(e, env, budget):
         return abs(v) if isinstance(v, Fraction) else complex(abs(v))
     if k == 'fact':
         v = _eval(e[1], env, budget)
-        if isinstance(v, Fraction) and v.denominator == 1 and 0 <= v <= 300:
+        if isinstance(v, Fraction) and v.denominator == 1 and 0 <= v <= 3000:
             return Fraction(math.factorial(int(v)))
-        if isinstance(v, Fraction) and v.denominator == 1 and v > 300:
-            return complex(math.inf)  # 9999! is "a huge number"; only a string match can equal it
+        if isinstance(v, Fraction) and v.denominator == 1 and v > 3000:
+            raise _Fail('too large')  # 9999! is only equal to a string match of itself
         vc = _c(v)
         if abs(vc.imag) > 1e-12 or vc.real < 0 or vc.real > 170:
             raise _Fail('factorial')
@@ -782,11 +785,11 @@ def _eval(e, env, budget):
                 if zb.real > 0:
                     return 0j
                 raise _Fail('0^neg')
-            if abs(zb) * max(1.0, abs(cmath.log(za))) > 700:  # would overflow: it is "infinite" for us
-                return complex(math.inf)
+            if abs(zb) * max(1.0, abs(cmath.log(za))) > 700:  # would overflow: not comparable as a float
+                raise _Fail('too large')
             return za ** zb
         except (OverflowError, ZeroDivisionError, ValueError):
-            return complex(math.inf)
+            raise _Fail('too large')
     raise _Fail(f'unknown node {k}')
 
 
@@ -805,6 +808,8 @@ def _finite(z):
 
 
 def _close(a, b):
+    if isinstance(a, Fraction) and isinstance(b, Fraction):
+        return a == b  # exact values are compared exactly: 7z^{96}(4z+1) + 1 is not 7z^{96}(4z+1)
     a, b = _c(a), _c(b)
     return abs(a - b) <= REL_TOL * max(1.0, abs(a), abs(b))
 
@@ -919,12 +924,12 @@ def _proportional(p, g, ctx):
     ratio, ok = None, 0
     for env in _points(names, 6, seed=99):
         try:
-            vp, vg = _c(_eval(tp, env, ctx)), _c(_eval(tg, env, ctx))
+            vp, vg = _eval(tp, env, ctx), _eval(tg, env, ctx)
         except _Fail:
             continue
         if not (_finite(vp) and _finite(vg)) or abs(vg) < 1e-12:
             continue
-        r = vp / vg
+        r = vp / vg if isinstance(vp, Fraction) and isinstance(vg, Fraction) else _c(vp) / _c(vg)
         if ratio is None:
             ratio = r
         elif not _close(r, ratio):

@@ -6,8 +6,10 @@ Run: python -m pytest -q tests/test_grade.py   (a few seconds on one core)
 import ast
 import json
 import os
+import re
 import sys
 import time
+from fractions import Fraction
 
 import pytest
 
@@ -99,6 +101,32 @@ def test_no_false_positives_between_different_gold_answers():
     assert len(accepted) <= 5, accepted
 
 
+def rewrites(answer):
+    """Mechanical rewrites of a gold answer with the verdict they must get: (text, equivalent?)."""
+    # spaces go, except after a letter (\\leq g) or a comma (81, 256 is a list, 81,256 a number)
+    out = [(re.sub(r'(?<![a-zA-Z,])\s+', '', answer), True), ('\\boxed{%s}' % answer, True)]
+    if re.fullmatch(r'-?\d+', answer):
+        n = int(answer)
+        out += [(f'{n}.0', True), (f'x = {n}', True), (f'{n}\\text{{ units}}', True), (str(n + 1), False),
+                (str(-n) if n else '1', False), (f'{n:,}', True)]
+    m = re.fullmatch(r'(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}', answer)
+    if m:
+        v = Fraction(int(m.group(2)), int(m.group(3))) * (-1 if m.group(1) else 1)
+        out += [(f'{v.numerator}/{v.denominator}', True), (f'{v.numerator + 1}/{v.denominator}', False)]
+        if v.denominator in (2, 4, 5, 8, 10, 16, 20, 25, 40, 50, 100):
+            out.append((str(float(v)), True))
+    if answer != '0' and not re.search(r'^[(\[]|\\begin|\\\{|,|\\text|\\mbox|[<>=_]|\\le|\\ge|\\pm|\\cup|\\triangle', answer):
+        out += [(f'\\left({answer}\\right)', True), (f'2({answer})', False), (f'({answer})+1', False)]
+    return out
+
+
+def test_rewrites_of_math500_gold_answers():
+    # equivalent rewrites must pass and perturbed ones must fail (check_grader.py runs this over all of MATH)
+    wrong = [(text, r['answer'], want) for r in _rows('data/math500/test.jsonl') for text, want in rewrites(r['answer'])
+             if is_equiv(text, r['answer']) != want]
+    assert not wrong, wrong
+
+
 # -----------------------------------------------------------------------------
 # bounded time on adversarial inputs
 
@@ -164,7 +192,7 @@ def test_adversarial_values_are_still_judged():
     assert not grade('\\boxed{10^{10^{10^{11}}}}', '10^{10^{10^{10}}}').correct
     assert grade('\\boxed{' + '(' * 50 + '1' + ')' * 50 + '}', '1').correct
     assert not grade('\\boxed{9998!}', '9999!').correct
-    assert is_equiv('\\sqrt{10^{200}}', '10^{100}') and not is_equiv('\\sqrt{10^{200}+1}', '10^{100}')
+    assert is_equiv('\\sqrt{10^{200}}', '10^{100}') and not is_equiv('\\sqrt{10^{200}}+1', '10^{100}')
 
 
 # -----------------------------------------------------------------------------

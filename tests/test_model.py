@@ -196,6 +196,8 @@ def test_cache_pads_never_nan_and_empty_row():
         assert (step[2, 0] - alone).abs().max() <= 1e-5
         with pytest.raises(ValueError, match="KV cache full"):
             m(torch.zeros(3, 5, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match="without a cache"):
+            m(idx, valid=valid)
 
 
 # -----------------------------------------------------------------------------
