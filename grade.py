@@ -6,8 +6,9 @@ Math answer grading for GSM8K and MATH, with no symbolic-math dependency.
 Two halves:
 1. extract_answer(text): find the final answer in free model text. Strongest marker wins, and within a marker
    the *last* occurrence wins (so a retracted earlier attempt is superseded):
-   <answer>..</answer> tags > \\boxed{..}/\\fbox{..} > "#### N" > "(final) answer is/: .." > last number.
-   The last-number fallback still counts for `correct` but the response is not `formatted`.
+   <answer>..</answer> tags > \\boxed{..}/\\fbox{..} > "#### N" > "(final) answer is/: .." > last number (or
+   last $formula$ if it comes after it). The fallback still counts for `correct` but the response is not
+   `formatted`. Against a gold list "2, 3", "\\boxed{2} and \\boxed{3}" at the end is read as one answer.
 2. is_equiv(pred, gold): normalise the LaTeX/plain text (units, $, %, ^\\circ, \\left, thousands separators..),
    split structure (tuples and intervals are ordered, sets and solution lists are not, matrices cell by cell,
    equations side by side), then compare scalars with our own small recursive-descent parser:
@@ -17,6 +18,9 @@ Two halves:
 Decimal vs exact (the one judgement call): a decimal equals an exact value when it is exactly equal (0.5 = 1/2),
 or when it has at least 3 significant digits and the exact value rounded half-up to the decimal's number of
 places gives exactly that decimal (0.333 = 1/3, 3.14 = \\pi, 0.667 = 2/3; but 0.33 != 1/3, 0.666 != 2/3).
+
+Values at random points are exact Fractions whenever the expression allows (polynomials, radicals of perfect
+powers), so "+1" on a huge polynomial is never lost to a float tolerance; only irrational values use REL_TOL.
 
 Every call is bounded: inputs are truncated, parse depth and token counts are capped, exact powers and
 factorials are only done when the result is small, and evaluation runs under a step budget and a wall-clock guard.
