@@ -115,7 +115,7 @@ def _generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, s
         logits = logits.float()
         logp = F.log_softmax(logits, -1)
         # entropy of the model's own distribution (temperature 1, before top-k/p): a property of the model
-        ent[:, t] = -(logp.exp() * logp).sum(-1)
+        ent[:, t] = -(logp.exp() * logp).nan_to_num().sum(-1)  # nan_to_num: 0 * -inf where a logit is -inf
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         out[:, t] = nxt
         is_stop = torch.isin(nxt, stop)
