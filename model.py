@@ -286,6 +286,10 @@ def left_pad(prompts, pad_id=0, device=None):
     return idx.to(device), valid.to(device)
 
 
+def _retie(model, incompatible_keys):
+    model.lm_head.weight = model.embed_tokens.weight
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -296,6 +300,9 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight  # one Parameter, one gradient
+            # load_state_dict(assign=True) (meta-device loading) replaces both Parameters with two different
+            # ones: tie them again after every load, whoever calls it
+            self.register_load_state_dict_post_hook(_retie)
         self.grad_checkpointing = False  # when True and training, each block is recomputed in backward
         self.loss_chunk = 1024  # rows of the vocab projection per chunk in the loss
         self.source_dir = None  # set by from_pretrained: where config/tokenizer files came from
@@ -643,9 +650,7 @@ def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transf
     sd = {k: t.to(device=device, dtype=dtype) for k, t in sd.items()}  # a no-op (still mmap) when already there
     if config.tie_embeddings:
         sd["lm_head.weight"] = sd["embed_tokens.weight"]
-    model.load_state_dict(sd, strict=True, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight  # assign=True replaced both Parameters; tie them again
+    model.load_state_dict(sd, strict=True, assign=True)  # the post-load hook re-ties a tied head
     model.source_dir = str(d)
     return model
 

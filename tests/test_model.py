@@ -276,6 +276,17 @@ def test_grad_checkpointing_and_autocast():
         assert torch.isfinite(m(torch.tensor([[5], [6]]), cache=cache)).all()
 
 
+def test_tie_survives_load_state_dict_assign():
+    # the meta-device + assign=True load that train.py / from_pretrained use must keep a single tied Parameter
+    src = _tiny()
+    sd = {k: v.clone() for k, v in src.state_dict().items()}  # two separate tensors for embed and head
+    with torch.device("meta"):
+        m = M.Transformer(src.config)
+    m.load_state_dict(sd, assign=True)
+    assert m.lm_head.weight is m.embed_tokens.weight and m.num_params() == src.num_params()
+    assert torch.equal(m(torch.tensor([[1, 2, 3]])), src(torch.tensor([[1, 2, 3]])))
+
+
 def test_num_params_and_presets():
     m = _tiny(tie_embeddings=False, qkv_bias=False)
     emb = 96 * 32
