@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import shutil
 import tempfile
 import unicodedata
 from collections import Counter
@@ -160,7 +159,7 @@ class Tokenizer:
             return self.enc.decode(ids, errors="replace")  # invalid UTF-8 -> U+FFFD, like HF's from_utf8_lossy
         except KeyError:
             # ids with no token (e.g. embedding rows past the vocabulary) are skipped, as the HF decoder does
-            known = [i for i in ids if isinstance(i, int) and self.token_bytes(i) is not None]
+            known = [i for i in ids if isinstance(i, int) and 0 <= i < self.n_vocab and self.token_bytes(i) is not None]
             return self.enc.decode(known, errors="replace")
 
     def token_bytes(self, i):

@@ -4,7 +4,6 @@ import json
 import os
 import random
 import re
-import shutil
 import sys
 import unicodedata
 
@@ -26,7 +25,8 @@ HARD = [
     "e\u0301", "cafe\u0301 na\u0308ive", "A\u030a\u0301", "\u1100\u1161\u11a8", "a\u0300\u0301\u0302\u0303\u0304",
     "\u0301start", "x\u0338=", "\u212b \u212a \u2126", "Ǆ ǅ ǆ", "ﬁ ﬀ", "12345678901234567890", "3.14159e-10",
     "1,000,000", "〇一二 ٣٤٥ Ⅻ ½ ²", "I'M HERE, it's he'LL we'Ve", "'S 'ſ don't'll'd '''", "a" * 3000,
-    "ab" * 2000 + "!", "supercalifragilisticexpialidocious" * 50, "\u00a0\u2003\u3000x", "\u200b\u200d\ufeff",
+    "ab" * 2000 + "!", "supercalifragilisticexpialidocious" * 50,
+    " " * 10000, "\n" * 3000, "1" * 5000, "!" * 3000, " a" * 3000, "\u00a0\u2003\u3000x", "\u200b\u200d\ufeff",
     "\x00\x01\x7f", "\U0001d465\U0001d466", "\u2028\u2029\x85", "…!!!???", "$$x^2$$ \\frac{1}{2} \\le 3",
     "    def f():\n\treturn 1\n", "\ufdfa", "Ἀ\u0345", "\u07fd\u0301 a\u0301\u07fd \U00011935\U00011930",
     # added tokens in text, whole and partial
