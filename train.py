@@ -41,13 +41,13 @@ class Config:
     datasets: str = "arith"              # "name[:weight],...": gsm8k, math, arith, or a .jsonl / MATH folder path
     prompt_format: str = "plain"         # "chat" (the model's chat template) or "plain"
     system_prompt: str = data.SYSTEM_PROMPT
-    seq_len: int = 64                    # every row has exactly this many tokens (static shapes)
+    seq_len: int = 128                   # every row has exactly this many tokens (static shapes)
     pack: bool = True                    # pack several examples per row; False = one example per row, padded
     max_samples: int = 0                 # cap on training examples per dataset (0 = all)
     val_size: int = 200                  # examples held out for validation loss
     seed: int = 1337
     # optimisation
-    batch_size: int = 32                 # rows per micro-batch
+    batch_size: int = 16                 # rows per micro-batch
     grad_accum: int = 1                  # micro-batches per optimizer step
     epochs: float = 1.0                  # run length in epochs, unless max_iters > 0
     max_iters: int = 1500                # optimizer steps (0 = from epochs)
@@ -372,7 +372,7 @@ def train(cfg):
         if val_ds:
             rec["val_loss"] = evaluate_loss(model, val_ds, ctx, device, cfg.batch_size)
         if eval_problems:
-            from sample import evaluate
+            from sample import evaluate, sample_table
             summary, records = evaluate(raw_model, tok, eval_problems, cfg.prompt_format, cfg.system_prompt,
                                         max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
                                         device=device, ctx=ctx, seed=cfg.seed)
@@ -380,6 +380,7 @@ def train(cfg):
             with open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") as f:
                 for r in records[:5]:
                     f.write(json.dumps({"step": step, **r}) + "\n")
+            print(sample_table(records, n=3))
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
         log(rec)
         # best.pt follows answer accuracy when generation eval is on, else validation loss
