@@ -469,15 +469,19 @@ def read_safetensors(path) -> dict:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: corrupt safetensors header (not JSON: {e})") from None
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else b""
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     data_start, data_size = 8 + n, size - 8 - n
     out = {}
     for name, info in header.items():
-        dt = info.get("dtype")
+        try:
+            dt, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: corrupt safetensors header entry for {name!r}: {info!r}") from None
         if dt not in _ST_DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has dtype {dt}, not supported (only F32, F16, BF16)")
-        dtype, shape = _ST_DTYPES[dt], info["shape"]
-        begin, end = info["data_offsets"]
+        dtype = _ST_DTYPES[dt]
         numel = math.prod(shape)
         if not (0 <= begin <= end <= data_size):
             raise ValueError(f"{path}: truncated or corrupt: tensor {name!r} offsets [{begin}, {end}) are beyond "
@@ -609,7 +613,12 @@ def _load_weight_files(d: pathlib.Path) -> dict:
 
 def _read_bin(path):
     # weights_only: a .bin is a pickle, never run code from it; mmap: do not copy it into RAM
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # pre-1.6 (non-zip) files cannot mmap
 
 
 def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transformer:

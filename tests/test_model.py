@@ -395,6 +395,11 @@ def test_corrupt_and_mismatched_checkpoints(ckpts, tmp_path):
     with pytest.raises(ValueError, match="not JSON"):
         M.from_pretrained(d)
 
+    h = b'{"model.norm.weight":{"dtype":"F32"}}'
+    (d / "model.safetensors").write_bytes(len(h).to_bytes(8, "little") + h)
+    with pytest.raises(ValueError, match="corrupt safetensors header entry for 'model.norm.weight'"):
+        M.from_pretrained(d)
+
     d = _copy_ckpt(src, tmp_path / "int")
     save_file({**{k: v.clone() for k, v in sd.items()}, "model.extra": torch.zeros(3, dtype=torch.int64)},
               d / "model.safetensors")
