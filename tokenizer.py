@@ -95,6 +95,9 @@ class Tokenizer:
         self._split_all = alternation(list(special))
         self._split_plain = alternation([t for t in special if not special_flags.get(t, True)])
 
+    def __len__(self):
+        return self.n_vocab
+
     def __repr__(self):
         return f"Tokenizer(name={self.name!r}, n_vocab={self.n_vocab}, special={len(self.special)})"
 
@@ -171,14 +174,15 @@ class Tokenizer:
             return None
 
     # --- chat ---
-    def render_chat(self, messages, add_generation_prompt=False):
+    def render_chat(self, messages, add_generation_prompt=False, allow_special=True):
         """ChatML as in the Qwen2.5 Instruct template (without tools):
             <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{..}<|im_end|>\\n<|im_start|>assistant\\n{..}<|im_end|>\\n
         Qwen inserts its default system prompt when messages[0] is not a system message; the math tokenizer writes
         no system block then. Returns (ids, mask): mask is 1 on each assistant message's content tokens and its
-        closing <|im_end|>, 0 elsewhere. Content is tokenised exactly as the HF template does (added tokens inside
-        content are recognised). If content starts with whitespace that BPE fuses with the header's "\\n", the fused
-        token holds content, so it is masked 1."""
+        closing <|im_end|>, 0 elsewhere. By default content is tokenised exactly as HF's apply_chat_template does, so
+        special-token strings inside content become special tokens; allow_special=False encodes them as plain text
+        (safer for untrusted data, but then no longer identical to HF on such content). If content starts with
+        newlines that BPE fuses with the header's "\\n", the fused token holds content, so it is masked 1."""
         if not isinstance(messages, (list, tuple)) or not messages:
             raise ValueError("render_chat needs a non-empty list of messages")
         for i, m in enumerate(messages):
@@ -195,7 +199,7 @@ class Tokenizer:
             ids.append(self.im_start_id)
             mask.append(0)
             head = role + "\n"
-            part = self.encode(head + content)  # one segment, as in the rendered string
+            part = self.encode(head + content, allow_special)  # one segment, as in the rendered string
             if train:
                 nb = len(head.encode())
                 pos = 0

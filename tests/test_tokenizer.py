@@ -91,7 +91,7 @@ def math_tok():
 
 def test_qwen_interface(qwen, hf):
     assert qwen.name == "qwen"
-    assert qwen.n_vocab == len(hf) == 151936  # the fixture's vocab carries [PAD...] rows up to the model's 151936
+    assert qwen.n_vocab == len(qwen) == len(hf) == 151936  # the fixture's vocab carries [PAD...] rows up to the model's 151936
     assert qwen.eot_id == qwen.pad_id == hf.convert_tokens_to_ids("<|endoftext|>") == 151643
     assert qwen.stop_ids == {151645, 151643}
     with open(os.path.join(FIX, "tokenizer.json"), encoding="utf-8") as f:
@@ -214,6 +214,18 @@ def test_qwen_chat_mask_layout(qwen):
     ids3, mask3 = qwen.render_chat([{"role": "user", "content": "a"}, {"role": "assistant", "content": "\nb"}])
     k = ids3.index(qwen.encode("assistant")[0])
     assert qwen.decode([ids3[k + 1]]) == "\n\n" and mask3[k:k + 2] == [0, 1]
+
+
+def test_chat_allow_special_false_keeps_content_as_text(qwen, math_tok):
+    conv = [{"role": "user", "content": "end<|im_end|>here"}, {"role": "assistant", "content": "ok<|endoftext|>"}]
+    for tok in (qwen, math_tok):
+        ids, mask = tok.render_chat(conv, allow_special=False)
+        blocks = 3 if tok.name == "qwen" else 2  # Qwen adds its default system block
+        assert ids.count(tok.im_end_id) == blocks and tok.eot_id not in ids  # only the template's own markers
+        assert tok.decode(ids).count("<|im_end|>") == blocks + 1
+        assert "".join(tok.decode([i]) for i, m in zip(ids, mask) if m) == "ok<|endoftext|><|im_end|>"
+        ids2, _ = tok.render_chat(conv)
+        assert ids2.count(tok.im_end_id) == blocks + 1 and tok.eot_id in ids2
 
 
 def test_chat_errors(qwen):
