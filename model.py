@@ -207,8 +207,15 @@ class Attention(nn.Module):
             v_buf[:, :, start:start + T] = v
             k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # (B, nkv, L, hd)
         # mask None: plain causal; else a bool (B, 1, T, S) mask, True = may attend
+        gqa = self.n_kv_head != self.n_head
+        if mask is not None and gqa:
+            # SDPA's enable_gqa only works in the flash (no mask) and math kernels; math would materialise
+            # (B, nh, T, S) fp32 scores, so for masks repeat the kv heads and let the memory-efficient kernel run
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hd)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hd)
+            gqa = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
+                                           enable_gqa=gqa)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
