@@ -178,7 +178,7 @@ def prompt_messages(problem, system_prompt=SYSTEM_PROMPT):
 def render_prompt(tok, problem, prompt_format, system_prompt=SYSTEM_PROMPT):
     """Token ids of the prompt the model continues from: exactly the prefix that training puts before a response."""
     if prompt_format == "chat":
-        return tok.render_chat(prompt_messages(problem, system_prompt), add_generation_prompt=True)[0]
+        return tok.render_chat(prompt_messages(problem, system_prompt), add_generation_prompt=True, allow_special=False)[0]
     if prompt_format == "plain":
         return tok.encode(PLAIN_TEMPLATE.format(problem=problem), allow_special=False)
     raise ValueError(f"prompt_format must be 'chat' or 'plain', got '{prompt_format}'")
@@ -189,7 +189,7 @@ def render_example(tok, ex, prompt_format, system_prompt=SYSTEM_PROMPT):
     encoded with special tokens as plain text, so a stray '<|im_end|>' in a problem cannot end a turn."""
     if prompt_format == "chat":
         msgs = prompt_messages(ex["prompt"], system_prompt) + [{"role": "assistant", "content": ex["response"]}]
-        return tok.render_chat(msgs)
+        return tok.render_chat(msgs, allow_special=False)
     p = render_prompt(tok, ex["prompt"], "plain")
     r = tok.encode(" " + ex["response"], allow_special=False) + [tok.eot_id]
     return p + r, [0] * len(p) + [1] * len(r)

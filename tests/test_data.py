@@ -19,7 +19,7 @@ class ByteTok:
     def encode(self, text, allow_special=True):
         return list(text.encode())
 
-    def render_chat(self, messages, add_generation_prompt=False):
+    def render_chat(self, messages, add_generation_prompt=False, allow_special=True):
         ids, mask = [], []
         for m in messages:
             head = list(f"<{m['role']}>".encode())
@@ -110,6 +110,8 @@ def test_chat_mask_with_real_qwen_template():
     sup = [i for i, m in zip(ids, mask) if m]
     assert tok.decode(sup) == ex["response"] + "<|im_end|>"
     assert "You are Qwen" not in tok.decode(ids)  # our system prompt replaces the default one
+    # the stray '<|im_end|>' in the problem is text, not a turn end: exactly 3 real <|im_end|> (system, user, assistant)
+    assert ids.count(tok.special["<|im_end|>"]) == 3 and "<|im_end|>" in tok.decode(prompt)
 
 
 def test_collate_targets_positions_docs():
