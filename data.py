@@ -48,6 +48,12 @@ def read_jsonl(path, required=()):
     return rows
 
 
+def short_name(path):
+    """Example ids name files relative to the repo when they are vendored (data/gsm8k/test.jsonl:12)."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, HERE) if path.startswith(HERE + os.sep) else path
+
+
 def gsm8k_solution(answer, where="GSM8K answer"):
     """A GSM8K answer in the form our prompt asks for: calculator annotations <<48/2=24>> dropped and the
     '#### 72' line replaced by a sentence ending in \\boxed{72}, which grade.py extracts."""
@@ -63,14 +69,14 @@ def load_gsm8k(path):
     out = []
     for i, row in enumerate(read_jsonl(path, required=("question", "answer"))):
         solution, final = gsm8k_solution(row["answer"], where=f"{path}:{i + 1}")
-        out.append({"id": f"{path}:{i + 1}", "prompt": row["question"], "response": solution, "answer": final})
+        out.append({"id": f"{short_name(path)}:{i + 1}", "prompt": row["question"], "response": solution, "answer": final})
     return out
 
 
 def _math_rows(path):
     """MATH rows from a jsonl file or from the original tree (<split>/<subject>/<n>.json, detected automatically)."""
     if os.path.isfile(path):
-        return [(f"{path}:{i + 1}", r) for i, r in enumerate(read_jsonl(path, required=("problem", "solution")))]
+        return [(f"{short_name(path)}:{i + 1}", r) for i, r in enumerate(read_jsonl(path, required=("problem", "solution")))]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"MATH data not found: {path} (expected a .jsonl file or a directory of <subject>/<n>.json)")
     rows = []
@@ -107,7 +113,7 @@ def load_math(path):
 def load_pairs(path, prompt_key="prompt", response_key="response"):
     """Generic jsonl of prompt/response pairs (an optional 'answer' key is kept for grading)."""
     rows = read_jsonl(path, required=(prompt_key, response_key))
-    return [{"id": f"{path}:{i + 1}", "prompt": r[prompt_key], "response": r[response_key], "answer": r.get("answer")}
+    return [{"id": f"{short_name(path)}:{i + 1}", "prompt": r[prompt_key], "response": r[response_key], "answer": r.get("answer")}
             for i, r in enumerate(rows)]
 
 
