@@ -450,7 +450,8 @@ def train(cfg):
                         f"| {tps / 1e3:.1f}k tok/s")
                 if peak_flops:
                     rec["mfu"] = flops_per_token * tps / peak_flops
-                    line += f" | mfu {rec['mfu']:.1%}"
+                    rec["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    line += f" | mfu {rec['mfu']:.1%} | mem {rec['mem_gib']:.1f}GiB"
                 print(line + f" | eta {int(eta // 60)}m{int(eta % 60):02d}s")
                 log(rec)
                 t_log, tokens_since = time.time(), 0
