@@ -117,21 +117,25 @@ def load_pairs(path, prompt_key="prompt", response_key="response"):
             for i, r in enumerate(rows)]
 
 
-def make_arith(n, seed, max_digits=3):
-    """Generated addition/subtraction problems: the embedded default's data, needs no download. Deterministic."""
+def make_arith(n, seed, max_digits=3, exclude=()):
+    """Generated addition/subtraction problems with operands of up to max_digits digits: the embedded default's
+    data, needs no download. Deterministic; problems whose prompt is in `exclude` are skipped (train vs test)."""
     rng = random.Random(seed)
-    out = []
-    for i in range(n):
+    out, exclude = [], set(exclude)
+    while len(out) < n:
         a, b = rng.randrange(10 ** rng.randint(1, max_digits)), rng.randrange(10 ** rng.randint(1, max_digits))
         op = rng.choice("+-")
         c = a + b if op == "+" else a - b
-        out.append({"id": f"arith-{seed}:{i}", "prompt": f"What is {a} {op} {b}?",
+        prompt = f"What is {a} {op} {b}?"
+        if prompt in exclude:
+            continue
+        out.append({"id": f"arith{max_digits}-{seed}:{len(out)}", "prompt": prompt,
                     "response": f"{a} {op} {b} = {c}. The final answer is $\\boxed{{{c}}}$.", "answer": str(c)})
     return out
 
 
 def load_dataset(name, split="train"):
-    """A named vendored dataset (gsm8k, math, math500, arith) or a path: a .jsonl with question/answer (GSM8K
+    """A named vendored dataset (gsm8k, math, math500, arith[N]) or a path: a .jsonl with question/answer (GSM8K
     layout), problem/solution (MATH layout) or prompt/response keys, or a MATH directory tree."""
     if name == "gsm8k":
         return load_gsm8k(os.path.join(DATA_DIR, "gsm8k", f"{split}.jsonl"))
@@ -141,8 +145,11 @@ def load_dataset(name, split="train"):
         if split != "test":
             raise ValueError("math500 has only a test split")
         return load_math(os.path.join(DATA_DIR, "math500", "test.jsonl"))
-    if name == "arith":  # disjoint seeds for train and test
-        return make_arith(20000 if split == "train" else 500, seed=0 if split == "train" else 1)
+    m = re.fullmatch(r"arith(\d?)", name)
+    if m:  # arith = operands of up to 3 digits, arithN = up to N; no test problem appears in train
+        digits = int(m.group(1) or 3)
+        test = make_arith(500, seed=1, max_digits=digits)
+        return test if split == "test" else make_arith(20000, seed=0, max_digits=digits, exclude=[t["prompt"] for t in test])
     if os.path.isdir(name):
         return load_math(name)
     if not os.path.isfile(name):

@@ -17,7 +17,7 @@ Evaluation protocol (PROTOCOL below; the README quotes it). One setting per data
   - decoding: greedy, batched with a KV cache, stopping at any of the tokenizer's end tokens (for Qwen both
     <|im_end|> and <|endoftext|>), at most 512 new tokens for gsm8k and 1024 for math / math500 (and never past
     the model's max_seq_len).
-  - grading: grade.grade(response, gold): the answer in the last \\boxed{} (then "####", "the answer is", last
+  - grading: grade.grade(response, gold): the answer in <answer> tags, else the last \\boxed{} (then "####", "the answer is", last
     number), compared by mathematical equivalence. accuracy = correct / n; format rate = share of responses whose
     answer came in a recognised form (not the last-number fallback).
   - with --num-samples k > 1 (and --temperature > 0): accuracy is the mean over all k*n samples, pass@k the share
@@ -48,7 +48,7 @@ from tokenizer import load_tokenizer
 PROTOCOL = {
     name: {"split": "test", "prompt_format": "chat", "system_prompt": data.SYSTEM_PROMPT, "temperature": 0.0,
            "max_new_tokens": n, "stop": "tokenizer stop ids (Qwen: <|im_end|>, <|endoftext|>)",
-           "grader": "grade.grade: last \\boxed{} > #### > 'answer is' > last number; equivalence by grade.is_equiv"}
+           "grader": "grade.grade: <answer> tags > last \\boxed{} > #### > 'answer is' > last number; equivalence by grade.is_equiv"}
     for name, n in (("gsm8k", 512), ("math", 1024), ("math500", 1024))
 }
 
