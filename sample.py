@@ -38,6 +38,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import data
 import grade as G
@@ -49,8 +50,8 @@ PROTOCOL = {
     name: {"split": "test", "prompt_format": "chat", "system_prompt": data.SYSTEM_PROMPT, "temperature": 0.0,
            "max_new_tokens": n, "stop": "tokenizer stop ids (Qwen: <|im_end|>, <|endoftext|>)",
            "grader": "grade.grade: <answer> tags > last \\boxed{} > #### > 'answer is' > last number; equivalence by grade.is_equiv"}
-    for name, n in (("gsm8k", 512), ("math", 1024), ("math500", 1024))
-}
+    for name, n in (("gsm8k", 512), ("math", 1024), ("math500", 1024), ("arith", 48), ("arith2", 48))
+}  # arith, arith2: the embedded example's generated test problems (data.make_arith), for from-scratch models
 
 # -----------------------------------------------------------------------------
 # decoding
@@ -160,7 +161,9 @@ def generate(model, prompts_ids, max_new_tokens, temperature=0.0, top_k=0, top_p
     order = sorted(range(len(prompts_ids)), key=lambda i: -len(prompts_ids[i]))  # longest first: OOM shows early
     bs = batch_size or len(order)
     ids, ents = [None] * len(order), [None] * len(order)
-    for s in range(0, len(order), bs):
+    batches = range(0, len(order), bs)
+    # a progress bar for long evaluations (several batches), not for a single streamed prompt
+    for s in tqdm(batches, desc="generate", unit="batch", leave=False, disable=len(batches) < 2 or stream is not None):
         chunk = order[s:s + bs]
         out, ent = _generate_batch(model, [prompts_ids[i] for i in chunk], max_new_tokens, temperature, top_k,
                                    top_p, stop_ids, generator, ctx, stream, chunk)

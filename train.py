@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 import data
 from model import PRESETS, ModelConfig, Transformer, from_pretrained
@@ -27,7 +28,7 @@ from tokenizer import load_tokenizer
 
 @dataclass
 class Config:
-    # the defaults are the embedded example: a ~1M-parameter model learns 3-digit addition/subtraction on a CPU
+    # the defaults are the embedded example: a ~1M-parameter model learns 2-digit addition/subtraction on a CPU
     # I/O
     out_dir: str = "out"
     init_from: str = "scratch"           # "scratch", or a Hugging Face checkpoint folder / cached hub id
@@ -38,7 +39,7 @@ class Config:
     tokenizer: str = "math"              # for scratch: "math" or a tokenizer folder; pretrained models bring theirs
     resume: str = ""                     # "" = fresh run, "auto" = latest ckpt in out_dir, or a path to a ckpt-*.pt
     # data
-    datasets: str = "arith"              # "name[:weight],...": gsm8k, math, arith, or a .jsonl / MATH folder path
+    datasets: str = "arith2"             # "name[:weight],...": gsm8k, math, arith[N], or a .jsonl / MATH folder path
     prompt_format: str = "plain"         # "chat" (the model's chat template) or "plain"
     system_prompt: str = data.SYSTEM_PROMPT
     seq_len: int = 128                   # every row has exactly this many tokens (static shapes)
@@ -50,7 +51,7 @@ class Config:
     batch_size: int = 16                 # rows per micro-batch
     grad_accum: int = 1                  # micro-batches per optimizer step
     epochs: float = 1.0                  # run length in epochs, unless max_iters > 0
-    max_iters: int = 1500                # optimizer steps (0 = from epochs)
+    max_iters: int = 3000                # optimizer steps (0 = from epochs)
     max_time: float = 0.0                # wall-clock budget in seconds (0 = none); saves before it exits
     lr: float = 3e-3
     min_lr_ratio: float = 0.1            # the decay ends at lr * min_lr_ratio
@@ -244,7 +245,7 @@ def evaluate_loss(model, ds, ctx, device, batch_size):
     total, count = 0.0, 0
     n = ds.rows_per_epoch(0)
     with torch.no_grad():
-        for start in range(0, n, batch_size):
+        for start in tqdm(range(0, n, batch_size), desc="val loss", unit="batch", leave=False, disable=n <= 4 * batch_size):
             b = ds.batch(start, min(batch_size, n - start))
             with ctx:
                 loss = model(b["idx"].to(device), b["targets"].to(device), pos=b["pos"].to(device),
