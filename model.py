@@ -2,7 +2,7 @@
 The decoder: one configurable Qwen2/Llama-style transformer, plus reading and writing Hugging Face checkpoints
 without the transformers/safetensors packages.
 
-    model = from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")   # folder, or hub id found in the local HF cache
+    model = from_pretrained(path_or_hub_id)   # a checkpoint folder, or a hub id found in the local HF cache
     logits = model(idx)                                      # (B, T, vocab)
     loss = model(idx, targets)                               # fp32 scalar, -100 = ignore
     save_pretrained(model, "out/ckpt")                       # HF layout; transformers can load it back

@@ -152,6 +152,18 @@ def setup_numerics(cfg):
     return device, ctx, scaler, dtype
 
 
+def gpu_peak_flops(device, dtype):
+    """Dense bf16/fp16 tensor-core peak of the GPU (datasheet), for MFU; None if unknown or not on CUDA."""
+    if not device.startswith("cuda") or dtype == "float32":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in (("H100", 989e12), ("H200", 989e12), ("H20", 148e12), ("A100", 312e12), ("A10G", 125e12),
+                      ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12)):
+        if key in name:
+            return peak
+    return None
+
+
 def lr_at(step, cfg, total_steps):
     """Linear warmup to cfg.lr over warmup_iters, then cosine / linear decay to lr*min_lr_ratio, or constant."""
     if step < cfg.warmup_iters:
@@ -213,6 +225,10 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 # -----------------------------------------------------------------------------
+
+RESUME_KEYS = ("init_from", "model_preset", "n_layer", "n_embd", "n_head", "tokenizer", "datasets", "prompt_format",
+               "system_prompt", "seq_len", "pack", "max_samples", "val_size", "seed", "batch_size", "grad_accum")
+
 
 class TrainingError(RuntimeError):
     pass
@@ -282,7 +298,8 @@ def train(cfg):
     print(f"device {device}, compute dtype {dtype}{', GradScaler' if scaler else ''}")
     print("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
 
-    # resume: the checkpoint's config is the run's config, except for the run-length and output fields
+    # resume: the data order and the model are functions of these fields, so they must match the checkpoint's
+    # (run length, intervals, eval settings and the output folder may change)
     ckpt = None
     if cfg.resume:
         path = cfg.resume
@@ -293,6 +310,11 @@ def train(cfg):
             ckpt = load_checkpoint(path)
             if "optimizer" not in ckpt:
                 raise SystemExit(f"{path} holds weights only (best.pt); resume from a ckpt-*.pt file")
+            diff = [f"{k}: checkpoint {ckpt['config'].get(k)!r}, now {getattr(cfg, k)!r}" for k in RESUME_KEYS
+                    if ckpt["config"].get(k) != getattr(cfg, k)]
+            if diff:
+                raise SystemExit(f"cannot resume from {path}: these settings differ from the run that wrote it, and "
+                                 f"the data order or the model depends on them: " + "; ".join(diff))
             print(f"resuming from {path} at step {ckpt['step']}")
 
     model, tok = build_model(cfg, device)
@@ -398,7 +420,7 @@ def train(cfg):
     bad_in_a_row, t_log, tokens_since = 0, time.time(), 0
     last = {"loss": float("nan"), "lr": 0.0, "grad_norm": float("nan")}  # until the first applied update
     flops_per_token = raw_model.flops_per_token(cfg.seq_len)
-    peak_flops = 989e12 if device.startswith("cuda") else None  # H100/H200 dense bf16; MFU is printed on CUDA only
+    peak_flops = gpu_peak_flops(device, dtype)  # MFU is printed only where the peak is known
     stop_reason = "max_iters" if cfg.max_iters else "epochs"
     try:
         while step < total_steps:

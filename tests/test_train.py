@@ -217,3 +217,11 @@ def test_every_experiment_config_loads():
     for f in files:
         cfg = train.load_config([f])
         assert cfg.out_dir.startswith("out")
+
+
+def test_resume_refuses_changed_data_settings(tmp_path):
+    train.train(tiny_cfg(tmp_path, "--max_iters=2", "--save_interval=2"))
+    with pytest.raises(SystemExit, match=r"cannot resume .*batch_size: checkpoint 4, now 8"):
+        train.train(tiny_cfg(tmp_path, "--max_iters=4", "--resume=auto", "--batch_size=8"))
+    s = train.train(tiny_cfg(tmp_path, "--max_iters=4", "--resume=auto", "--log_interval=2"))  # run length may change
+    assert s["step"] == 4
