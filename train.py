@@ -75,7 +75,7 @@ class Config:
     eval_max_new_tokens: int = 48
     eval_batch_size: int = 64
     save_interval: int = 500
-    keep_last: int = 2                   # ckpt-*.pt files kept (best.pt is extra)
+    keep_last: int = 2                   # ckpt-*.pt files kept, 0 = all (best.pt is extra)
     wandb_project: str = ""              # log to wandb when set and installed
 
 
@@ -345,7 +345,7 @@ def train(cfg):
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
 
-    step, best, rng = 0, None, None
+    step, best = 0, None
     if ckpt:
         opt.load_state_dict(ckpt["optimizer"])
         if scaler and ckpt.get("scaler"):
@@ -364,8 +364,8 @@ def train(cfg):
         if full:
             state.update(optimizer=opt.state_dict(), scaler=scaler.state_dict() if scaler else None, rng=rng_state())
         save_atomic(state, os.path.join(cfg.out_dir, name))
-        if name.startswith("ckpt-"):
-            for old in list_checkpoints(cfg.out_dir)[:-cfg.keep_last or None]:
+        if name.startswith("ckpt-") and cfg.keep_last > 0:  # keep_last = 0 keeps them all
+            for old in list_checkpoints(cfg.out_dir)[:-cfg.keep_last]:
                 os.remove(old)
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
