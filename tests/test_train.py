@@ -225,3 +225,21 @@ def test_resume_refuses_changed_data_settings(tmp_path):
         train.train(tiny_cfg(tmp_path, "--max_iters=4", "--resume=auto", "--batch_size=8"))
     s = train.train(tiny_cfg(tmp_path, "--max_iters=4", "--resume=auto", "--log_interval=2"))  # run length may change
     assert s["step"] == 4
+
+
+def test_compiled_model_gives_the_same_loss_and_gradients(tiny_setup):
+    model, _, ds = tiny_setup
+    b = ds.batch(0, 4)
+    args = (b["idx"], b["targets"])
+    kw = dict(pos=b["pos"], doc=b["doc"], reduction="sum")
+    model.zero_grad()
+    eager = model(*args, **kw)
+    eager.backward()
+    g_eager = grads(model)
+    model.zero_grad()
+    compiled = torch.compile(model)(*args, **kw)
+    compiled.backward()
+    g_comp = grads(model)
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-6)
+    for k in g_eager:
+        torch.testing.assert_close(g_comp[k], g_eager[k], rtol=1e-4, atol=1e-6)
