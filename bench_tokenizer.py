@@ -8,7 +8,6 @@ Encode throughput of our tokenizers vs the Hugging Face fast tokenizer (`tokeniz
 HF's thread pool (rayon) is sized once per process from RAYON_NUM_THREADS, so the flag is applied before importing it.
 The benchmark is the only place outside tests/ that imports `tokenizers`.
 """
-import json
 import os
 import platform
 import sys
@@ -33,16 +32,7 @@ import tokenizers  # noqa: E402
 import tokenizer as T  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FILES = [("data/gsm8k/train.jsonl", ("question", "answer")), ("data/gsm8k/test.jsonl", ("question", "answer")),
-         ("data/math/train.jsonl", ("problem", "solution", "answer")),
-         ("data/math/test.jsonl", ("problem", "solution", "answer")),
-         ("data/math500/test.jsonl", ("problem", "solution", "answer"))]
-texts = []
-for rel, keys in FILES:
-    with open(os.path.join(HERE, rel), encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            texts.extend(str(row[k]) for k in keys)
+texts = T.read_texts()  # every question, answer, problem and solution string of the vendored data
 nbytes = sum(len(t.encode()) for t in texts)
 
 cpu = platform.processor() or "?"

@@ -422,18 +422,32 @@ def _bpe(piece, ranks):
         parts[bi:bi + 2] = [parts[bi] + parts[bi + 1]]
     return parts
 
-def math_training_texts():
+# every question, answer, problem and solution string of the vendored data (tests and bench_tokenizer.py use it)
+VENDORED_TEXT = [("data/gsm8k/train.jsonl", ("question", "answer")), ("data/gsm8k/test.jsonl", ("question", "answer")),
+                 ("data/math/train.jsonl", ("problem", "solution", "answer")),
+                 ("data/math/test.jsonl", ("problem", "solution", "answer")),
+                 ("data/math500/test.jsonl", ("problem", "solution", "answer"))]
+
+
+def read_texts(files=VENDORED_TEXT):
+    """The string fields `keys` of every row of each (jsonl path relative to the repo, keys)."""
     texts = []
-    for rel, keys in (("data/gsm8k/train.jsonl", ("question", "answer")), ("data/math/train.jsonl", ("problem", "solution"))):
+    for rel, keys in files:
         path = os.path.join(HERE, rel)
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 try:
                     row = json.loads(line)
-                    texts.extend(row[k] for k in keys)
+                    texts.extend(str(row[k]) for k in keys)
                 except (json.JSONDecodeError, KeyError) as e:
                     raise ValueError(f"{path}:{n}: bad row ({e})") from None
     return texts
+
+
+def math_training_texts():
+    """The math tokenizer is learned from training text only: GSM8K and MATH train questions and solutions."""
+    return read_texts([("data/gsm8k/train.jsonl", ("question", "answer")), ("data/math/train.jsonl", ("problem", "solution"))])
+
 
 def train_math_tokenizer(texts, vocab_size=MATH_VOCAB, verbose=True):
     """Byte-level BPE on top of bytes + forced math tokens. Deterministic: ties go to the smaller byte pair.

@@ -14,10 +14,6 @@ sys.path.insert(0, ROOT)
 import tokenizer as T  # noqa: E402
 
 FIX = os.path.join(ROOT, "tests", "fixtures", "qwen2.5")
-DATA = [("data/gsm8k/train.jsonl", ("question", "answer")), ("data/gsm8k/test.jsonl", ("question", "answer")),
-        ("data/math/train.jsonl", ("problem", "solution", "answer")),
-        ("data/math/test.jsonl", ("problem", "solution", "answer")),
-        ("data/math500/test.jsonl", ("problem", "solution", "answer"))]
 
 HARD = [
     "", " ", "\n", "\r\n", "a\r\nb", "\r\r\n\n\r", " \r\n ", "\t\tx", "x\t", "x   ", "   x", "a  \n\n  b\n", "  \n",
@@ -50,13 +46,7 @@ CONVS = [
 
 
 def vendored_texts():
-    out = []
-    for rel, keys in DATA:
-        with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                out.extend(str(row[k]) for k in keys)
-    return out
+    return T.read_texts()  # every question, answer, problem and solution string of the vendored data
 
 
 @pytest.fixture(scope="module")
