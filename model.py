@@ -514,8 +514,9 @@ def read_safetensors(path) -> dict:
     return out
 
 
-def _atomic_write(path, write_fn):
-    """write_fn(file) into a temp file next to path, then rename over path, so readers never see half a file."""
+def atomic_write(path, write_fn):
+    """write_fn(file) into a temp file next to path, fsync, then rename over path: readers (and a crash) never
+    see half a file, and an interrupted write leaves the previous file intact. train.py and sample.py use it too."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -523,6 +524,9 @@ def _atomic_write(path, write_fn):
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -551,7 +555,7 @@ def write_safetensors(path, tensors: dict, metadata=None):
                 # raw bytes through a uint8 view: no copy beyond making it contiguous on CPU, works for bf16 too
                 f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 # -----------------------------------------------------------------------------
@@ -724,15 +728,15 @@ def save_pretrained(model, out_dir, max_shard_bytes=2**31) -> None:
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         # the index goes last: it is what makes the shards a checkpoint
-        _atomic_write(out / "model.safetensors.index.json", lambda f: f.write(json.dumps(index, indent=2).encode()))
+        atomic_write(out / "model.safetensors.index.json", lambda f: f.write(json.dumps(index, indent=2).encode()))
         written = set(names) | {"model.safetensors.index.json"}
     for stale in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
         if stale.name not in written:
             stale.unlink()
     hf = config_to_hf(model.config, dtype)
-    _atomic_write(out / "config.json", lambda f: f.write((json.dumps(hf, indent=2) + "\n").encode()))
+    atomic_write(out / "config.json", lambda f: f.write((json.dumps(hf, indent=2) + "\n").encode()))
     src = getattr(model, "source_dir", None)
     if src and pathlib.Path(src).resolve() != out.resolve():
         for fn in _SIDE_FILES:
             if (pathlib.Path(src) / fn).is_file():
-                _atomic_write(out / fn, lambda f, fn=fn: f.write((pathlib.Path(src) / fn).read_bytes()))
+                atomic_write(out / fn, lambda f, fn=fn: f.write((pathlib.Path(src) / fn).read_bytes()))

@@ -43,7 +43,7 @@ from tqdm import tqdm
 import data
 import grade as G
 import train
-from model import from_pretrained, left_pad, save_pretrained
+from model import atomic_write, from_pretrained, left_pad, save_pretrained
 from tokenizer import load_tokenizer
 
 PROTOCOL = {
@@ -333,7 +333,11 @@ def export_hf(model, tok, out_dir):
     gen = os.path.join(out_dir, "generation_config.json")
     if not os.path.isfile(gen):
         cfg = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id, "do_sample": False}
-        _write_atomic_text(gen, json.dumps(cfg, indent=2) + "\n")
+        write_text(gen, json.dumps(cfg, indent=2) + "\n")
+
+
+def write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def read_prompts(path):
@@ -357,18 +361,6 @@ def read_prompts(path):
             raise ValueError(f"{path}:{n}: expected an object with a 'prompt', 'question' or 'problem' key")
         out.append(row[key])
     return out
-
-
-def _write_atomic_text(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-# -----------------------------------------------------------------------------
-# command line
 
 
 def main(argv=None):
@@ -443,12 +435,12 @@ def main(argv=None):
             raise SystemExit(f"error: {e}")
         out = args.out or os.path.join(os.path.dirname(info["path"]) if info["kind"] == "nanomath" else ".",
                                        f"eval-{args.eval}-{args.split}.jsonl")
-        _write_atomic_text(out, "".join(json.dumps(r) + "\n" for r in records))
+        write_text(out, "".join(json.dumps(r) + "\n" for r in records))
         settings = {"dataset": args.eval, "split": args.split, "ckpt": info["path"], "prompt_format": fmt,
                     "system_prompt": system, "max_new_tokens": max_new, "temperature": args.temperature,
                     "top_k": args.top_k, "top_p": args.top_p, "num_samples": args.num_samples, "seed": args.seed,
                     "dtype": dtype, "device": device}
-        _write_atomic_text(out.removesuffix(".jsonl") + ".summary.json",
+        write_text(out.removesuffix(".jsonl") + ".summary.json",
                            json.dumps({**summary, "settings": settings}, indent=1) + "\n")
         print(sample_table(records))
         line = (f"{args.eval}/{args.split}: accuracy {summary['accuracy']:.4f} ({summary['n']} generations) | "

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from model import PRESETS, ModelConfig, Transformer, from_pretrained
+from model import PRESETS, ModelConfig, Transformer, atomic_write, from_pretrained
 from tokenizer import load_tokenizer
 
 
@@ -178,13 +178,8 @@ def lr_at(step, cfg, total_steps):
 # checkpoints: one format, one resume path
 
 def save_atomic(obj, path):
-    """torch.save to a temporary file, fsync, then rename: an interrupted save never damages the previous file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save through model.atomic_write: an interrupted save never damages the previous file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def list_checkpoints(out_dir):
@@ -322,9 +317,8 @@ def train(cfg):
         model.load_state_dict(ckpt["model"])
     model.grad_checkpointing = cfg.grad_checkpointing
     tok.save(os.path.join(cfg.out_dir, "tokenizer"))
-    with open(os.path.join(cfg.out_dir, "config.json.tmp"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-    os.replace(os.path.join(cfg.out_dir, "config.json.tmp"), os.path.join(cfg.out_dir, "config.json"))
+    config_json = json.dumps(dataclasses.asdict(cfg), indent=1).encode()
+    atomic_write(os.path.join(cfg.out_dir, "config.json"), lambda f: f.write(config_json))
     print(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.config}")
 
     train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
