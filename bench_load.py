@@ -1,5 +1,5 @@
 """
-Benchmark: our safetensors reader (model.read_safetensors, mmap) vs safetensors.torch.load_file.
+Benchmark: our safetensors reader (checkpoint.read_safetensors, mmap) vs safetensors.torch.load_file.
 
     python bench_load.py                          # makes a 1.2 GB bf16 checkpoint in /tmp and benchmarks it
     python bench_load.py --path /x/model.safetensors --repeats 7
@@ -9,7 +9,7 @@ readers, and the first run of each is a discarded warm-up (both then read from t
 "Loaded" means usable: every tensor is reduced (sum) after loading, inside the timed region, for both readers -
 an mmap reader that never touches its pages would otherwise look free. Peak memory is ru_maxrss / VmHWM of the
 child (RSS counts both anonymous copies and mapped file pages that were touched).
-Needs the safetensors package (benchmark only; model.py does not use it).
+Needs the safetensors package (benchmark only; checkpoint.py does not use it).
 """
 
 import argparse
@@ -33,8 +33,8 @@ def child(reader, path):
         return float("nan")
 
     if reader == "ours":
-        import model
-        load = model.read_safetensors
+        import checkpoint
+        load = checkpoint.read_safetensors
     else:
         from safetensors.torch import load_file
         load = load_file
@@ -52,7 +52,7 @@ def child(reader, path):
 
 def make_checkpoint(path, gb):
     import torch
-    import model
+    import checkpoint
     # Qwen-like names and shapes (hidden 1536, intermediate 8960) in bf16, as many layers as fit in `gb`
     C, I, V = 1536, 8960, 151936
     g = torch.Generator().manual_seed(0)
@@ -68,7 +68,7 @@ def make_checkpoint(path, gb):
                             ("input_layernorm.weight", (C,)), ("post_attention_layernorm.weight", (C,))):
             sd[p + name] = torch.randn(shape, generator=g).bfloat16()
         i += 1
-    model.write_safetensors(path, sd)
+    checkpoint.write_safetensors(path, sd)
 
 
 def main():
@@ -99,7 +99,7 @@ def main():
     assert res["ours"][0]["checksum"] == res["st"][0]["checksum"], "readers disagree on the data"
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("time_s", "open_s", "hwm_mib", "maxrss_mib", "base_rss_mib")}
            for k, v in res.items()}
-    for k, name in (("ours", "model.read_safetensors"), ("st", "safetensors.torch.load_file")):
+    for k, name in (("ours", "checkpoint.read_safetensors"), ("st", "safetensors.torch.load_file")):
         times = ", ".join(f"{x['time_s']:.3f}" for x in res[k])
         print(f"{name:28s} median {med[k]['time_s']:.3f}s, min {min(x['time_s'] for x in res[k]):.3f}s "
               f"(runs: {times}; median before the touch "

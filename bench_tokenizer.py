@@ -29,10 +29,11 @@ os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
 import tiktoken  # noqa: E402
 import tokenizers  # noqa: E402
 
+import data  # noqa: E402
 import tokenizer as T  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-texts = T.read_texts()  # every question, answer, problem and solution string of the vendored data
+texts = data.read_texts()  # every question, answer, problem and solution string of the vendored data
 nbytes = sum(len(t.encode()) for t in texts)
 
 cpu = platform.processor() or "?"

@@ -8,20 +8,19 @@ Report card for grade.py, over everything it can be checked against without a mo
 5. worst-case time of one grade() call over the adversarial inputs of tests/test_grade.py.
 Run: python check_grader.py
 """
-import json
 import os
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
+from data import read_jsonl  # noqa: E402
 from grade import _normalize, grade, gsm8k_gold, is_equiv  # noqa: E402
 from grade_cases import CASES  # noqa: E402
 
 
 def rows(path):
-    with open(os.path.join(ROOT, path), encoding='utf-8') as f:
-        return [json.loads(line) for line in f]
+    return read_jsonl(os.path.join(ROOT, path))
 
 
 # 1. labelled suite

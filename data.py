@@ -18,6 +18,8 @@ import re
 import numpy as np
 import torch
 
+from grade import gsm8k_gold, math_gold  # the one place that reads a '#### 72' line or a \boxed{} answer
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "data")
 
@@ -28,8 +30,9 @@ PLAIN_TEMPLATE = "Solve this math problem:\n\n{problem}\n\nAnswer:"
 # -----------------------------------------------------------------------------
 # loading
 
-def read_jsonl(path, required=()):
-    """Rows of a JSON Lines file; a malformed line is an error naming the file and line."""
+def read_jsonl(path, required=(), one_of=()):
+    """Rows (dicts) of a JSON Lines file, blank lines skipped; each must have every key in `required` and at least
+    one in `one_of`. A malformed line is an error naming the file and line. The one JSONL reader of the project."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -44,8 +47,26 @@ def read_jsonl(path, required=()):
             missing = [k for k in required if k not in row]
             if missing:
                 raise ValueError(f"{path}:{lineno}: missing key(s) {missing}; the line has {sorted(row)}")
+            if one_of and not any(k in row for k in one_of):
+                keys = ", ".join(repr(k) for k in one_of[:-1]) + f" or {one_of[-1]!r}"
+                raise ValueError(f"{path}:{lineno}: expected an object with a {keys} key; the line has {sorted(row)}")
             rows.append(row)
     return rows
+
+
+# every question, answer, problem and solution string of the vendored data (tokenizer tests and benchmark), and the
+# training text the math tokenizer is learned from (no test split)
+VENDORED_TEXT = [("data/gsm8k/train.jsonl", ("question", "answer")), ("data/gsm8k/test.jsonl", ("question", "answer")),
+                 ("data/math/train.jsonl", ("problem", "solution", "answer")),
+                 ("data/math/test.jsonl", ("problem", "solution", "answer")),
+                 ("data/math500/test.jsonl", ("problem", "solution", "answer"))]
+MATH_TOKENIZER_TEXT = [("data/gsm8k/train.jsonl", ("question", "answer")), ("data/math/train.jsonl", ("problem", "solution"))]
+
+
+def read_texts(files=VENDORED_TEXT):
+    """The string fields `keys` of every row of each (jsonl path relative to the repo, keys)."""
+    return [str(row[k]) for rel, keys in files for row in read_jsonl(os.path.join(HERE, rel), required=keys)
+            for k in keys]
 
 
 def short_name(path):
@@ -59,9 +80,8 @@ def gsm8k_solution(answer, where="GSM8K answer"):
     '#### 72' line replaced by a sentence ending in \\boxed{72}, which grade.py extracts."""
     if "####" not in answer:
         raise ValueError(f"{where}: no '#### <answer>' line")
-    body, final = answer.rsplit("####", 1)
-    body = re.sub(r"<<[^<>]*>>", "", body).strip()
-    final = final.strip().replace(",", "")
+    final = gsm8k_gold({"answer": answer})
+    body = re.sub(r"<<[^<>]*>>", "", answer.rsplit("####", 1)[0]).strip()
     return f"{body}\nThe final answer is $\\boxed{{{final}}}$.", final
 
 
@@ -99,7 +119,6 @@ def _math_rows(path):
 
 
 def load_math(path):
-    from grade import math_gold  # the one place that knows how to read a \boxed{} answer
     out = []
     for where, row in _math_rows(path):
         answer = row.get("answer")

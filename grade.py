@@ -964,7 +964,7 @@ def grade(response, answer):
     """Grade one model response against the dataset's gold answer (GSM8K number or MATH LaTeX)."""
     gold = answer
     if '####' in gold:
-        gold = gold.split('####')[-1]
+        gold = _after_hashes(gold)
     elif '\\boxed' in gold or '\\fbox' in gold:
         gold = _last_boxed(gold) or gold
     extracted, formatted = _extract(response or '')
@@ -978,11 +978,16 @@ def grade(response, answer):
     return Grade(correct=correct, formatted=formatted, extracted=extracted)
 
 
+def _after_hashes(text):
+    # the one GSM8K answer parser: the number after the last '####', thousands separators removed
+    return text.split('####')[-1].strip().replace(',', '')
+
+
 def gsm8k_gold(row):
     """The number after '####' in a GSM8K row's answer, thousands separators removed."""
     if '####' not in row['answer']:
         raise ValueError(f"GSM8K row has no '####' in its answer: {row['answer'][-80:]!r}")
-    return row['answer'].split('####')[-1].strip().replace(',', '')
+    return _after_hashes(row['answer'])
 
 
 def math_gold(row):
@@ -991,10 +996,3 @@ def math_gold(row):
     if boxed is None:
         raise ValueError(f"MATH row {row.get('unique_id', '?')} has no \\boxed{{}} in its solution")
     return boxed
-
-
-def summarize(grades):
-    """n, accuracy and format_rate over a list of Grade."""
-    n = len(grades)
-    return {'n': n, 'accuracy': sum(g.correct for g in grades) / max(n, 1),
-            'format_rate': sum(g.formatted for g in grades) / max(n, 1)}

@@ -1,11 +1,11 @@
 """
-The decoder: one configurable Qwen2/Llama-style transformer, plus reading and writing Hugging Face checkpoints
-without the transformers/safetensors packages.
+The decoder: one configurable Qwen2/Llama-style transformer, its KV cache, and the numerics it runs in.
 
-    model = from_pretrained(path_or_hub_id)   # a checkpoint folder, or a hub id found in the local HF cache
+    model = Transformer(ModelConfig(...))                    # checkpoint.py loads / saves weights (HF folders, .pt)
     logits = model(idx)                                      # (B, T, vocab)
     loss = model(idx, targets)                               # fp32 scalar, -100 = ignore
-    save_pretrained(model, "out/ckpt")                       # HF layout; transformers can load it back
+    h = model.hidden(idx)                                    # (B, T, C) final normalised hidden states
+    device, ctx, scaler, dtype = setup_numerics("auto", "auto")   # the one place numerics are decided
 
 Architecture: token embedding -> N x [RMSNorm -> GQA self-attention with rotary embedding (HF "rotate-half"
 layout) -> residual, RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> output head (tied to the embedding or not).
@@ -13,15 +13,11 @@ Module names inside match the HF names minus the leading "model." so checkpoints
 
 Numerics: RMSNorm, rotary angles and the loss are computed in fp32 whatever the weight / autocast dtype;
 softmax happens inside scaled_dot_product_attention (fp32 accumulation in every backend).
-Only torch, numpy and the standard library are imported here (tests check it).
+Only torch and the standard library are imported here (tests check it).
 """
 
-import json
 import math
-import mmap
-import os
-import pathlib
-import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -70,85 +66,6 @@ PRESETS = {
     "scratch-7b": ModelConfig(n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, intermediate_size=11008,
                               max_seq_len=4096, rope_theta=500000.0, qkv_bias=False, tie_embeddings=False),
 }
-
-
-def config_from_hf(cfg: dict) -> ModelConfig:
-    """ModelConfig from a parsed HF config.json (qwen2 or llama). Understands both the transformers 4.x layout
-    (top-level rope_theta, rope_scaling) and the 5.x layout (rope_parameters). Raises ValueError naming the key
-    for anything this model cannot represent, rather than silently computing something else."""
-    mt = cfg.get("model_type")
-    if mt not in ("qwen2", "llama"):
-        raise ValueError(f"config.json: model_type={mt!r} is not supported (expected 'qwen2' or 'llama')")
-    for key in ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size"):
-        if key not in cfg:
-            raise ValueError(f"config.json: missing required key {key!r}")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"config.json: hidden_act={cfg['hidden_act']!r} is not supported (only 'silu')")
-    if cfg.get("use_sliding_window", False):
-        raise ValueError("config.json: use_sliding_window=true is not supported (full attention only)")
-    if cfg.get("mlp_bias", False):
-        raise ValueError("config.json: mlp_bias=true is not supported")
-    # rope: 5.x keeps theta and type in rope_parameters; 4.x has rope_theta at the top and rope_scaling
-    rp = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or {}
-    rope_type = rp.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if rope_type != "default":
-        raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only plain rope)")
-    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    if mt == "qwen2":
-        qkv_bias = True  # Qwen2 always has q/k/v biases (and no o_proj bias), whatever attention_bias says
-    else:
-        # Llama's attention_bias puts a bias on o_proj too, which this model does not have
-        if cfg.get("attention_bias", False):
-            raise ValueError("config.json: llama with attention_bias=true (o_proj bias) is not supported")
-        qkv_bias = False
-    n_head = cfg["num_attention_heads"]
-    return ModelConfig(
-        vocab_size=cfg["vocab_size"],
-        n_layer=cfg["num_hidden_layers"],
-        n_head=n_head,
-        n_kv_head=cfg.get("num_key_value_heads") or n_head,
-        n_embd=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
-        max_seq_len=cfg.get("max_position_embeddings", 32768),
-        rope_theta=float(theta),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        qkv_bias=qkv_bias,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),  # qwen2 and llama both default to False
-        head_dim=cfg.get("head_dim") or 0,
-    )
-
-
-def config_to_hf(cfg: ModelConfig, dtype=torch.float32) -> dict:
-    """HF config.json dict: Qwen2 layout when qkv_bias, else Llama layout. rope_theta is written both at the top
-    (transformers 4.x) and in rope_parameters (5.x) so either version reads it."""
-    dtype_name = str(dtype).removeprefix("torch.")
-    d = {
-        "architectures": ["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
-        "model_type": "qwen2" if cfg.qkv_bias else "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_kv_head,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_dropout": 0.0,
-        "use_cache": True,
-        "torch_dtype": dtype_name,  # 4.x name
-        "dtype": dtype_name,  # 5.x name
-    }
-    if cfg.qkv_bias:
-        d.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layer)
-    else:
-        d.update(attention_bias=False, mlp_bias=False)
-    return d
 
 
 # -----------------------------------------------------------------------------
@@ -208,12 +125,16 @@ class Attention(nn.Module):
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:
-            # decoding: write this step's keys/values into the static buffers and attend over all max_len slots;
-            # the mask hides slots that are pads or not yet written (fixed shapes, cf. gpt-fast)
-            k_buf, v_buf, start = kv
-            k_buf[:, :, start:start + T] = k
-            v_buf[:, :, start:start + T] = v
-            k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # (B, nkv, L, hd)
+            # write this call's keys/values into the static buffers at each row's own slots (rows (B, 1), slots
+            # (B, T) long tensors: fixed shapes, no Python ints, cf. gpt-fast's input_pos)
+            k_buf, v_buf, rows, slots = kv  # buffers (B_cache, nkv, L, hd)
+            k_buf[rows, :, slots] = k.transpose(1, 2).to(k_buf.dtype)  # indexed view is (B, T, nkv, hd)
+            v_buf[rows, :, slots] = v.transpose(1, 2).to(v_buf.dtype)
+            if mask is not None:
+                # appending to rows that already hold tokens: attend over all max_len slots of every row; the
+                # mask hides the slots after each query (fixed shapes). A prefill (mask None) needs only its own
+                # tokens: causal attention within idx is the same thing and runs the flash kernel.
+                k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # (B, nkv, L, hd)
         # mask None: plain causal; else a bool (B, 1, T, S) mask, True = may attend
         gqa = self.n_kv_head != self.n_head
         if mask is not None and gqa:
@@ -254,54 +175,33 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+
 class KVCache:
-    """Static KV cache for batched incremental decoding (make it with model.make_cache(B, max_len)).
+    """Static KV cache for batched incremental decoding: model.make_cache(B, max_len); engine.py drives it.
 
-    Buffers are preallocated to max_len so every decode step has the same shapes (a one-token step can be
-    torch.compile'd, cf. gpt-fast):
-        k, v    (n_layer, B, n_kv_head, max_len, head_dim)
-        valid   (B, max_len) bool   slot holds a real token (False for pads and unwritten slots)
-        n_valid (B,) long           real tokens so far per row = position of the row's next real token
-        length  int                 slots written so far (the same for every row)
-    A batch of prompts of different lengths is LEFT-padded (use left_pad()), so all rows end at the same slot
-    and the next token of every row goes to slot `length`. Pads are masked out as keys, and each row's positions
-    count only its real tokens, so the first real token of every row has position 0 and a row gives the same
-    logits as it would alone. Example (greedy):
+        k, v   (n_layer, B, n_kv_head, max_len, head_dim)   keys / values of every layer
+        pos    (B,) long    tokens each row holds = the slot, and the position, of the row's next token
 
-        idx, valid = left_pad(prompts, pad_id=0)               # (B, P) long, (B, P) bool
-        cache = model.make_cache(idx.size(0), max_len=P + max_new)
-        logits = model(idx, cache=cache, valid=valid, last_only=True)   # prefill, (B, 1, V)
+    Rows are independent: a row's tokens sit at slots 0..pos-1 with positions equal to their slots (no padding
+    inside a row), so it gives the logits it would give alone whatever the other rows hold, and it can be restarted
+    with a new prompt while the others keep decoding. Positions live in a tensor and every shape is fixed, so a
+    one-token decode step has no Python value that changes from step to step (it can be captured once as a CUDA
+    graph). Writes past max_len land in the last slot: the caller sizes the cache (there is no check, since a
+    check would cost a host sync every step). Example (greedy, prompts right-padded to (B, P), `n` real tokens):
+
+        cache = model.make_cache(B, max_len=P + max_new)
+        logits = model(idx, cache=cache, rows=torch.arange(B), lengths=n, last=n - 1)   # prefill -> (B, V)
         for _ in range(max_new):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)        # (B, 1)
-            logits = model(nxt, cache=cache)                    # positions come from cache.n_valid
-    Rows that are finished can keep decoding (pass valid=False for them to keep their pad-free history).
+            nxt = logits.argmax(-1)                                   # (B,)
+            logits = model(nxt[:, None], cache=cache)[:, -1]          # every row appends one token -> (B, V)
     """
 
     def __init__(self, n_layer, batch_size, n_kv_head, max_len, head_dim, device=None, dtype=torch.float32):
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.valid = torch.zeros(batch_size, max_len, device=device, dtype=torch.bool)
-        self.n_valid = torch.zeros(batch_size, device=device, dtype=torch.long)
-        self.length = 0
+        self.pos = torch.zeros(batch_size, device=device, dtype=torch.long)
         self.max_len = max_len
-
-    def reset(self):
-        self.valid.zero_()
-        self.n_valid.zero_()
-        self.length = 0
-
-
-def left_pad(prompts, pad_id=0, device=None):
-    """list of token-id lists -> idx (B, P) long left-padded with pad_id, valid (B, P) bool (False on pads)."""
-    P = max(len(p) for p in prompts)
-    idx = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    valid = torch.zeros(len(prompts), P, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        if len(p):
-            idx[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-            valid[i, P - len(p):] = True
-    return idx.to(device), valid.to(device)
 
 
 def _retie(model, incompatible_keys):
@@ -323,7 +223,7 @@ class Transformer(nn.Module):
             self.register_load_state_dict_post_hook(_retie)
         self.grad_checkpointing = False  # when True and training, each block is recomputed in backward
         self.loss_chunk = 1024  # rows of the vocab projection per chunk in the loss
-        self.source_dir = None  # set by from_pretrained: where config/tokenizer files came from
+        self.source_dir = None  # set by checkpoint.from_pretrained: where config/tokenizer files came from
         self.apply(self._init_weights)
         for block in self.layers:
             # projections that write into the residual stream get std / sqrt(2 * n_layer) so it does not grow
@@ -340,71 +240,69 @@ class Transformer(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, *, pos=None, doc=None, cache=None, valid=None, reduction="mean",
-                last_only=False):
-        """idx (B, T) long token ids.
+    def forward(self, idx, targets=None, *, pos=None, doc=None, cache=None, rows=None, lengths=None, last=None,
+                reduction="mean"):
+        """idx (B, T) long token ids; pos, doc, cache, rows, lengths as in hidden().
 
-        pos (B, T) long: positions (default arange(T); with a cache, derived from cache.n_valid and `valid`).
-        doc (B, T) int: document ids of a packed row: token i attends to j iff doc[i] == doc[j] and j <= i.
-            Pass restarted positions in `pos` too, so each document sees the positions it would see alone.
-        cache: a KVCache (see its docstring). The T tokens are written at slots [cache.length, cache.length+T)
-            and attend to every earlier valid slot of their row; `valid` (B, T) bool marks real (non-pad)
-            tokens of idx (default all True). Pad tokens only attend to themselves so they never produce NaN.
         targets (B, T) long with -100 = ignore: returns the fp32 cross-entropy, reduction "mean" (over
             supervised tokens) or "sum" (0, not NaN, when nothing is supervised). Only supervised hidden states
             are projected to the vocab, in chunks of self.loss_chunk rows upcast to fp32 one at a time and
             recomputed in backward, so fp32 logits for every position never exist (cf. torchtune chunked CE).
-        Else returns logits (B, T, V) in the compute dtype ((B, 1, V) for the last position if last_only).
+        last (B,) long: return only the logits at position last[b] of each row, (B, V).
+        Else returns logits (B, T, V) in the compute dtype.
+        """
+        x = self.hidden(idx, pos=pos, doc=doc, cache=cache, rows=rows, lengths=lengths)  # (B, T, C)
+        if targets is not None:
+            return self.chunked_loss(x, targets, reduction)
+        if last is not None:
+            x = x[torch.arange(x.size(0), device=x.device), last]  # (B, C)
+        return self.lm_head(x)  # (B, T, V) or (B, V)
+
+    def hidden(self, idx, *, pos=None, doc=None, cache=None, rows=None, lengths=None):
+        """The final normalised hidden states (B, T, C) of idx (B, T).
+
+        pos (B, T) long: positions (default arange(T); with a cache, the slots the tokens go to).
+        doc (B, T) int: document ids of a packed row: token i attends to j iff doc[i] == doc[j] and j <= i.
+            Pass restarted positions in `pos` too, so each document sees the positions it would see alone.
+        cache: a KVCache (see its docstring), in one of two ways:
+          - prefill, with rows (B,) long: cache rows `rows` start over with these tokens, right-padded, lengths
+            (B,) long real tokens each (default T). They go to slots 0..T-1, pos[rows] becomes lengths.
+          - append, without rows: every cache row (B must be the cache's batch) appends the T tokens at its own
+            pos and attends to all its earlier slots; pos advances by T.
         """
         B, T = idx.shape
         cfg = self.config
-        mask = None
-        kv_start = None
-        if valid is not None and cache is None:
-            raise ValueError("valid marks pad tokens for the KV cache; without a cache, mask the loss with -100")
+        mask, kv_index = None, None
+        arange_T = torch.arange(T, device=idx.device)
         if cache is not None:
-            if doc is not None:
-                raise ValueError("doc (packing) and cache (decoding) cannot be combined")
-            L, start = cache.max_len, cache.length
-            if start + T > L:
-                raise ValueError(f"KV cache full: {start} slots used + {T} new > max_len {L}")
-            if valid is None:
-                valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
-            if pos is None:
-                # each row's positions count only its real tokens; pads get 0 (their output is never used)
-                pos = cache.n_valid[:, None] + valid.long().cumsum(1) - 1  # (B, T)
-                pos = pos.clamp(min=0)
-            cache.valid[:, start:start + T] = valid
-            cache.n_valid += valid.sum(1)
-            cache.length = start + T
-            slots = torch.arange(L, device=idx.device)  # (L,)
-            q_slots = start + torch.arange(T, device=idx.device)  # (T,)
-            causal = slots[None, :] <= q_slots[:, None]  # (T, L)
-            mask = (cache.valid[:, None, :] & causal) | (slots[None, :] == q_slots[:, None])  # (B, T, L)
-            mask = mask[:, None]  # (B, 1, T, L)
-            kv_start = start
+            if doc is not None or pos is not None:
+                raise ValueError("with a KV cache, positions come from the cache: pass neither pos nor doc")
+            if rows is None:  # append: query t of row b sits at slot pos[b] + t and sees slots <= its own
+                pos = cache.pos[:, None] + arange_T  # (B, T)
+                slots = torch.arange(cache.max_len, device=idx.device)  # (L,)
+                mask = (slots <= pos[..., None])[:, None]  # (B, 1, T, L)
+                kv_index = (torch.arange(B, device=idx.device)[:, None], pos.clamp(max=cache.max_len - 1))
+                cache.pos += T
+            else:  # prefill: plain causal attention within idx; right padding never reaches a real token
+                pos = arange_T[None].expand(B, T)
+                kv_index = (rows[:, None], pos)
+                cache.pos[rows] = lengths if lengths is not None else T
         elif doc is not None:
             same = doc[:, :, None] == doc[:, None, :]  # (B, T, T)
             causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
             mask = (same & causal)[:, None]  # (B, 1, T, T); the diagonal is always True, so no empty rows
         if pos is None:
-            pos = torch.arange(T, device=idx.device)[None].expand(B, T)
+            pos = arange_T[None].expand(B, T)
         cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
 
         x = self.embed_tokens(idx)  # (B, T, C)
         for i, block in enumerate(self.layers):
-            kv = (cache.k[i], cache.v[i], kv_start) if cache is not None else None
+            kv = (cache.k[i], cache.v[i], *kv_index) if cache is not None else None
             if self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
             else:
                 x = block(x, cos, sin, mask, kv)
-        x = self.norm(x)  # (B, T, C)
-
-        if targets is None:
-            if last_only:
-                x = x[:, -1:]
-            return self.lm_head(x)  # (B, T, V)
-        return self.chunked_loss(x, targets, reduction)
+        return self.norm(x)  # (B, T, C)
 
     def chunked_loss(self, x, targets, reduction="mean"):
         """fp32 cross-entropy of hidden states x (B, T, C) against targets (B, T), -100 = ignore."""
@@ -434,12 +332,12 @@ class Transformer(nn.Module):
 
     def make_cache(self, batch_size, max_len, device=None, dtype=None) -> KVCache:
         """A KVCache with static (batch_size, max_len) buffers; by default on the model's device, in the autocast
-        dtype when called under autocast, else in the weights' dtype."""
+        dtype when called under autocast (keys/values come out in it: storing them so is lossless and halves the
+        cache), else in the weights' dtype. This is the one place the cache dtype is decided."""
         p = self.embed_tokens.weight
         cfg = self.config
         device = torch.device(device or p.device)
         if dtype is None:
-            # under autocast keys/values come out in the autocast dtype: store them in it, not in fp32
             autocast = torch.is_autocast_enabled(device.type)
             dtype = torch.get_autocast_dtype(device.type) if autocast else p.dtype
         return KVCache(cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim, device=device, dtype=dtype)
@@ -462,281 +360,35 @@ class Transformer(nn.Module):
         n = self.num_params(non_embedding=True) + cfg.vocab_size * cfg.n_embd
         return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 
-
 # -----------------------------------------------------------------------------
-# safetensors reader / writer (our own; the format is an 8-byte LE header length, a JSON header, raw bytes)
-
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+# numerics: the one place that decides device, compute dtype and loss scaling (train.py and sample.py call it)
 
 
-def read_safetensors(path) -> dict:
-    """name -> CPU tensor, memory-mapped from the file (private copy-on-write mapping: nothing is read until
-    touched, pages are shared with the OS page cache, and writing to a tensor never writes to the file)."""
-    path = pathlib.Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if size < 8:
-            raise ValueError(f"{path}: truncated or corrupt safetensors file ({size} bytes, no header)")
-        n = int.from_bytes(f.read(8), "little")
-        if n > size - 8:
-            raise ValueError(f"{path}: truncated or corrupt safetensors file: header length {n} is beyond the "
-                             f"file size {size}")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: corrupt safetensors header (not JSON: {e})") from None
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else b""
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    data_start, data_size = 8 + n, size - 8 - n
-    out = {}
-    for name, info in header.items():
-        try:
-            dt, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: corrupt safetensors header entry for {name!r}: {info!r}") from None
-        if dt not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {dt}, not supported (only F32, F16, BF16)")
-        dtype = _ST_DTYPES[dt]
-        numel = math.prod(shape)
-        if not (0 <= begin <= end <= data_size):
-            raise ValueError(f"{path}: truncated or corrupt: tensor {name!r} offsets [{begin}, {end}) are beyond "
-                             f"the data section ({data_size} bytes)")
-        if end - begin != numel * dtype.itemsize:
-            raise ValueError(f"{path}: corrupt: tensor {name!r} {dt}{shape} needs {numel * dtype.itemsize} bytes, "
-                             f"offsets give {end - begin}")
-        if numel == 0:
-            out[name] = torch.empty(shape, dtype=dtype)
+def setup_numerics(device="auto", dtype="auto"):
+    """-> (device str, autocast context, GradScaler or None, dtype name). Raises ValueError for a device or dtype
+    this machine cannot run. For training, weights and optimizer state stay fp32 (a bf16 weight cannot absorb a
+    1e-5 relative update) and matmuls run in the compute dtype under autocast; the scaler exists only for fp16."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    dev_type = device.split(":")[0]
+    if dev_type not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"device must be auto, cuda, cuda:N, mps or cpu, got {device!r}")
+    if dev_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine (use device=auto or cpu)")
+    if dev_type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use device=auto or cpu)")
+    if dtype == "auto":
+        if dev_type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         else:
-            out[name] = torch.frombuffer(mm, dtype=dtype, count=numel, offset=data_start + begin).view(shape)
-    return out
-
-
-def atomic_write(path, write_fn):
-    """write_fn(file) into a temp file next to path, fsync, then rename over path: readers (and a crash) never
-    see half a file, and an interrupted write leaves the previous file intact. train.py and sample.py use it too."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_safetensors(path, tensors: dict, metadata=None):
-    """Write name -> tensor to path in safetensors format (atomically)."""
-    header, offset = {}, 0
-    for name, t in tensors.items():
-        if t.dtype not in _ST_NAMES:
-            raise ValueError(f"tensor {name!r}: dtype {t.dtype} cannot be saved (only float32, float16, bfloat16)")
-        nbytes = t.numel() * t.element_size()
-        header[name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    header["__metadata__"] = metadata or {"format": "pt"}
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)  # pad so the data section starts 8-byte aligned, as the spec recommends
-
-    def write(f):
-        f.write(len(hb).to_bytes(8, "little"))
-        f.write(hb)
-        for t in tensors.values():
-            if t.numel():
-                # raw bytes through a uint8 view: no copy beyond making it contiguous on CPU, works for bf16 too
-                f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-
-    atomic_write(path, write)
-
-
-# -----------------------------------------------------------------------------
-# checkpoints in HF layout
-
-
-def _hub_cache_dirs():
-    """Where the HF hub cache may be, in the order huggingface_hub itself looks."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return [pathlib.Path(os.environ["HF_HUB_CACHE"])]
-    if os.environ.get("HUGGINGFACE_HUB_CACHE"):  # older name
-        return [pathlib.Path(os.environ["HUGGINGFACE_HUB_CACHE"])]
-    if os.environ.get("HF_HOME"):
-        return [pathlib.Path(os.environ["HF_HOME"]) / "hub"]
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return [pathlib.Path(xdg) / "huggingface" / "hub"]
-
-
-def resolve_checkpoint_dir(path_or_hub_id) -> pathlib.Path:
-    """A checkpoint folder as given, or a hub id ("Org/Name") found in the local HF cache at
-    <cache>/models--Org--Name/snapshots/<rev>/ with <rev> read from refs/main (no network, ever)."""
-    p = pathlib.Path(path_or_hub_id).expanduser()
-    if p.is_dir():
-        return p
-    name = str(path_or_hub_id)
-    looked = [str(p)]
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        for cache in _hub_cache_dirs():
-            repo = cache / ("models--" + name.replace("/", "--"))
-            looked.append(str(repo))
-            snaps = repo / "snapshots"
-            if not snaps.is_dir():
-                continue
-            ref = repo / "refs" / "main"
-            if ref.is_file():
-                snap = snaps / ref.read_text().strip()
-                if snap.is_dir():
-                    return snap
-                looked.append(str(snap) + " (named by refs/main)")
-                continue
-            cands = sorted((s for s in snaps.iterdir() if (s / "config.json").exists()), key=lambda s: s.stat().st_mtime)
-            if cands:
-                return cands[-1]  # no refs/main: the newest complete snapshot
-    hint = (f"download it first, e.g. `huggingface-cli download {name}` (or `hf download {name}`), "
-            f"or pass the path of a folder holding config.json and the weights") if "/" in name else \
-        "pass the path of a folder holding config.json and the weights"
-    raise FileNotFoundError(f"checkpoint {name!r} not found; looked in: {', '.join(looked)}. {hint}")
-
-
-def _load_weight_files(d: pathlib.Path) -> dict:
-    """All tensors of a checkpoint folder (HF names), memory-mapped where the format allows."""
-    if (d / "model.safetensors").exists():
-        return read_safetensors(d / "model.safetensors")
-    for index_name, reader in (("model.safetensors.index.json", read_safetensors),
-                               ("pytorch_model.bin.index.json", _read_bin)):
-        index_path = d / index_name
-        if index_path.exists():
-            try:
-                weight_map = json.loads(index_path.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise ValueError(f"{index_path}: not a valid index file ({e!r})") from None
-            sd = {}
-            for shard in sorted(set(weight_map.values())):
-                if not (d / shard).exists():
-                    raise FileNotFoundError(f"{index_path} names shard {shard!r}, which is missing from {d}")
-                tensors = reader(d / shard)
-                sd.update({k: v for k, v in tensors.items() if weight_map.get(k) == shard})
-            missing_in_shards = sorted(set(weight_map) - set(sd))
-            if missing_in_shards:
-                raise ValueError(f"{index_path} lists tensors not found in their shard: {missing_in_shards[:10]}")
-            return sd
-    if (d / "pytorch_model.bin").exists():
-        return _read_bin(d / "pytorch_model.bin")
-    raise FileNotFoundError(f"{d}: no weights found (model.safetensors, model.safetensors.index.json, "
-                            f"pytorch_model.bin)")
-
-
-def _read_bin(path):
-    # weights_only: a .bin is a pickle, never run code from it; mmap: do not copy it into RAM
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)  # pre-1.6 (non-zip) files cannot mmap
-
-
-def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transformer:
-    """Load an HF Qwen2/Llama checkpoint (folder or hub id in the local cache) into a Transformer with weights
-    in `dtype` on `device`. The model is built on the meta device and the (memory-mapped) tensors are assigned,
-    so weights are never allocated twice. model.config is the ModelConfig, model.source_dir the folder (str)."""
-    d = resolve_checkpoint_dir(path_or_hub_id)
-    cfg_path = d / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{d}: no config.json (is this a Hugging Face checkpoint folder?)")
-    try:
-        hf_cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
-    try:
-        config = config_from_hf(hf_cfg)
-    except ValueError as e:
-        raise ValueError(f"{cfg_path}: {e}") from None
-
-    with torch.device("meta"):
-        model = Transformer(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if config.tie_embeddings:
-        del expected["lm_head.weight"]  # tied checkpoints store the matrix once, as the embedding
-    sd = {}
-    for name, t in _load_weight_files(d).items():
-        name = name.removeprefix("model.")
-        if config.tie_embeddings and name == "lm_head.weight":
-            continue  # some tied checkpoints carry a copy anyway; the tie wins, as in transformers
-        sd[name] = t
-    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{d}: checkpoint does not match config.json: missing tensors {missing}, "
-                         f"unexpected tensors {unexpected}")
-    bad = [f"{k}: expected {tuple(expected[k])}, found {tuple(t.shape)}" for k, t in sd.items() if t.shape != expected[k]]
-    if bad:
-        raise ValueError(f"{d}: shape mismatch: " + "; ".join(bad))
-    sd = {k: t.to(device=device, dtype=dtype) for k, t in sd.items()}  # a no-op (still mmap) when already there
-    if config.tie_embeddings:
-        sd["lm_head.weight"] = sd["embed_tokens.weight"]
-    model.load_state_dict(sd, strict=True, assign=True)  # the post-load hook re-ties a tied head
-    model.source_dir = str(d)
-    return model
-
-
-# files a checkpoint folder carries besides the weights, copied along by save_pretrained if the source has them
-_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-               "added_tokens.json", "chat_template.jinja", "generation_config.json")
-
-
-def save_pretrained(model, out_dir, max_shard_bytes=2**31) -> None:
-    """Write model to out_dir in HF layout: config.json + model.safetensors, or shards model-0000i-of-0000n.safetensors
-    plus model.safetensors.index.json when the weights exceed max_shard_bytes. Tied weights are written once (no
-    lm_head.weight), as transformers does. Every file is written atomically; weight files of another layout left
-    from an earlier save are removed afterwards. Tokenizer files from model.source_dir are copied along."""
-    model = getattr(model, "module", model)  # DistributedDataParallel wrapper
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper (its state_dict keys carry a prefix)
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for k, t in model.state_dict().items():
-        if model.config.tie_embeddings and k == "lm_head.weight":
-            continue
-        tensors[k if k == "lm_head.weight" else "model." + k] = t
-    dtype = next(iter(tensors.values())).dtype
-    # shards: fill greedily in state_dict order
-    shards, cur, cur_bytes = [], {}, 0
-    for k, t in tensors.items():
-        nb = t.numel() * t.element_size()
-        if cur and cur_bytes + nb > max_shard_bytes:
-            shards.append(cur)
-            cur, cur_bytes = {}, 0
-        cur[k] = t
-        cur_bytes += nb
-    shards.append(cur)
-    if len(shards) == 1:
-        write_safetensors(out / "model.safetensors", tensors)
-        written = {"model.safetensors"}
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        weight_map = {}
-        for name, shard in zip(names, shards):
-            write_safetensors(out / name, shard)
-            weight_map.update({k: name for k in shard})
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        # the index goes last: it is what makes the shards a checkpoint
-        atomic_write(out / "model.safetensors.index.json", lambda f: f.write(json.dumps(index, indent=2).encode()))
-        written = set(names) | {"model.safetensors.index.json"}
-    for stale in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
-        if stale.name not in written:
-            stale.unlink()
-    hf = config_to_hf(model.config, dtype)
-    atomic_write(out / "config.json", lambda f: f.write((json.dumps(hf, indent=2) + "\n").encode()))
-    src = getattr(model, "source_dir", None)
-    if src and pathlib.Path(src).resolve() != out.resolve():
-        for fn in _SIDE_FILES:
-            if (pathlib.Path(src) / fn).is_file():
-                atomic_write(out / fn, lambda f, fn=fn: f.write((pathlib.Path(src) / fn).read_bytes()))
+            dtype = "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if dtype == "float16" and dev_type != "cuda":
+        raise ValueError(f"dtype float16 needs CUDA (use bfloat16 or float32 on {dev_type})")
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(dev_type, dtype=getattr(torch, dtype))
+    scaler = torch.amp.GradScaler("cuda") if dtype == "float16" else None
+    if dev_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, ctx, scaler, dtype

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import unicodedata
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +83,7 @@ class Tokenizer:
         self.im_start_id, self.im_end_id = special["<|im_start|>"], special["<|im_end|>"]
         self.nfc = nfc
         self.default_system = default_system   # None: no system block unless the messages have one
-        self.files = files                     # {filename: bytes} written by save()
+        self.files = files                     # {filename: bytes}: checkpoint.save_tokenizer writes them
         self._special_bytes = {i: s.encode() for s, i in special.items()}
         # HF matches added tokens leftmost-longest in the raw text, before normalisation; longest-first alternation
         # gives the same. With allow_special=False only the tokens flagged special=True become text, like HF's
@@ -229,26 +228,16 @@ class Tokenizer:
             mask.extend([0] * (1 + len(gen)))
         return ids, mask
 
-    # --- files ---
-    def save(self, out_dir):
-        os.makedirs(out_dir, exist_ok=True)
-        for fname, data in self.files.items():
-            atomic_write(os.path.join(out_dir, fname), data)
+    @property
+    def has_chat_template(self):
+        """A Qwen tokenizer that ships a chat template: the model is (most likely) a chat model."""
+        if self.name != "qwen":
+            return False
+        if "chat_template.jinja" in self.files:
+            return True
+        cfg = self.files.get("tokenizer_config.json")
+        return bool(cfg) and "chat_template" in json.loads(cfg)
 
-
-def atomic_write(path, data):
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 # -----------------------------------------------------------------------------
 # Qwen (HF byte-level BPE files)
@@ -422,33 +411,6 @@ def _bpe(piece, ranks):
         parts[bi:bi + 2] = [parts[bi] + parts[bi + 1]]
     return parts
 
-# every question, answer, problem and solution string of the vendored data (tests and bench_tokenizer.py use it)
-VENDORED_TEXT = [("data/gsm8k/train.jsonl", ("question", "answer")), ("data/gsm8k/test.jsonl", ("question", "answer")),
-                 ("data/math/train.jsonl", ("problem", "solution", "answer")),
-                 ("data/math/test.jsonl", ("problem", "solution", "answer")),
-                 ("data/math500/test.jsonl", ("problem", "solution", "answer"))]
-
-
-def read_texts(files=VENDORED_TEXT):
-    """The string fields `keys` of every row of each (jsonl path relative to the repo, keys)."""
-    texts = []
-    for rel, keys in files:
-        path = os.path.join(HERE, rel)
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    row = json.loads(line)
-                    texts.extend(str(row[k]) for k in keys)
-                except (json.JSONDecodeError, KeyError) as e:
-                    raise ValueError(f"{path}:{n}: bad row ({e})") from None
-    return texts
-
-
-def math_training_texts():
-    """The math tokenizer is learned from training text only: GSM8K and MATH train questions and solutions."""
-    return read_texts([("data/gsm8k/train.jsonl", ("question", "answer")), ("data/math/train.jsonl", ("problem", "solution"))])
-
-
 def train_math_tokenizer(texts, vocab_size=MATH_VOCAB, verbose=True):
     """Byte-level BPE on top of bytes + forced math tokens. Deterministic: ties go to the smaller byte pair.
     Returns (vocab [bytes in rank order], special {str: id})."""
@@ -603,8 +565,12 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--train-math"]:
         import time
         t0 = time.time()
-        vocab, special = train_math_tokenizer(math_training_texts())
-        atomic_write(MATH_FILE, math_tokenizer_json(vocab, special))
+        import data  # the vendored text; only this command needs it
+        vocab, special = train_math_tokenizer(data.read_texts(data.MATH_TOKENIZER_TEXT))
+        # a developer command that rewrites a committed file: temp file + rename, so a crash cannot truncate it
+        with open(MATH_FILE + ".tmp", "wb") as f:
+            f.write(math_tokenizer_json(vocab, special))
+        os.replace(MATH_FILE + ".tmp", MATH_FILE)
         print(f"wrote {MATH_FILE} in {time.time() - t0:.1f}s")
     else:
         print("usage: python tokenizer.py --train-math   (regenerates data/math_tokenizer.json)")

@@ -8,21 +8,21 @@ config -> numerics -> model and tokenizer -> data -> the loop (accumulate, guard
 """
 import dataclasses
 import difflib
-import glob
 import json
 import math
 import os
 import random
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 import data
-from model import PRESETS, ModelConfig, Transformer, atomic_write, from_pretrained
+from checkpoint import list_checkpoints, load_checkpoint, load_model, save_checkpoint, save_tokenizer, write_text
+from engine import evaluate, sample_table
+from model import PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
 
 
@@ -31,7 +31,7 @@ class Config:
     # the defaults are the embedded example: a ~1M-parameter model learns 2-digit addition/subtraction on a CPU
     # I/O
     out_dir: str = "out"
-    init_from: str = "scratch"           # "scratch", or a Hugging Face checkpoint folder / cached hub id
+    init_from: str = "scratch"           # "scratch", or any checkpoint: HF folder, cached hub id, best.pt, ckpt-*.pt
     model_preset: str = "scratch-22m"    # for scratch: a preset of model.PRESETS ...
     n_layer: int = 2                     # ... with these overrides (0 = the preset's value)
     n_embd: int = 128
@@ -125,32 +125,6 @@ def load_config(argv):
     return cfg
 
 # -----------------------------------------------------------------------------
-# numerics: the one place that decides device, compute dtype and loss scaling
-
-def setup_numerics(cfg):
-    """-> (device, autocast context, GradScaler or None, dtype name). Weights and optimizer state stay fp32 (a bf16
-    weight cannot absorb a 1e-5 relative update); matmuls run in the compute dtype under autocast."""
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    dtype = cfg.dtype
-    if dtype == "auto":
-        if device == "cuda":
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            dtype = "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise SystemExit(f"dtype must be auto, float32, bfloat16 or float16, got '{dtype}'")
-    if dtype == "float16" and device != "cuda":
-        raise SystemExit("float16 training needs CUDA (use bfloat16 or float32 on mps/cpu)")
-    dev_type = device.split(":")[0]
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(dev_type, dtype=getattr(torch, dtype))
-    scaler = torch.amp.GradScaler("cuda") if dtype == "float16" else None
-    if dev_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device, ctx, scaler, dtype
-
 
 def gpu_peak_flops(device, dtype):
     """Dense bf16/fp16 tensor-core peak of the GPU (datasheet), for MFU; None if unknown or not on CUDA."""
@@ -175,36 +149,7 @@ def lr_at(step, cfg, total_steps):
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
 
 # -----------------------------------------------------------------------------
-# checkpoints: one format, one resume path
-
-def save_atomic(obj, path):
-    """torch.save through model.atomic_write: an interrupted save never damages the previous file."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def list_checkpoints(out_dir):
-    return sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """A training checkpoint (ckpt-*.pt or best.pt); raises a clear error for anything else."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable nanomath checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path}: not a nanomath checkpoint (no 'model' / 'model_config' entries)")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt, device="cpu"):
-    with torch.device("meta"):
-        model = Transformer(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"], assign=True)
-    return model.to(device)
-
+# resume: the RNG state goes into every ckpt-*.pt (checkpoint.py owns the file format)
 
 def rng_state():
     s = {"python": random.getstate(), "torch": torch.get_rng_state()}
@@ -243,8 +188,7 @@ def build_model(cfg, device):
         torch.manual_seed(cfg.seed)
         model = Transformer(mc).to(device)
     else:
-        model = from_pretrained(cfg.init_from, device=device, dtype=torch.float32)
-        tok = load_tokenizer(model.source_dir)
+        model, tok, _ = load_model(cfg.init_from, device=device, dtype=torch.float32)  # fp32 master weights
     if tok.n_vocab > model.config.vocab_size:
         raise SystemExit(f"tokenizer has {tok.n_vocab} tokens but the model only {model.config.vocab_size}")
     return model, tok
@@ -288,7 +232,10 @@ def train(cfg):
     """Runs the whole training job described by cfg; returns a summary dict. Raises TrainingError on a run that
     cannot continue (too many non-finite steps)."""
     t_start = time.time()
-    device, ctx, scaler, dtype = setup_numerics(cfg)
+    try:
+        device, ctx, scaler, dtype = setup_numerics(cfg.device, cfg.dtype)
+    except ValueError as e:
+        raise SystemExit(f"config: {e}")
     os.makedirs(cfg.out_dir, exist_ok=True)
     print(f"device {device}, compute dtype {dtype}{', GradScaler' if scaler else ''}")
     print("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -316,9 +263,8 @@ def train(cfg):
     if ckpt:
         model.load_state_dict(ckpt["model"])
     model.grad_checkpointing = cfg.grad_checkpointing
-    tok.save(os.path.join(cfg.out_dir, "tokenizer"))
-    config_json = json.dumps(dataclasses.asdict(cfg), indent=1).encode()
-    atomic_write(os.path.join(cfg.out_dir, "config.json"), lambda f: f.write(config_json))
+    save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
+    write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
     print(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.config}")
 
     train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
@@ -357,7 +303,7 @@ def train(cfg):
                  "config": dataclasses.asdict(cfg), "step": step, "best": best, "tokenizer_dir": "tokenizer"}
         if full:
             state.update(optimizer=opt.state_dict(), scaler=scaler.state_dict() if scaler else None, rng=rng_state())
-        save_atomic(state, os.path.join(cfg.out_dir, name))
+        save_checkpoint(state, os.path.join(cfg.out_dir, name))
         if name.startswith("ckpt-") and cfg.keep_last > 0:  # keep_last = 0 keeps them all
             for old in list_checkpoints(cfg.out_dir)[:-cfg.keep_last]:
                 os.remove(old)
@@ -389,10 +335,9 @@ def train(cfg):
         if val_ds:
             rec["val_loss"] = evaluate_loss(model, val_ds, ctx, device, cfg.batch_size)
         if eval_problems:
-            from sample import evaluate, sample_table
             summary, records = evaluate(raw_model, tok, eval_problems, cfg.prompt_format, cfg.system_prompt,
                                         max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                                        device=device, ctx=ctx, seed=cfg.seed)
+                                        ctx=ctx, seed=cfg.seed)
             rec.update({f"eval_{k}": v for k, v in summary.items()})
             with open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") as f:
                 for r in records[:5]:

@@ -4,7 +4,6 @@ different gold answers, bounded time on adversarial inputs, and the small public
 Run: python -m pytest -q tests/test_grade.py   (a few seconds on one core)
 """
 import ast
-import json
 import os
 import re
 import sys
@@ -17,13 +16,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from grade import Grade, extract_answer, grade, gsm8k_gold, is_equiv, math_gold, summarize  # noqa: E402
+from data import read_jsonl  # noqa: E402
+from grade import Grade, extract_answer, grade, gsm8k_gold, is_equiv, math_gold  # noqa: E402
 from grade_cases import CASES  # noqa: E402
 
 
 def _rows(path):
-    with open(os.path.join(ROOT, path), encoding='utf-8') as f:
-        return [json.loads(line) for line in f]
+    return read_jsonl(os.path.join(ROOT, path))
 
 
 # -----------------------------------------------------------------------------
@@ -229,9 +228,6 @@ def test_dataset_helpers():
         gsm8k_gold({'answer': 'no marker here'})
     with pytest.raises(ValueError, match='test/x/1.json'):
         math_gold({'solution': 'no box', 'unique_id': 'test/x/1.json'})
-    s = summarize([Grade(True, True, '1'), Grade(False, True, '2'), Grade(True, False, '3'), Grade(False, False, None)])
-    assert s == {'n': 4, 'accuracy': 0.5, 'format_rate': 0.5}
-    assert summarize([]) == {'n': 0, 'accuracy': 0.0, 'format_rate': 0.0}
 
 
 def test_grade_py_imports_only_the_standard_library():

@@ -1,93 +1,26 @@
 """model.py: logits parity with transformers (the reference, test-only), KV cache vs full forward vs HF generate,
-packing isolation, chunked loss, checkpoint reading/writing and its error messages, hub-id resolution."""
+independent cache rows, packing isolation, chunked loss, numerics, and what `import model` pulls in."""
 
-import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-import model as M
-
 import transformers
 
+import model as M
+from checkpoint import from_pretrained
+from conftest import PROMPTS
+from engine import generate
+
 torch.set_num_threads(2)
-
-PROMPTS = [[5, 17, 99, 3, 42, 8, 61], [7, 7, 120], [33, 2, 90, 14, 71, 11, 4, 19, 56, 23, 100]]  # lengths 7, 3, 11
-
-
-def _randomize(model, seed):
-    # HF inits biases to zero and norms to one; random values everywhere make every weight matter in the test
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.08 * torch.randn(p.shape, generator=g))
-
-
-def _hf_qwen():
-    cfg = transformers.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   rope_theta=1e6, tie_word_embeddings=True, rms_norm_eps=1e-6)
-    m = transformers.Qwen2ForCausalLM(cfg)
-    _randomize(m, 0)
-    return m
-
-
-def _hf_llama():
-    # no bias, untied, a different rope base, and head_dim != hidden_size / num_heads
-    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=1, head_dim=24,
-                                   max_position_embeddings=256, rope_theta=500.0, tie_word_embeddings=False,
-                                   rms_norm_eps=1e-5)
-    m = transformers.LlamaForCausalLM(cfg)
-    _randomize(m, 1)
-    return m
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    """HF-saved tiny checkpoints: {name: (folder, hf model in fp32)} for qwen/llama in fp32, bf16 and sharded form."""
-    root = tmp_path_factory.mktemp("ckpt")
-    out = {}
-    for fam, make in (("qwen", _hf_qwen), ("llama", _hf_llama)):
-        hf = make().eval()
-        hf.save_pretrained(root / f"{fam}-fp32")
-        hf.save_pretrained(root / f"{fam}-sharded", max_shard_size="40KB")
-        hf_bf16 = make().to(torch.bfloat16)
-        hf_bf16.save_pretrained(root / f"{fam}-bf16")
-        out[f"{fam}-fp32"] = root / f"{fam}-fp32"
-        out[f"{fam}-sharded"] = root / f"{fam}-sharded"
-        out[f"{fam}-bf16"] = root / f"{fam}-bf16"
-        out[fam] = hf
-    assert len(list((root / "qwen-sharded").glob("model-*.safetensors"))) > 1  # really sharded
-    return out
 
 
 def _hf_logits(hf, ids):
     with torch.no_grad():
         return hf(torch.tensor([ids])).logits[0]  # (T, V)
-
-
-def greedy_generate(model, prompts_ids, max_new_tokens):
-    """Reference greedy decoding with our KV cache: left-padded batch prefill, then one token per step."""
-    idx, valid = M.left_pad(prompts_ids)
-    cache = model.make_cache(len(prompts_ids), idx.size(1) + max_new_tokens)
-    out = []
-    with torch.no_grad():
-        logits = model(idx, cache=cache, valid=valid, last_only=True)
-        for _ in range(max_new_tokens):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-            assert torch.isfinite(logits).all()
-            out.append(nxt)
-            logits = model(nxt, cache=cache)
-    return torch.cat(out, 1).tolist()
 
 
 def _greedy_full(model, ids, max_new_tokens):
@@ -106,7 +39,7 @@ def _greedy_full(model, ids, max_new_tokens):
 @pytest.mark.parametrize("name", ["qwen-fp32", "qwen-sharded", "llama-fp32", "llama-sharded"])
 def test_logits_match_hf_padded_batch(ckpts, name):
     fam = name.split("-")[0]
-    ours = M.from_pretrained(ckpts[name])
+    ours = from_pretrained(ckpts[name])
     assert ours.config.qkv_bias == (fam == "qwen") and ours.config.tie_embeddings == (fam == "qwen")
     assert all(p.requires_grad for p in ours.parameters())  # loaded weights are trainable Parameters
     if fam == "qwen":
@@ -128,24 +61,28 @@ def test_logits_match_hf_padded_batch(ckpts, name):
         hf_batch = ckpts[fam](idx, attention_mask=am).logits
     for i, p in enumerate(PROMPTS):
         assert (logits[i, :len(p)] - hf_batch[i, :len(p)]).abs().max() <= 1e-4
-    # left-padded batch through the KV cache (per-row positions from `valid`): every real position matches
-    idx, valid = M.left_pad(PROMPTS)
+    # the same batch as a prefill into the KV cache, then each row appends its last token again: every real
+    # position matches, and the appended token sees exactly its own row's tokens
+    lengths = torch.tensor([len(p) for p in PROMPTS])
     cache = ours.make_cache(3, T + 4)
     with torch.no_grad():
-        logits = ours(idx, cache=cache, valid=valid)
-    assert torch.isfinite(logits).all()  # pad queries attend to themselves only: no NaN
+        logits = ours(idx, cache=cache, rows=torch.arange(3), lengths=lengths)
+        assert cache.pos.tolist() == lengths.tolist()
+        step = ours(torch.tensor([[p[-1]] for p in PROMPTS]), cache=cache)[:, 0]  # (3, V)
+    assert torch.isfinite(logits).all() and cache.pos.tolist() == (lengths + 1).tolist()
     for i, p in enumerate(PROMPTS):
-        assert (logits[i, T - len(p):] - refs[i]).abs().max() <= 1e-4
+        assert (logits[i, :len(p)] - refs[i]).abs().max() <= 1e-4
+        assert (step[i] - _hf_logits(ckpts[fam], p + [p[-1]])[-1]).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("fam", ["qwen", "llama"])
 def test_bf16_checkpoint(ckpts, fam):
     hf = transformers.AutoModelForCausalLM.from_pretrained(ckpts[f"{fam}-bf16"], dtype=torch.float32)
-    ours = M.from_pretrained(ckpts[f"{fam}-bf16"], dtype=torch.float32)
+    ours = from_pretrained(ckpts[f"{fam}-bf16"], dtype=torch.float32)
     ids = PROMPTS[2]
     assert (ours(torch.tensor([ids]))[0] - _hf_logits(hf, ids)).abs().max() <= 1e-4
     # bf16 weights, bf16 compute: close to HF in bf16 (not exact: op order differs), and the loss is fp32
-    ours16 = M.from_pretrained(ckpts[f"{fam}-bf16"], dtype=torch.bfloat16)
+    ours16 = from_pretrained(ckpts[f"{fam}-bf16"], dtype=torch.bfloat16)
     assert ours16.embed_tokens.weight.dtype == torch.bfloat16
     hf16 = transformers.AutoModelForCausalLM.from_pretrained(ckpts[f"{fam}-bf16"], dtype=torch.bfloat16)
     with torch.no_grad():
@@ -159,9 +96,9 @@ def test_bf16_checkpoint(ckpts, fam):
 
 @pytest.mark.parametrize("fam", ["qwen", "llama"])
 def test_greedy_kv_cache_matches_full_forward_and_hf_generate(ckpts, fam):
-    ours = M.from_pretrained(ckpts[f"{fam}-fp32"])
+    ours = from_pretrained(ckpts[f"{fam}-fp32"])
     n = 32
-    cached = greedy_generate(ours, PROMPTS, n)
+    cached = generate(ours, PROMPTS, n)[0]  # the engine: batched prefill, then one token per row per step
     hf = ckpts[fam]
     for i, p in enumerate(PROMPTS):
         full = _greedy_full(ours, p, n)
@@ -174,30 +111,33 @@ def test_greedy_kv_cache_matches_full_forward_and_hf_generate(ckpts, fam):
     assert len(set(map(tuple, cached))) > 1  # the rows really are different
 
 
-def test_cache_pads_never_nan_and_empty_row():
+def test_cache_rows_are_independent_and_restartable():
     torch.manual_seed(0)
     m = M.Transformer(M.ModelConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=48))
-    idx, valid = M.left_pad([[1, 2, 3, 4, 5], [], [9]])  # the middle row is all padding
-    cache = m.make_cache(3, 10)
+    alone = lambda ids: m(torch.tensor([ids]))[0, -1]  # noqa: E731  full forward, no cache
+    cache = m.make_cache(3, 12)
     with torch.no_grad():
-        logits = m(idx, cache=cache, valid=valid)
-        assert torch.isfinite(logits).all()
-        assert cache.n_valid.tolist() == [5, 0, 1] and cache.length == 5
-        # the 1-token row then decodes exactly as it would alone (positions 1, 2 after its pads)
-        step = m(torch.tensor([[7], [7], [7]]), cache=cache)
-        alone = m(torch.tensor([[9, 7]]))[0, -1]
-        assert (step[2, 0] - alone).abs().max() <= 1e-5
-        assert torch.isfinite(step).all()
-        # a step with row 2 marked invalid (e.g. finished) leaves a hole that neither attention nor positions see
-        m(torch.tensor([[3], [3], [50]]), cache=cache, valid=torch.tensor([[True], [True], [False]]))
-        step = m(torch.tensor([[8], [8], [8]]), cache=cache)
-        alone = m(torch.tensor([[9, 7, 8]]))[0, -1]
-        assert cache.n_valid.tolist() == [8, 3, 3]
-        assert (step[2, 0] - alone).abs().max() <= 1e-5
-        with pytest.raises(ValueError, match="KV cache full"):
-            m(torch.zeros(3, 5, dtype=torch.long), cache=cache)
-        with pytest.raises(ValueError, match="without a cache"):
-            m(idx, valid=valid)
+        # rows 0 and 2 get prompts of lengths 5 and 1 (right-padded together); row 1 stays empty
+        idx = torch.tensor([[1, 2, 3, 4, 5], [9, 0, 0, 0, 0]])
+        m(idx, cache=cache, rows=torch.tensor([0, 2]), lengths=torch.tensor([5, 1]))
+        assert cache.pos.tolist() == [5, 0, 1]
+        step = m(torch.tensor([[7], [7], [7]]), cache=cache)[:, 0]  # every row appends one token
+        assert torch.isfinite(step).all() and cache.pos.tolist() == [6, 1, 2]
+        assert (step[0] - alone([1, 2, 3, 4, 5, 7])).abs().max() <= 1e-5
+        assert (step[1] - alone([7])).abs().max() <= 1e-5
+        assert (step[2] - alone([9, 7])).abs().max() <= 1e-5
+        # row 0 restarts with a new prompt while the others keep their state
+        m(torch.tensor([[4, 4]]), cache=cache, rows=torch.tensor([0]))
+        step = m(torch.tensor([[8], [8], [8]]), cache=cache)[:, 0]
+        assert cache.pos.tolist() == [3, 2, 3]
+        for row, ids in enumerate(([4, 4, 8], [7, 8], [9, 7, 8])):
+            assert (step[row] - alone(ids)).abs().max() <= 1e-5
+        # a multi-token append with last= picks each row's logits at the given position
+        out = m(torch.tensor([[1, 2], [1, 2], [1, 2]]), cache=cache, last=torch.tensor([1, 0, 1]))
+        assert out.shape == (3, 64) and (out[1] - alone([7, 8, 1])).abs().max() <= 1e-5
+        assert (out[0] - alone([4, 4, 8, 1, 2])).abs().max() <= 1e-5
+        with pytest.raises(ValueError, match="positions come from the cache"):
+            m(idx, cache=cache, pos=torch.zeros_like(idx))
 
 
 # -----------------------------------------------------------------------------
@@ -271,8 +211,8 @@ def test_grad_checkpointing_and_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         cache = m.make_cache(2, 8)
         assert cache.k.dtype == torch.bfloat16 and m.make_cache(2, 8, dtype=torch.float32).k.dtype == torch.float32
-        idx, valid = M.left_pad([[1, 2, 3], [4]])
-        assert torch.isfinite(m(idx, cache=cache, valid=valid)).all()
+        prefill = m(torch.tensor([[1, 2, 3], [4, 0, 0]]), cache=cache, rows=torch.arange(2), lengths=torch.tensor([3, 1]))
+        assert torch.isfinite(prefill).all()
         assert torch.isfinite(m(torch.tensor([[5], [6]]), cache=cache)).all()
 
 
@@ -304,150 +244,7 @@ def test_num_params_and_presets():
 
 
 # -----------------------------------------------------------------------------
-# config
-
-
-def test_config_from_hf_layouts():
-    base = dict(model_type="qwen2", vocab_size=10, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=1, hidden_size=8, intermediate_size=16, tie_word_embeddings=True)
-    v4 = M.config_from_hf({**base, "rope_theta": 12345.0, "rope_scaling": None})
-    v5 = M.config_from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 12345.0}})
-    assert v4 == v5 and v4.rope_theta == 12345.0 and v4.qkv_bias and v4.tie_embeddings and v4.head_dim == 4
-    llama = M.config_from_hf({**base, "model_type": "llama", "attention_bias": False, "tie_word_embeddings": False})
-    assert not llama.qkv_bias and not llama.tie_embeddings and llama.rope_theta == 10000.0
-    for cfg in (v4, llama):
-        assert M.config_from_hf(M.config_to_hf(cfg)) == cfg
-    with pytest.raises(ValueError, match="rope type 'yarn'"):
-        M.config_from_hf({**base, "rope_scaling": {"type": "yarn", "factor": 4.0}})
-    with pytest.raises(ValueError, match="model_type='gpt2'"):
-        M.config_from_hf({**base, "model_type": "gpt2"})
-    with pytest.raises(ValueError, match="attention_bias"):
-        M.config_from_hf({**base, "model_type": "llama", "attention_bias": True})
-    with pytest.raises(ValueError, match="'hidden_size'"):
-        M.config_from_hf({k: v for k, v in base.items() if k != "hidden_size"})
-
-
-# -----------------------------------------------------------------------------
-# saving and loading
-
-
-@pytest.mark.parametrize("fam,shard", [("qwen", False), ("llama", True)])
-def test_save_pretrained_roundtrip_loads_in_transformers(ckpts, tmp_path, fam, shard):
-    ours = M.from_pretrained(ckpts[f"{fam}-fp32"])
-    out = tmp_path / "saved"
-    M.save_pretrained(ours, out, max_shard_bytes=30_000 if shard else 2**31)
-    names = sorted(p.name for p in out.iterdir())
-    assert not [n for n in names if n.endswith(".tmp")]
-    if shard:
-        assert "model.safetensors.index.json" in names and len([n for n in names if n.startswith("model-")]) > 1
-    keys = set()
-    for f in out.glob("*.safetensors"):
-        keys |= set(M.read_safetensors(f))
-    assert ("lm_head.weight" in keys) == (fam == "llama")  # tied weights are written once, as HF does
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    ids = PROMPTS[0]
-    assert (_hf_logits(hf, ids) - _hf_logits(ckpts[fam], ids)).abs().max() <= 1e-4
-    back = M.from_pretrained(out)
-    a, b = ours.state_dict(), back.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # saving again unsharded into the same folder removes the shards of the earlier layout
-    M.save_pretrained(back, out)
-    assert not list(out.glob("model-*")) and not (out / "model.safetensors.index.json").exists()
-    assert torch.equal(M.from_pretrained(out).lm_head.weight, ours.lm_head.weight)
-
-
-def test_bf16_save_roundtrip_bit_exact_and_bin_fallback(ckpts, tmp_path):
-    ours = M.from_pretrained(ckpts["qwen-bf16"], dtype=torch.bfloat16)
-    M.save_pretrained(ours, tmp_path / "a")
-    assert json.loads((tmp_path / "a" / "config.json").read_text())["torch_dtype"] == "bfloat16"
-    back = M.from_pretrained(tmp_path / "a", dtype=torch.bfloat16)
-    assert all(torch.equal(v, back.state_dict()[k]) for k, v in ours.state_dict().items())
-    # pytorch_model.bin fallback (older checkpoints)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
-    torch.save(M.read_safetensors(tmp_path / "a" / "model.safetensors"), tmp_path / "b" / "pytorch_model.bin")
-    binm = M.from_pretrained(tmp_path / "b", dtype=torch.bfloat16)
-    assert all(torch.equal(v, binm.state_dict()[k]) for k, v in ours.state_dict().items())
-
-
-def _copy_ckpt(src, dst):
-    dst.mkdir()
-    for f in src.iterdir():
-        (dst / f.name).write_bytes(f.read_bytes())
-    return dst
-
-
-def test_corrupt_and_mismatched_checkpoints(ckpts, tmp_path):
-    from safetensors.torch import save_file  # test-only: writes the files our reader must reject
-
-    src = ckpts["qwen-fp32"]
-    sd = M.read_safetensors(src / "model.safetensors")
-    data = (src / "model.safetensors").read_bytes()
-
-    d = _copy_ckpt(src, tmp_path / "trunc")
-    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated or corrupt.*beyond"):
-        M.from_pretrained(d)
-    (d / "model.safetensors").write_bytes((10**12).to_bytes(8, "little") + data[8:100])
-    with pytest.raises(ValueError, match="header length 1000000000000"):
-        M.from_pretrained(d)
-    (d / "model.safetensors").write_bytes(data[:8] + b"\x00not json" + data[17:])
-    with pytest.raises(ValueError, match="not JSON"):
-        M.from_pretrained(d)
-
-    h = b'{"model.norm.weight":{"dtype":"F32"}}'
-    (d / "model.safetensors").write_bytes(len(h).to_bytes(8, "little") + h)
-    with pytest.raises(ValueError, match="corrupt safetensors header entry for 'model.norm.weight'"):
-        M.from_pretrained(d)
-
-    d = _copy_ckpt(src, tmp_path / "int")
-    save_file({**{k: v.clone() for k, v in sd.items()}, "model.extra": torch.zeros(3, dtype=torch.int64)},
-              d / "model.safetensors")
-    with pytest.raises(ValueError, match="'model.extra' has dtype I64, not supported"):
-        M.from_pretrained(d)
-
-    d = _copy_ckpt(src, tmp_path / "missing")
-    save_file({k: v.clone() for k, v in sd.items() if "layers.1.mlp.up_proj" not in k}, d / "model.safetensors")
-    with pytest.raises(ValueError, match=r"missing tensors \['layers.1.mlp.up_proj.weight'\]"):
-        M.from_pretrained(d)
-
-    d = _copy_ckpt(src, tmp_path / "unexpected")
-    save_file({**{k: v.clone() for k, v in sd.items()}, "model.bogus.weight": torch.zeros(2)}, d / "model.safetensors")
-    with pytest.raises(ValueError, match=r"unexpected tensors \['bogus.weight'\]"):
-        M.from_pretrained(d)
-
-    d = _copy_ckpt(src, tmp_path / "shape")
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["intermediate_size"] = 100
-    (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"layers.0.mlp.gate_proj.weight: expected \(100, 64\), found \(96, 64\)"):
-        M.from_pretrained(d)
-
-    with pytest.raises(ValueError, match="only float32, float16, bfloat16"):
-        M.write_safetensors(tmp_path / "x.safetensors", {"a": torch.zeros(2, dtype=torch.int32)})
-
-
-def test_hub_id_resolution(ckpts, tmp_path, monkeypatch):
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    repo = tmp_path / "hf" / "hub" / "models--Qwen--Tiny-Test"
-    _copy_ckpt(ckpts["qwen-fp32"], (repo / "snapshots").mkdir(parents=True) or repo / "snapshots" / "abc123")
-    _copy_ckpt(ckpts["llama-fp32"], repo / "snapshots" / "old999")  # another revision: refs/main decides
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("abc123\n")
-    assert M.resolve_checkpoint_dir("Qwen/Tiny-Test") == repo / "snapshots" / "abc123"
-    m = M.from_pretrained("Qwen/Tiny-Test")
-    assert m.config.qkv_bias and m.source_dir == str(repo / "snapshots" / "abc123")
-    # HF_HUB_CACHE takes precedence over HF_HOME
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
-    with pytest.raises(FileNotFoundError) as e:
-        M.resolve_checkpoint_dir("Qwen/Tiny-Test")
-    msg = str(e.value)
-    assert str(tmp_path / "elsewhere" / "models--Qwen--Tiny-Test") in msg
-    assert "huggingface-cli download Qwen/Tiny-Test" in msg
-    with pytest.raises(FileNotFoundError, match="no-such-dir"):
-        M.from_pretrained(tmp_path / "no-such-dir")
+# dependencies
 
 
 def test_import_pulls_only_torch_numpy_stdlib():

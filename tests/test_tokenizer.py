@@ -11,7 +11,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import data  # noqa: E402
 import tokenizer as T  # noqa: E402
+from checkpoint import save_tokenizer  # noqa: E402
 
 FIX = os.path.join(ROOT, "tests", "fixtures", "qwen2.5")
 
@@ -46,7 +48,7 @@ CONVS = [
 
 
 def vendored_texts():
-    return T.read_texts()  # every question, answer, problem and solution string of the vendored data
+    return data.read_texts()  # every question, answer, problem and solution string of the vendored data
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +232,7 @@ def test_chat_errors(qwen):
 
 
 def test_qwen_save_and_reload(qwen, tmp_path, hf):
-    qwen.save(tmp_path)
+    save_tokenizer(qwen, tmp_path)
     for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         with open(os.path.join(FIX, f), "rb") as a, open(tmp_path / f, "rb") as b:
             assert a.read() == b.read(), f
@@ -256,7 +258,7 @@ def test_qwen_vocab_merges_folder(qwen, tmp_path, texts):
     sample = texts[::50] + HARD
     assert tok.encode_batch(sample) == qwen.encode_batch(sample)
     out = tmp_path / "saved"
-    tok.save(out)
+    save_tokenizer(tok, out)
     assert sorted(os.listdir(out)) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
 
 
@@ -341,7 +343,7 @@ def test_math_interface_and_file(math_tok, tmp_path):
     assert math_tok.pad_id == math_tok.eot_id == math_tok.special["<|endoftext|>"]
     assert math_tok.stop_ids == {math_tok.special["<|im_end|>"], math_tok.eot_id}
     assert os.path.getsize(T.MATH_FILE) < 100_000
-    math_tok.save(tmp_path)
+    save_tokenizer(math_tok, tmp_path)
     assert os.listdir(tmp_path) == ["math_tokenizer.json"]
     s = "Let $x = \\frac{3}{4}$. <|im_end|>"
     assert T.load_tokenizer(tmp_path).encode(s) == math_tok.encode(s)
@@ -404,6 +406,6 @@ def test_math_chat_uses_chatml_without_default_system(math_tok):
 
 
 def test_math_training_regenerates_the_committed_file():
-    vocab, special = T.train_math_tokenizer(T.math_training_texts(), verbose=False)
+    vocab, special = T.train_math_tokenizer(data.read_texts(data.MATH_TOKENIZER_TEXT), verbose=False)
     with open(T.MATH_FILE, "rb") as f:
         assert T.math_tokenizer_json(vocab, special) == f.read()

@@ -243,3 +243,16 @@ def test_compiled_model_gives_the_same_loss_and_gradients(tiny_setup):
     assert compiled.item() == pytest.approx(eager.item(), rel=1e-6)
     for k in g_eager:
         torch.testing.assert_close(g_comp[k], g_eager[k], rtol=1e-4, atol=1e-6)
+
+
+def test_init_from_our_own_checkpoints(tmp_path):
+    # best.pt, a ckpt-*.pt file and the run folder all start a new run from those weights, with their tokenizer
+    a = tmp_path / "a"
+    train.train(tiny_cfg(a, "--max_iters=3", "--eval_interval=3"))
+    want = torch.load(a / "best.pt", weights_only=True)["model"]
+    for src in (a / "best.pt", a / "ckpt-000003.pt", a):
+        model, tok = train.build_model(tiny_cfg(tmp_path / "b", f"--init_from={src}"), "cpu")
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in want.items()), src
+        assert tok.name == "math"
+    s = train.train(tiny_cfg(tmp_path / "b", f"--init_from={a}/best.pt", "--max_iters=2"))
+    assert s["step"] == 2 and s["loss"] > 0

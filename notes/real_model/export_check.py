@@ -2,7 +2,8 @@
 import sys, torch
 sys.path.insert(0, ".")
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from sample import load_model, generate
+from checkpoint import load_model
+from engine import generate
 from data import render_prompt, load_dataset
 d = sys.argv[1]
 m, tok, _ = load_model(d, device="cuda")

@@ -3,7 +3,7 @@ at examples 1072, 2976, 6608, right padded): our forward/backward on the same ex
 import sys, math, torch
 sys.path.insert(0, ".")
 import data
-from model import from_pretrained
+from checkpoint import from_pretrained
 from tokenizer import load_tokenizer
 M = sys.argv[1]
 m = from_pretrained(M, device="cuda", dtype=torch.float32); m.train()

@@ -3,7 +3,7 @@ import sys, torch, torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
 sys.path.insert(0, ".")
 import data, model as M
-from model import from_pretrained
+from checkpoint import from_pretrained
 from tokenizer import load_tokenizer
 P = sys.argv[1]
 m = from_pretrained(P, device="cuda", dtype=torch.float32); m.train()

@@ -4,9 +4,10 @@ import sys, time, torch
 from torch.nn.attention import SDPBackend
 sys.path.insert(0, ".")
 import data, model as M
+from checkpoint import from_pretrained
 from tokenizer import load_tokenizer
 P = sys.argv[1]
-m = M.from_pretrained(P, device="cuda", dtype=torch.float32); m.train()
+m = from_pretrained(P, device="cuda", dtype=torch.float32); m.train()
 tok = load_tokenizer(P)
 rows = data.load_dataset("gsm8k", "train")
 for e in rows:

@@ -2,7 +2,7 @@
 tokenizer and chat template vs the checkpoint's own HF tokenizer."""
 import sys, time, torch
 sys.path.insert(0, ".")
-from model import from_pretrained
+from checkpoint import from_pretrained
 from tokenizer import load_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 path = sys.argv[1]
@@ -24,7 +24,7 @@ for dtype in (torch.float32, torch.bfloat16):
     print(f"{dtype}: max abs logit diff {d:.3e}, rel {rel:.3e}, argmax agree {(a.argmax(-1)==b.argmax(-1)).float().mean().item():.4f}")
     with torch.no_grad():
         g = h.generate(x, max_new_tokens=64, do_sample=False)[0, x.size(1):].tolist()
-    from sample import generate
+    from engine import generate
     o = generate(m, [ours_ids], 64, stop_ids=())[0][0]
     n = next((i for i, (p, q) in enumerate(zip(g, o)) if p != q), min(len(g), len(o)))
     print(f"{dtype}: greedy 64 tokens: first {n} identical (ours {len(o)}, hf {len(g)})")

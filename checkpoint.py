@@ -1,0 +1,482 @@
+"""
+Everything nanomath keeps on disk, read and written in one place: atomic writes, our own safetensors reader and
+writer, Hugging Face checkpoint folders (config.json mapping, sharded weights, tokenizer files) in and out,
+training checkpoints (ckpt-*.pt, best.pt), and one loader for every kind of checkpoint a user holds:
+
+    model, tok, info = load_model(path_or_hub_id)   # HF folder, cached hub id, best.pt, ckpt-*.pt, or their folder
+    save_pretrained(model, "out/hf"); export_hf(model, tok, "out/hf")   # folders transformers can load
+    save_checkpoint(state, "out/ckpt-000100.pt"); state = load_checkpoint(path)
+
+Nothing here downloads: a hub id is looked up in the local Hugging Face cache only.
+"""
+import glob
+import json
+import math
+import mmap
+import os
+import pathlib
+import tempfile
+
+import torch
+
+import data
+from model import ModelConfig, Transformer
+from tokenizer import load_tokenizer
+
+# -----------------------------------------------------------------------------
+# atomic writes: every file below goes through here
+
+def atomic_write(path, write_fn):
+    """write_fn(file) into a temp file next to path, fsync, then rename over path: readers (and a crash) never
+    see half a file, and an interrupted write leaves the previous file intact. train.py and sample.py use it too."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+
+def write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# -----------------------------------------------------------------------------
+# safetensors reader / writer (our own; the format is an 8-byte LE header length, a JSON header, raw bytes)
+
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+def read_safetensors(path) -> dict:
+    """name -> CPU tensor, memory-mapped from the file (private copy-on-write mapping: nothing is read until
+    touched, pages are shared with the OS page cache, and writing to a tensor never writes to the file)."""
+    path = pathlib.Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size < 8:
+            raise ValueError(f"{path}: truncated or corrupt safetensors file ({size} bytes, no header)")
+        n = int.from_bytes(f.read(8), "little")
+        if n > size - 8:
+            raise ValueError(f"{path}: truncated or corrupt safetensors file: header length {n} is beyond the "
+                             f"file size {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: corrupt safetensors header (not JSON: {e})") from None
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else b""
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
+    header.pop("__metadata__", None)
+    data_start, data_size = 8 + n, size - 8 - n
+    out = {}
+    for name, info in header.items():
+        try:
+            dt, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: corrupt safetensors header entry for {name!r}: {info!r}") from None
+        if dt not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {dt}, not supported (only F32, F16, BF16)")
+        dtype = _ST_DTYPES[dt]
+        numel = math.prod(shape)
+        if not (0 <= begin <= end <= data_size):
+            raise ValueError(f"{path}: truncated or corrupt: tensor {name!r} offsets [{begin}, {end}) are beyond "
+                             f"the data section ({data_size} bytes)")
+        if end - begin != numel * dtype.itemsize:
+            raise ValueError(f"{path}: corrupt: tensor {name!r} {dt}{shape} needs {numel * dtype.itemsize} bytes, "
+                             f"offsets give {end - begin}")
+        if numel == 0:
+            out[name] = torch.empty(shape, dtype=dtype)
+        else:
+            out[name] = torch.frombuffer(mm, dtype=dtype, count=numel, offset=data_start + begin).view(shape)
+    return out
+
+
+def write_safetensors(path, tensors: dict, metadata=None):
+    """Write name -> tensor to path in safetensors format (atomically)."""
+    header, offset = {}, 0
+    for name, t in tensors.items():
+        if t.dtype not in _ST_NAMES:
+            raise ValueError(f"tensor {name!r}: dtype {t.dtype} cannot be saved (only float32, float16, bfloat16)")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = metadata or {"format": "pt"}
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)  # pad so the data section starts 8-byte aligned, as the spec recommends
+
+    def write(f):
+        f.write(len(hb).to_bytes(8, "little"))
+        f.write(hb)
+        for t in tensors.values():
+            if t.numel():
+                # raw bytes through a uint8 view: no copy beyond making it contiguous on CPU, works for bf16 too
+                f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+    atomic_write(path, write)
+
+
+# -----------------------------------------------------------------------------
+# HF config.json <-> ModelConfig
+
+
+def config_from_hf(cfg: dict) -> ModelConfig:
+    """ModelConfig from a parsed HF config.json (qwen2 or llama). Understands both the transformers 4.x layout
+    (top-level rope_theta, rope_scaling) and the 5.x layout (rope_parameters). Raises ValueError naming the key
+    for anything this model cannot represent, rather than silently computing something else."""
+    mt = cfg.get("model_type")
+    if mt not in ("qwen2", "llama"):
+        raise ValueError(f"config.json: model_type={mt!r} is not supported (expected 'qwen2' or 'llama')")
+    for key in ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size"):
+        if key not in cfg:
+            raise ValueError(f"config.json: missing required key {key!r}")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json: hidden_act={cfg['hidden_act']!r} is not supported (only 'silu')")
+    if cfg.get("use_sliding_window", False):
+        raise ValueError("config.json: use_sliding_window=true is not supported (full attention only)")
+    if cfg.get("mlp_bias", False):
+        raise ValueError("config.json: mlp_bias=true is not supported")
+    # rope: 5.x keeps theta and type in rope_parameters; 4.x has rope_theta at the top and rope_scaling
+    rp = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or {}
+    rope_type = rp.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if rope_type != "default":
+        raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only plain rope)")
+    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    if mt == "qwen2":
+        qkv_bias = True  # Qwen2 always has q/k/v biases (and no o_proj bias), whatever attention_bias says
+    else:
+        # Llama's attention_bias puts a bias on o_proj too, which this model does not have
+        if cfg.get("attention_bias", False):
+            raise ValueError("config.json: llama with attention_bias=true (o_proj bias) is not supported")
+        qkv_bias = False
+    n_head = cfg["num_attention_heads"]
+    return ModelConfig(
+        vocab_size=cfg["vocab_size"],
+        n_layer=cfg["num_hidden_layers"],
+        n_head=n_head,
+        n_kv_head=cfg.get("num_key_value_heads") or n_head,
+        n_embd=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        max_seq_len=cfg.get("max_position_embeddings", 32768),
+        rope_theta=float(theta),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        qkv_bias=qkv_bias,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),  # qwen2 and llama both default to False
+        head_dim=cfg.get("head_dim") or 0,
+    )
+
+
+def config_to_hf(cfg: ModelConfig, dtype=torch.float32) -> dict:
+    """HF config.json dict: Qwen2 layout when qkv_bias, else Llama layout. rope_theta is written both at the top
+    (transformers 4.x) and in rope_parameters (5.x) so either version reads it."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    d = {
+        "architectures": ["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
+        "model_type": "qwen2" if cfg.qkv_bias else "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_dropout": 0.0,
+        "use_cache": True,
+        "torch_dtype": dtype_name,  # 4.x name
+        "dtype": dtype_name,  # 5.x name
+    }
+    if cfg.qkv_bias:
+        d.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layer)
+    else:
+        d.update(attention_bias=False, mlp_bias=False)
+    return d
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face checkpoint folders, in and out
+
+
+def _hub_cache_dirs():
+    """Where the HF hub cache may be, in the order huggingface_hub itself looks."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return [pathlib.Path(os.environ["HF_HUB_CACHE"])]
+    if os.environ.get("HUGGINGFACE_HUB_CACHE"):  # older name
+        return [pathlib.Path(os.environ["HUGGINGFACE_HUB_CACHE"])]
+    if os.environ.get("HF_HOME"):
+        return [pathlib.Path(os.environ["HF_HOME"]) / "hub"]
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [pathlib.Path(xdg) / "huggingface" / "hub"]
+
+
+def resolve_checkpoint_dir(path_or_hub_id) -> pathlib.Path:
+    """A checkpoint folder as given, or a hub id ("Org/Name") found in the local HF cache at
+    <cache>/models--Org--Name/snapshots/<rev>/ with <rev> read from refs/main (no network, ever)."""
+    p = pathlib.Path(path_or_hub_id).expanduser()
+    if p.is_dir():
+        return p
+    name = str(path_or_hub_id)
+    looked = [str(p)]
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        for cache in _hub_cache_dirs():
+            repo = cache / ("models--" + name.replace("/", "--"))
+            looked.append(str(repo))
+            snaps = repo / "snapshots"
+            if not snaps.is_dir():
+                continue
+            ref = repo / "refs" / "main"
+            if ref.is_file():
+                snap = snaps / ref.read_text().strip()
+                if snap.is_dir():
+                    return snap
+                looked.append(str(snap) + " (named by refs/main)")
+                continue
+            cands = sorted((s for s in snaps.iterdir() if (s / "config.json").exists()), key=lambda s: s.stat().st_mtime)
+            if cands:
+                return cands[-1]  # no refs/main: the newest complete snapshot
+    hint = (f"download it first, e.g. `huggingface-cli download {name}` (or `hf download {name}`), "
+            f"or pass the path of a folder holding config.json and the weights") if "/" in name else \
+        "pass the path of a folder holding config.json and the weights"
+    raise FileNotFoundError(f"checkpoint {name!r} not found; looked in: {', '.join(looked)}. {hint}")
+
+
+def _load_weight_files(d: pathlib.Path) -> dict:
+    """All tensors of a checkpoint folder (HF names), memory-mapped where the format allows."""
+    if (d / "model.safetensors").exists():
+        return read_safetensors(d / "model.safetensors")
+    for index_name, reader in (("model.safetensors.index.json", read_safetensors),
+                               ("pytorch_model.bin.index.json", _read_bin)):
+        index_path = d / index_name
+        if index_path.exists():
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{index_path}: not a valid index file ({e!r})") from None
+            sd = {}
+            for shard in sorted(set(weight_map.values())):
+                if not (d / shard).exists():
+                    raise FileNotFoundError(f"{index_path} names shard {shard!r}, which is missing from {d}")
+                tensors = reader(d / shard)
+                sd.update({k: v for k, v in tensors.items() if weight_map.get(k) == shard})
+            missing_in_shards = sorted(set(weight_map) - set(sd))
+            if missing_in_shards:
+                raise ValueError(f"{index_path} lists tensors not found in their shard: {missing_in_shards[:10]}")
+            return sd
+    if (d / "pytorch_model.bin").exists():
+        return _read_bin(d / "pytorch_model.bin")
+    raise FileNotFoundError(f"{d}: no weights found (model.safetensors, model.safetensors.index.json, "
+                            f"pytorch_model.bin)")
+
+
+def _read_bin(path):
+    # weights_only: a .bin is a pickle, never run code from it; mmap: do not copy it into RAM
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # pre-1.6 (non-zip) files cannot mmap
+
+
+def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transformer:
+    """Load an HF Qwen2/Llama checkpoint (folder or hub id in the local cache) into a Transformer with weights
+    in `dtype` on `device`. The model is built on the meta device and the (memory-mapped) tensors are assigned,
+    so weights are never allocated twice. model.config is the ModelConfig, model.source_dir the folder (str)."""
+    d = resolve_checkpoint_dir(path_or_hub_id)
+    cfg_path = d / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{d}: no config.json (is this a Hugging Face checkpoint folder?)")
+    try:
+        hf_cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+    try:
+        config = config_from_hf(hf_cfg)
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
+
+    with torch.device("meta"):
+        model = Transformer(config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if config.tie_embeddings:
+        del expected["lm_head.weight"]  # tied checkpoints store the matrix once, as the embedding
+    sd = {}
+    for name, t in _load_weight_files(d).items():
+        name = name.removeprefix("model.")
+        if config.tie_embeddings and name == "lm_head.weight":
+            continue  # some tied checkpoints carry a copy anyway; the tie wins, as in transformers
+        sd[name] = t
+    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{d}: checkpoint does not match config.json: missing tensors {missing}, "
+                         f"unexpected tensors {unexpected}")
+    bad = [f"{k}: expected {tuple(expected[k])}, found {tuple(t.shape)}" for k, t in sd.items() if t.shape != expected[k]]
+    if bad:
+        raise ValueError(f"{d}: shape mismatch: " + "; ".join(bad))
+    sd = {k: t.to(device=device, dtype=dtype) for k, t in sd.items()}  # a no-op (still mmap) when already there
+    if config.tie_embeddings:
+        sd["lm_head.weight"] = sd["embed_tokens.weight"]
+    model.load_state_dict(sd, strict=True, assign=True)  # the post-load hook re-ties a tied head
+    model.source_dir = str(d)
+    return model
+
+
+# files a checkpoint folder carries besides the weights, copied along by save_pretrained if the source has them
+_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+               "added_tokens.json", "chat_template.jinja", "generation_config.json")
+
+
+def save_pretrained(model, out_dir, max_shard_bytes=2**31) -> None:
+    """Write model to out_dir in HF layout: config.json + model.safetensors, or shards model-0000i-of-0000n.safetensors
+    plus model.safetensors.index.json when the weights exceed max_shard_bytes. Tied weights are written once (no
+    lm_head.weight), as transformers does. Every file is written atomically; weight files of another layout left
+    from an earlier save are removed afterwards. Tokenizer files from model.source_dir are copied along."""
+    model = getattr(model, "module", model)  # DistributedDataParallel wrapper
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper (its state_dict keys carry a prefix)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for k, t in model.state_dict().items():
+        if model.config.tie_embeddings and k == "lm_head.weight":
+            continue
+        tensors[k if k == "lm_head.weight" else "model." + k] = t
+    dtype = next(iter(tensors.values())).dtype
+    # shards: fill greedily in state_dict order
+    shards, cur, cur_bytes = [], {}, 0
+    for k, t in tensors.items():
+        nb = t.numel() * t.element_size()
+        if cur and cur_bytes + nb > max_shard_bytes:
+            shards.append(cur)
+            cur, cur_bytes = {}, 0
+        cur[k] = t
+        cur_bytes += nb
+    shards.append(cur)
+    if len(shards) == 1:
+        write_safetensors(out / "model.safetensors", tensors)
+        written = {"model.safetensors"}
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        weight_map = {}
+        for name, shard in zip(names, shards):
+            write_safetensors(out / name, shard)
+            weight_map.update({k: name for k in shard})
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        # the index goes last: it is what makes the shards a checkpoint
+        atomic_write(out / "model.safetensors.index.json", lambda f: f.write(json.dumps(index, indent=2).encode()))
+        written = set(names) | {"model.safetensors.index.json"}
+    for stale in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
+        if stale.name not in written:
+            stale.unlink()
+    hf = config_to_hf(model.config, dtype)
+    atomic_write(out / "config.json", lambda f: f.write((json.dumps(hf, indent=2) + "\n").encode()))
+    src = getattr(model, "source_dir", None)
+    if src and pathlib.Path(src).resolve() != out.resolve():
+        for fn in _SIDE_FILES:
+            if (pathlib.Path(src) / fn).is_file():
+                atomic_write(out / fn, lambda f, fn=fn: f.write((pathlib.Path(src) / fn).read_bytes()))
+
+
+def save_tokenizer(tok, out_dir):
+    """The tokenizer's own files (tokenizer.json / math_tokenizer.json and their side files), byte for byte."""
+    os.makedirs(out_dir, exist_ok=True)
+    for fname, raw in tok.files.items():
+        atomic_write(os.path.join(out_dir, fname), lambda f, raw=raw: f.write(raw))
+
+
+def export_hf(model, tok, out_dir):
+    """A Hugging Face checkpoint folder: config.json + safetensors (save_pretrained), the tokenizer files, and a
+    generation_config.json naming our stop tokens if the source did not bring one."""
+    save_pretrained(model, out_dir)
+    save_tokenizer(tok, out_dir)
+    gen = os.path.join(out_dir, "generation_config.json")
+    if not os.path.isfile(gen):
+        cfg = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id, "do_sample": False}
+        write_text(gen, json.dumps(cfg, indent=2) + "\n")
+
+# -----------------------------------------------------------------------------
+# training checkpoints: one format, one resume path. A dict with "model" (state_dict), "model_config" (ModelConfig
+# as a dict), "config" (train.Config as a dict), "step", "best", "tokenizer_dir" (relative to the file's folder);
+# ckpt-*.pt files add "optimizer", "scaler" and "rng" (best.pt is weights only).
+
+
+def save_checkpoint(state, path):
+    """torch.save through atomic_write: an interrupted save never damages the previous file."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def list_checkpoints(out_dir):
+    return sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """A training checkpoint (ckpt-*.pt or best.pt); raises a clear error for anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable nanomath checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"{path}: not a nanomath checkpoint (no 'model' / 'model_config' entries)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu", dtype=None):
+    with torch.device("meta"):
+        model = Transformer(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"], assign=True)
+    return model.to(device=device, dtype=dtype)
+
+# -----------------------------------------------------------------------------
+# one loader for every kind of checkpoint
+
+
+def load_model(path_or_hub_id, device="cpu", dtype=torch.float32):
+    """-> (model, tok, info) with weights in `dtype` on `device`. path_or_hub_id: a training checkpoint file
+    (best.pt / ckpt-*.pt), a folder holding them (train.py's out_dir: best.pt, else the latest ckpt-*.pt), a
+    Hugging Face checkpoint folder, or a hub id in the local HF cache. info: {"kind": "nanomath" | "hf", "path",
+    "prompt_format", "system_prompt"}: the prompt format a nanomath checkpoint was trained with, or chat/plain by
+    the tokenizer for HF models."""
+    path = os.fspath(path_or_hub_id)
+    if os.path.isdir(path):  # train.py's out_dir (it also holds a config.json, but not an HF one)
+        best, found = os.path.join(path, "best.pt"), list_checkpoints(path)
+        if os.path.isfile(best) or found:
+            path = best if os.path.isfile(best) else found[-1]
+    if os.path.isfile(path):
+        state = load_checkpoint(path)
+        model = model_from_checkpoint(state, device, dtype)
+        cfg = state.get("config") or {}
+        tok_dir = os.path.join(os.path.dirname(os.path.abspath(path)), state.get("tokenizer_dir") or "tokenizer")
+        if not os.path.isdir(tok_dir):
+            raise FileNotFoundError(f"{path}: its tokenizer folder {tok_dir} is missing (train.py writes it next to "
+                                    f"the checkpoints; copy it along with the .pt file)")
+        tok = load_tokenizer(tok_dir)
+        model.source_dir = tok_dir
+        info = {"kind": "nanomath", "path": path, "prompt_format": cfg.get("prompt_format", "plain"),
+                "system_prompt": cfg.get("system_prompt", data.SYSTEM_PROMPT)}
+    else:
+        model = from_pretrained(path, device=device, dtype=dtype)  # FileNotFoundError naming where it looked
+        tok = load_tokenizer(model.source_dir)
+        info = {"kind": "hf", "path": model.source_dir, "prompt_format": "chat" if tok.has_chat_template else "plain",
+                "system_prompt": data.SYSTEM_PROMPT}
+    if tok.n_vocab > model.config.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.n_vocab} tokens but the model only "
+                         f"{model.config.vocab_size} embedding rows")
+    return model, tok, info

@@ -1,0 +1,164 @@
+"""checkpoint.py: HF config mapping, saving and loading HF folders (round trip through transformers, bit-exact
+bf16, sharded, .bin fallback), rejected corrupt / mismatched files with their messages, hub-id resolution."""
+import json
+
+import pytest
+import torch
+import transformers
+
+import checkpoint as C
+from conftest import PROMPTS
+
+
+def _hf_logits(hf, ids):
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0]  # (T, V)
+
+
+# -----------------------------------------------------------------------------
+# config
+
+
+def test_config_from_hf_layouts():
+    base = dict(model_type="qwen2", vocab_size=10, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, hidden_size=8, intermediate_size=16, tie_word_embeddings=True)
+    v4 = C.config_from_hf({**base, "rope_theta": 12345.0, "rope_scaling": None})
+    v5 = C.config_from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 12345.0}})
+    assert v4 == v5 and v4.rope_theta == 12345.0 and v4.qkv_bias and v4.tie_embeddings and v4.head_dim == 4
+    llama = C.config_from_hf({**base, "model_type": "llama", "attention_bias": False, "tie_word_embeddings": False})
+    assert not llama.qkv_bias and not llama.tie_embeddings and llama.rope_theta == 10000.0
+    for cfg in (v4, llama):
+        assert C.config_from_hf(C.config_to_hf(cfg)) == cfg
+    with pytest.raises(ValueError, match="rope type 'yarn'"):
+        C.config_from_hf({**base, "rope_scaling": {"type": "yarn", "factor": 4.0}})
+    with pytest.raises(ValueError, match="model_type='gpt2'"):
+        C.config_from_hf({**base, "model_type": "gpt2"})
+    with pytest.raises(ValueError, match="attention_bias"):
+        C.config_from_hf({**base, "model_type": "llama", "attention_bias": True})
+    with pytest.raises(ValueError, match="'hidden_size'"):
+        C.config_from_hf({k: v for k, v in base.items() if k != "hidden_size"})
+
+
+# -----------------------------------------------------------------------------
+# saving and loading
+
+
+@pytest.mark.parametrize("fam,shard", [("qwen", False), ("llama", True)])
+def test_save_pretrained_roundtrip_loads_in_transformers(ckpts, tmp_path, fam, shard):
+    ours = C.from_pretrained(ckpts[f"{fam}-fp32"])
+    out = tmp_path / "saved"
+    C.save_pretrained(ours, out, max_shard_bytes=30_000 if shard else 2**31)
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.endswith(".tmp")]
+    if shard:
+        assert "model.safetensors.index.json" in names and len([n for n in names if n.startswith("model-")]) > 1
+    keys = set()
+    for f in out.glob("*.safetensors"):
+        keys |= set(C.read_safetensors(f))
+    assert ("lm_head.weight" in keys) == (fam == "llama")  # tied weights are written once, as HF does
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = PROMPTS[0]
+    assert (_hf_logits(hf, ids) - _hf_logits(ckpts[fam], ids)).abs().max() <= 1e-4
+    back = C.from_pretrained(out)
+    a, b = ours.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # saving again unsharded into the same folder removes the shards of the earlier layout
+    C.save_pretrained(back, out)
+    assert not list(out.glob("model-*")) and not (out / "model.safetensors.index.json").exists()
+    assert torch.equal(C.from_pretrained(out).lm_head.weight, ours.lm_head.weight)
+
+
+def test_bf16_save_roundtrip_bit_exact_and_bin_fallback(ckpts, tmp_path):
+    ours = C.from_pretrained(ckpts["qwen-bf16"], dtype=torch.bfloat16)
+    C.save_pretrained(ours, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    back = C.from_pretrained(tmp_path / "a", dtype=torch.bfloat16)
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in ours.state_dict().items())
+    # pytorch_model.bin fallback (older checkpoints)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+    torch.save(C.read_safetensors(tmp_path / "a" / "model.safetensors"), tmp_path / "b" / "pytorch_model.bin")
+    binm = C.from_pretrained(tmp_path / "b", dtype=torch.bfloat16)
+    assert all(torch.equal(v, binm.state_dict()[k]) for k, v in ours.state_dict().items())
+
+
+def _copy_ckpt(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_corrupt_and_mismatched_checkpoints(ckpts, tmp_path):
+    from safetensors.torch import save_file  # test-only: writes the files our reader must reject
+
+    src = ckpts["qwen-fp32"]
+    sd = C.read_safetensors(src / "model.safetensors")
+    data = (src / "model.safetensors").read_bytes()
+
+    d = _copy_ckpt(src, tmp_path / "trunc")
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt.*beyond"):
+        C.from_pretrained(d)
+    (d / "model.safetensors").write_bytes((10**12).to_bytes(8, "little") + data[8:100])
+    with pytest.raises(ValueError, match="header length 1000000000000"):
+        C.from_pretrained(d)
+    (d / "model.safetensors").write_bytes(data[:8] + b"\x00not json" + data[17:])
+    with pytest.raises(ValueError, match="not JSON"):
+        C.from_pretrained(d)
+
+    h = b'{"model.norm.weight":{"dtype":"F32"}}'
+    (d / "model.safetensors").write_bytes(len(h).to_bytes(8, "little") + h)
+    with pytest.raises(ValueError, match="corrupt safetensors header entry for 'model.norm.weight'"):
+        C.from_pretrained(d)
+
+    d = _copy_ckpt(src, tmp_path / "int")
+    save_file({**{k: v.clone() for k, v in sd.items()}, "model.extra": torch.zeros(3, dtype=torch.int64)},
+              d / "model.safetensors")
+    with pytest.raises(ValueError, match="'model.extra' has dtype I64, not supported"):
+        C.from_pretrained(d)
+
+    d = _copy_ckpt(src, tmp_path / "missing")
+    save_file({k: v.clone() for k, v in sd.items() if "layers.1.mlp.up_proj" not in k}, d / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing tensors \['layers.1.mlp.up_proj.weight'\]"):
+        C.from_pretrained(d)
+
+    d = _copy_ckpt(src, tmp_path / "unexpected")
+    save_file({**{k: v.clone() for k, v in sd.items()}, "model.bogus.weight": torch.zeros(2)}, d / "model.safetensors")
+    with pytest.raises(ValueError, match=r"unexpected tensors \['bogus.weight'\]"):
+        C.from_pretrained(d)
+
+    d = _copy_ckpt(src, tmp_path / "shape")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["intermediate_size"] = 100
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"layers.0.mlp.gate_proj.weight: expected \(100, 64\), found \(96, 64\)"):
+        C.from_pretrained(d)
+
+    with pytest.raises(ValueError, match="only float32, float16, bfloat16"):
+        C.write_safetensors(tmp_path / "x.safetensors", {"a": torch.zeros(2, dtype=torch.int32)})
+
+
+def test_hub_id_resolution(ckpts, tmp_path, monkeypatch):
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    repo = tmp_path / "hf" / "hub" / "models--Qwen--Tiny-Test"
+    _copy_ckpt(ckpts["qwen-fp32"], (repo / "snapshots").mkdir(parents=True) or repo / "snapshots" / "abc123")
+    _copy_ckpt(ckpts["llama-fp32"], repo / "snapshots" / "old999")  # another revision: refs/main decides
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123\n")
+    assert C.resolve_checkpoint_dir("Qwen/Tiny-Test") == repo / "snapshots" / "abc123"
+    m = C.from_pretrained("Qwen/Tiny-Test")
+    assert m.config.qkv_bias and m.source_dir == str(repo / "snapshots" / "abc123")
+    # HF_HUB_CACHE takes precedence over HF_HOME
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError) as e:
+        C.resolve_checkpoint_dir("Qwen/Tiny-Test")
+    msg = str(e.value)
+    assert str(tmp_path / "elsewhere" / "models--Qwen--Tiny-Test") in msg
+    assert "huggingface-cli download Qwen/Tiny-Test" in msg
+    with pytest.raises(FileNotFoundError, match="no-such-dir"):
+        C.from_pretrained(tmp_path / "no-such-dir")
+
+
