@@ -329,7 +329,7 @@ def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transf
     bad = [f"{k}: expected {tuple(expected[k])}, found {tuple(t.shape)}" for k, t in sd.items() if t.shape != expected[k]]
     if bad:
         raise ValueError(f"{d}: shape mismatch: " + "; ".join(bad))
-    sd = {k: t.to(device=device, dtype=dtype) for k, t in sd.items()}  # a no-op (still mmap) when already there
+    sd = {k: t.to(device=device, dtype=dtype or t.dtype) for k, t in sd.items()}  # no-op (still mmap) if already so
     if config.tie_embeddings:
         sd["lm_head.weight"] = sd["embed_tokens.weight"]
     model.load_state_dict(sd, strict=True, assign=True)  # the post-load hook re-ties a tied head
@@ -449,7 +449,7 @@ def model_from_checkpoint(ckpt, device="cpu", dtype=None):
 
 
 def load_model(path_or_hub_id, device="cpu", dtype=torch.float32):
-    """-> (model, tok, info) with weights in `dtype` on `device`. path_or_hub_id: a training checkpoint file
+    """-> (model, tok, info) with weights in `dtype` (None: as stored) on `device`. path_or_hub_id: a training checkpoint file
     (best.pt / ckpt-*.pt), a folder holding them (train.py's out_dir: best.pt, else the latest ckpt-*.pt), a
     Hugging Face checkpoint folder, or a hub id in the local HF cache. info: {"kind": "nanomath" | "hf", "path",
     "prompt_format", "system_prompt"}: the prompt format a nanomath checkpoint was trained with, or chat/plain by

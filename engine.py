@@ -21,9 +21,10 @@ Evaluation protocol (sample.py --eval; the README quotes it). One setting per da
 """
 import time
 from contextlib import nullcontext
+from typing import NamedTuple
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
@@ -37,108 +38,218 @@ EVAL_MAX_NEW_TOKENS = {"gsm8k": 512, "math": 1024, "math500": 1024, "arith": 48,
 # decoding
 
 
-def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
-    """logits (B, V) fp32 -> next token ids (B,). temperature 0 = greedy. Static shapes throughout (no
-    data-dependent indexing), so it can be compiled along with the decode step."""
+def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, u=None):
+    """logits (B, V) -> next token ids (B,). temperature 0 = greedy (argmax). Otherwise a draw from the
+    temperature / top-k / top-p distribution by inverting its CDF at u (B,) uniforms in [0, 1): one cumulative sum
+    and a binary search per row, static shapes, no host sync, so it runs inside the captured decode step."""
     if temperature <= 0.0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    logits = logits.float() / temperature  # (B, V)
     if top_k > 0 and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    order = None
     if top_p < 1.0:
         # nucleus: drop tokens once the mass of the more likely ones already exceeds top_p (the top one always stays)
-        srt, order = logits.sort(-1, descending=True)  # (B, V)
-        probs = srt.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p
-        logits = logits.scatter(-1, order, srt.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)  # (B, V)
-    # argmax(p / E) with E ~ Exp(1) is a draw from p (the exponential race); one op, no host sync (cf. gpt-fast)
-    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / noise).argmax(-1)
+        logits, order = logits.sort(-1, descending=True)  # (B, V)
+        probs = logits.softmax(-1)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0.0)
+    else:
+        probs = logits.softmax(-1)  # (B, V)
+    cdf = probs.cumsum(-1)  # (B, V) fp32
+    # the first token whose cdf reaches x, for x in (0, total]: cdf[j-1] < x <= cdf[j], so token j has positive
+    # width (a zero-probability token is never picked, also at u = 0 or when u * total rounds up to total)
+    x = (u.float() * cdf[:, -1]).clamp(min=torch.finfo(torch.float32).tiny)  # (B,)
+    j = torch.searchsorted(cdf, x[:, None])  # (B, 1)
+    return (j if order is None else order.gather(-1, j))[:, 0]
 
 
-def _generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, generator, ctx, stream,
-                    index):
-    """One batch of prompts, right-padded: each cache row holds its own prompt from slot 0. Returns (ids,
-    entropies) per row."""
-    device = next(model.parameters()).device
-    B = len(prompts)
-    max_seq = model.config.max_seq_len
-    # each row may grow to max_seq_len tokens on its own, so a row's output never depends on its batch mates
-    budget = torch.tensor([min(max_new_tokens, max_seq - len(p)) for p in prompts], device=device)  # (B,)
-    n_steps = int(budget.max())
-    if n_steps <= 0:
-        return [[] for _ in prompts], [[] for _ in prompts]
-    P = max(len(p) for p in prompts)
-    idx = torch.tensor([p + [0] * (P - len(p)) for p in prompts], device=device)  # (B, P)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    out = torch.zeros(B, n_steps, dtype=torch.long, device=device)  # (B, S)
-    ent = torch.zeros(B, n_steps, device=device)  # (B, S)
-    done = torch.zeros(B, dtype=torch.bool, device=device)  # finished rows keep decoding, output ignored
-    length = torch.zeros(B, dtype=torch.long, device=device)  # tokens kept per row (stop token excluded)
-    with ctx:
-        cache = model.make_cache(B, P + n_steps)  # a finished row keeps appending, at most to slot P + n_steps
-        logits = model(idx, cache=cache, rows=torch.arange(B, device=device), lengths=lengths, last=lengths - 1)
-    for t in range(n_steps):
-        logits = logits.float()  # (B, V)
-        logp = F.log_softmax(logits, -1)
-        # entropy of the model's own distribution (temperature 1, before top-k/p): a property of the model
-        ent[:, t] = -(logp.exp() * logp).nan_to_num().sum(-1)  # nan_to_num: 0 * -inf where a logit is -inf
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        out[:, t] = nxt
-        is_stop = torch.isin(nxt, stop)
-        length += (~done & ~is_stop).long()
-        if stream is not None:
-            for i in (~done & ~is_stop).nonzero().flatten().tolist():
-                stream(index[i], int(nxt[i]))
-        done |= is_stop | (t + 1 >= budget)
-        if t + 1 == n_steps or bool(done.all()):  # the one host sync per step
-            break
-        with ctx:
-            logits = model(nxt[:, None], cache=cache)[:, -1]  # (B, V)
-    length, out, ent = length.tolist(), out.cpu(), ent.cpu()
-    return [out[i, :length[i]].tolist() for i in range(B)], [ent[i, :length[i]].tolist() for i in range(B)]
+class Sample(NamedTuple):
+    ids: list       # generated token ids, the stop token excluded
+    stopped: bool   # ended by a stop token (False: it ran out of budget, max_new_tokens or the context)
+    entropy: list   # per generated token, nats of the model's own next-token distribution (if asked), else None
+
+
+class _Slots:
+    """The decoder's state for B slots, all on the device with fixed shapes, so that one decode step touches only
+    these tensors and can be captured once as a CUDA graph and replayed:
+        tok (B,) the token each slot feeds next   n_out (B,) tokens kept so far   budget (B,) tokens allowed
+        done (B,) finished or empty               out (B, N+1) kept tokens        u (B, N+1) uniforms per step
+        ent (B, N+1) entropies (if asked)"""
+
+    def __init__(self, B, N, device, entropy):
+        z = lambda dt: torch.zeros(B, dtype=dt, device=device)  # noqa: E731
+        self.tok, self.n_out, self.budget = z(torch.long), z(torch.long), z(torch.long)
+        self.done = torch.ones(B, dtype=torch.bool, device=device)
+        self.out = torch.zeros(B, N + 1, dtype=torch.long, device=device)  # +1: a finished row writes past its end
+        self.u = torch.zeros(B, N + 1, device=device)
+        self.ent = torch.zeros(B, N + 1, device=device) if entropy else None
+
+
+def _emit(st, rows, logits, stop, sampling):
+    """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it: kept unless it is
+    a stop token or the slot was already done; done once stopped or out of budget. Static shapes, no sync."""
+    n_out = st.n_out[rows]  # (n,)
+    nxt = sample_next(logits, *sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
+    active = ~st.done[rows]
+    keep = active & ~(nxt[:, None] == stop).any(-1)
+    st.out[rows, n_out] = torch.where(keep, nxt, st.out[rows, n_out])
+    if st.ent is not None:
+        ent = torch.special.entr(logits.float().softmax(-1)).sum(-1)  # (n,) nats; entr(0) = 0
+        st.ent[rows, n_out] = torch.where(keep, ent, st.ent[rows, n_out])
+    n_out = n_out + keep.long()
+    st.n_out[rows] = n_out
+    st.done[rows] = ~keep | (n_out >= st.budget[rows])
+    st.tok[rows] = nxt
 
 
 @torch.no_grad()
-def generate(model, prompts_ids, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, stop_ids=(), seed=None,
-             ctx=nullcontext(), stream=None, batch_size=0):
-    """Generate for a list of prompts (lists of token ids) -> (ids, entropies): for each prompt its generated
-    token ids (stop token excluded) and the entropy (nats) of the model's next-token distribution at each of them.
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, stop_ids=(), seed=0,
+             num_samples=1, batch_size=64, ctx=nullcontext(), stream=None, entropy=False, cuda_graph=None):
+    """Generate num_samples continuations of each prompt (a list of token ids) -> a list of Sample, prompt-major
+    (prompt 0's samples, then prompt 1's, ...).
 
-    Prompts are sorted by length into batches of batch_size (0 = all at once) to cut padding; results come back
-    in the input order. A row stops at its first token in stop_ids, after max_new_tokens, or when it reaches the
-    model's max_seq_len; the batch stops when every row has. Greedy (temperature 0) output of a prompt does not
-    depend on its batch mates. seed makes sampling reproducible (a private generator; the global RNG is
-    untouched). stream(i, token_id) is called for every kept token of prompt i as soon as it is chosen."""
-    if not prompts_ids:
-        return [], []
+    Continuous batching over batch_size slots of a static KV cache: when a sequence ends, the next waiting prompt
+    is prefilled into its slot, so the batch never waits for its longest row. A prompt is prefilled once and its
+    cache rows are copied to the slots of its samples. A sequence stops at its first token in stop_ids, after
+    max_new_tokens, or at the model's max_seq_len. Every sequence's output is a function of its prompt, the seed
+    and its index alone, not of its batch mates or slot: greedy decoding picks the argmax, and sampling inverts
+    the CDF at uniforms drawn from numpy's generator seeded with (seed, sequence index).
+
+    On CUDA the one-token decode step is captured once as a CUDA graph and replayed (cuda_graph=None: on CUDA);
+    finished rows are collected every 16 steps, the only host syncs. Elsewhere the same step runs eagerly and
+    rows are collected after every step. stream(i, token_id) is called for every kept token of sequence i as
+    soon as it is chosen (one sync per step). entropy=True also records each token's entropy."""
+    if not prompts:
+        return []
     max_seq = model.config.max_seq_len
-    for i, p in enumerate(prompts_ids):
+    for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty")
         if len(p) >= max_seq:
             raise ValueError(f"prompt {i} has {len(p)} tokens, which leaves no room in the model's context of "
                              f"max_seq_len={max_seq} tokens")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-    order = sorted(range(len(prompts_ids)), key=lambda i: -len(prompts_ids[i]))  # longest first: OOM shows early
-    bs = batch_size or len(order)
-    ids, ents = [None] * len(order), [None] * len(order)
-    batches = range(0, len(order), bs)
-    # a progress bar for long evaluations (several batches), not for a single streamed prompt
-    for s in tqdm(batches, desc="generate", unit="batch", leave=False, disable=len(batches) < 2 or stream is not None):
-        chunk = order[s:s + bs]
-        out, ent = _generate_batch(model, [prompts_ids[i] for i in chunk], max_new_tokens, temperature, top_k,
-                                   top_p, stop_ids, generator, ctx, stream, chunk)
-        for j, i in enumerate(chunk):
-            ids[i], ents[i] = out[j], ent[j]
-    return ids, ents
+    k = num_samples
+    n_seq = len(prompts) * k
+    B = max(k, min(batch_size, n_seq))  # slots; a prompt's samples are admitted together
+    budgets = [min(max_new_tokens, max_seq - len(p)) for p in prompts]
+    N = max(budgets)
+    L = max(len(p) + b for p, b in zip(prompts, budgets))  # cache slots a sequence can need
+    sampling = (temperature, top_k, top_p)
+    stop = torch.tensor(sorted(stop_ids) or [-1], dtype=torch.long, device=device)  # (S,); -1 is never a token
+    graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+    sync_every = 1 if stream is not None or not graph else 16
+
+    with ctx:
+        cache = model.make_cache(B, L)
+    st = _Slots(B, N, device, entropy)
+    all_rows = torch.arange(B, device=device)
+
+    def step():  # one token for every slot; finished and empty slots run too (static shapes), their output unused
+        with ctx:
+            logits = model(st.tok[:, None], cache=cache)[:, 0]  # (B, V)
+        _emit(st, all_rows, logits, stop, sampling)
+
+    if graph:
+        step = _capture(step, cache, st)
+
+    results = [None] * n_seq
+    slot_seq = [-1] * B  # the sequence each slot holds, -1 = free
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # admitted longest first: less padding
+    next_prompt = 0
+    pbar = tqdm(total=n_seq, desc="generate", unit="seq", leave=False, disable=n_seq < 64 or stream is not None)
+    while True:
+        # collect finished sequences (one host sync for the small state vectors)
+        done, n_out = st.done.tolist(), st.n_out.tolist()
+        finished = [b for b in range(B) if slot_seq[b] >= 0 and done[b]]
+        if finished:
+            idx = torch.tensor(finished, device=device)
+            outs = st.out[idx].tolist()
+            ents = st.ent[idx].tolist() if st.ent is not None else [None] * len(finished)
+            for b, o, e in zip(finished, outs, ents):
+                s, n = slot_seq[b], n_out[b]
+                results[s] = Sample(o[:n], n < budgets[s // k], e[:n] if e is not None else None)
+                slot_seq[b] = -1
+            pbar.update(len(finished))
+        # admit waiting prompts into free slots, several at a time (each prefill call has a fixed cost)
+        free = [b for b in range(B) if slot_seq[b] < 0]
+        waiting = len(prompts) - next_prompt
+        if waiting and len(free) >= min(max(k, B // 8), waiting * k):
+            m = min(len(free) // k, waiting)
+            pids = order[next_prompt:next_prompt + m]
+            _admit(model, prompts, pids, k, free[:m * k], budgets, seed, cache, st, stop, sampling, ctx)
+            for j, b in enumerate(free[:m * k]):
+                slot_seq[b] = pids[j // k] * k + j % k
+            next_prompt += m
+            if stream is not None:
+                _stream(stream, st, free[:m * k], slot_seq, [0] * B)
+        if all(s < 0 for s in slot_seq):
+            break
+        for _ in range(sync_every):
+            before = st.n_out.tolist() if stream is not None else None
+            step()
+            if stream is not None:
+                _stream(stream, st, range(B), slot_seq, before)
+    pbar.close()
+    return results
+
+
+def _admit(model, prompts, pids, k, slots, budgets, seed, cache, st, stop, sampling, ctx):
+    """Prefill prompts `pids` into the cache (one right-padded batch, into the first of each prompt's k slots),
+    copy each prompt's cache rows to its other k-1 slots, and emit every new sequence's first token."""
+    device = st.tok.device
+    m = len(pids)
+    ps = [prompts[i] for i in pids]
+    T = max(len(p) for p in ps)
+    idx = torch.tensor([p + [0] * (T - len(p)) for p in ps], device=device)  # (m, T)
+    lengths = torch.tensor([len(p) for p in ps], device=device)  # (m,)
+    slots_t = torch.tensor(slots, device=device).view(m, k)  # (m, k)
+    with ctx:
+        logits = model(idx, cache=cache, rows=slots_t[:, 0], lengths=lengths, last=lengths - 1)  # (m, V)
+    if k > 1:  # the samples of a prompt share its prefill: copy the cache rows, not the computation
+        src, dst = slots_t[:, :1].expand(m, k - 1).reshape(-1), slots_t[:, 1:].reshape(-1)
+        cache.k[:, dst, :, :T] = cache.k[:, src, :, :T]
+        cache.v[:, dst, :, :T] = cache.v[:, src, :, :T]
+        cache.pos[dst] = cache.pos[src]
+        logits = logits.repeat_interleave(k, dim=0)  # (m * k, V)
+    rows = slots_t.reshape(-1)
+    seqs = [i * k + j for i in pids for j in range(k)]
+    st.n_out[rows] = 0
+    st.done[rows] = False
+    st.budget[rows] = torch.tensor([budgets[s // k] for s in seqs], device=device)
+    if sampling[0] > 0:  # uniforms for every step of each sequence, a function of (seed, sequence index) alone
+        u = np.stack([np.random.default_rng([seed, s]).random(st.u.size(1)) for s in seqs])
+        st.u[rows] = torch.from_numpy(u).to(device=device, dtype=st.u.dtype)
+    _emit(st, rows, logits, stop, sampling)
+
+
+def _stream(stream, st, rows, slot_seq, before):
+    n_out, out_tok = st.n_out.tolist(), st.tok.tolist()
+    for b in rows:
+        if slot_seq[b] >= 0 and n_out[b] > before[b]:
+            stream(slot_seq[b], out_tok[b])
+
+
+def _capture(step, cache, st):
+    """Record step() once as a CUDA graph and return its replay. The warm-up runs mutate the state, so it is
+    reset afterwards; replays then read and write the same tensors in place."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):  # warm-up: lazy initialisation and kernel selection happen outside the graph
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    cache.pos.zero_()
+    st.done.fill_(True)
+    st.n_out.zero_()
+    return g.replay
+
 
 # -----------------------------------------------------------------------------
 # generate and grade: the one evaluation loop (train.py and sample.py call it)
@@ -160,14 +271,15 @@ def _majority(recs):
 
 
 @torch.no_grad()
-def evaluate(model, tok, problems, prompt_format, system_prompt, max_new_tokens=512, batch_size=32,
-             ctx=nullcontext(), seed=None, temperature=0.0, top_k=0, top_p=1.0, num_samples=1):
+def evaluate(model, tok, problems, prompt_format, system_prompt, max_new_tokens=512, batch_size=64,
+             ctx=nullcontext(), seed=0, temperature=0.0, top_k=0, top_p=1.0, num_samples=1, entropy=False):
     """Generate for each problem ({"id", "prompt", "answer", ...}) and grade it. Returns (summary, records):
     summary {"accuracy", "format_rate", "answer_reward" (= accuracy), "format_reward" (= format_rate),
-    "mean_entropy" (per generated token), "mean_length" (tokens), "tokens_per_s", "n"} plus "pass@k" and "maj@k"
-    when num_samples = k > 1; records, one per generation in problem order: {"id", "prompt", "response",
-    "extracted", "gold", "correct", "formatted", "n_tokens", "sample", "truncated"}. The model runs in eval mode
-    under no_grad and gets its previous mode back."""
+    "mean_length" (tokens), "tokens_per_s", "generate_s", "grade_s", "n"}, "mean_entropy" (per generated token)
+    with entropy=True, and "pass@k" and "maj@k" when num_samples = k > 1; records, one per generation in problem
+    order: {"id", "prompt", "response", "extracted", "gold", "correct", "formatted", "n_tokens", "sample",
+    "truncated"} (truncated: ended by the token budget, not a stop token). The model runs in eval mode under
+    no_grad and gets its previous mode back."""
     was_training = model.training
     model.eval()
     try:
@@ -177,35 +289,37 @@ def evaluate(model, tok, problems, prompt_format, system_prompt, max_new_tokens=
             if len(ids) >= model.config.max_seq_len:
                 raise ValueError(f"problem {p['id']}: the prompt has {len(ids)} tokens, which leaves no room in the "
                                  f"model's context of max_seq_len={model.config.max_seq_len} tokens")
-            prompts += [ids] * num_samples
+            prompts.append(ids)
         dev = next(model.parameters()).device
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.time()
-        outs, ents = generate(model, prompts, max_new_tokens, temperature, top_k, top_p, tok.stop_ids, seed, ctx,
-                              batch_size=batch_size)
+        samples = generate(model, prompts, max_new_tokens, temperature, top_k, top_p, tok.stop_ids, seed,
+                           num_samples, batch_size, ctx, entropy=entropy)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        dt = time.time() - t0
+        t1 = time.time()
     finally:
         model.train(was_training)
 
     records = []
-    for k, (ids, ent) in enumerate(zip(outs, ents)):
+    for k, smp in enumerate(samples):
         p = problems[k // num_samples]
-        response = tok.decode(ids)
+        response = tok.decode(smp.ids)
         g = G.grade(response, p["answer"])
-        budget = min(max_new_tokens, model.config.max_seq_len - len(prompts[k]))
         records.append({"id": p["id"], "prompt": p["prompt"], "response": response, "extracted": g.extracted,
-                        "gold": p["answer"], "correct": g.correct, "formatted": g.formatted, "n_tokens": len(ids),
-                        "sample": k % num_samples, "truncated": len(ids) >= budget})
+                        "gold": p["answer"], "correct": g.correct, "formatted": g.formatted, "n_tokens": len(smp.ids),
+                        "sample": k % num_samples, "truncated": not smp.stopped})
+    t2 = time.time()
     n = len(records)
     n_tok = sum(r["n_tokens"] for r in records)
     acc = sum(r["correct"] for r in records) / max(n, 1)
     fmt = sum(r["formatted"] for r in records) / max(n, 1)
     summary = {"accuracy": acc, "format_rate": fmt, "answer_reward": acc, "format_reward": fmt,
-               "mean_entropy": sum(sum(e) for e in ents) / max(n_tok, 1), "mean_length": n_tok / max(n, 1),
-               "tokens_per_s": n_tok / max(dt, 1e-9), "n": n}
+               "mean_length": n_tok / max(n, 1), "tokens_per_s": n_tok / max(t1 - t0, 1e-9), "generate_s": t1 - t0,
+               "grade_s": t2 - t1, "n": n}
+    if entropy:
+        summary["mean_entropy"] = sum(sum(smp.entropy) for smp in samples) / max(n_tok, 1)
     if num_samples > 1:
         per = [records[i:i + num_samples] for i in range(0, n, num_samples)]
         summary[f"pass@{num_samples}"] = sum(any(r["correct"] for r in rs) for rs in per) / max(len(per), 1)

@@ -136,16 +136,24 @@ class Attention(nn.Module):
                 # tokens: causal attention within idx is the same thing and runs the flash kernel.
                 k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # (B, nkv, L, hd)
         # mask None: plain causal; else a bool (B, 1, T, S) mask, True = may attend
-        gqa = self.n_kv_head != self.n_head
-        if mask is not None and gqa:
-            # SDPA's enable_gqa only works in the flash (no mask) and math kernels; math would materialise
-            # (B, nh, T, S) fp32 scores, so for masks repeat the kv heads and let the memory-efficient kernel run
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hd)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hd)
-            gqa = False
+        rep = self.n_head // self.n_kv_head
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, nh, T, hd)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)  # (B, nh, T, hd)
+        elif kv is not None:
+            # appending to the cache (decoding): fold the `rep` query heads that share a kv head into the query
+            # axis, (B, nh, T, hd) -> (B, nkv, rep*T, hd), so the masked kernel reads each cached kv head once;
+            # repeating the keys/values instead would copy the whole cache rep times, every step. The mask (small:
+            # T is 1 when decoding) repeats over the rep blocks.
+            q = q.reshape(B, self.n_kv_head, rep * T, self.head_dim)
+            with sdpa_kernel(MASKED_SDPA_BACKENDS):
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(1, 1, rep, 1))
+            y = y.view(B, self.n_head, T, self.head_dim)  # (B, nh, T, hd)
         else:
+            # packed rows (training): SDPA's enable_gqa only works in the flash (no mask) and math kernels, and
+            # math would materialise (B, nh, T, S) fp32 scores, so repeat the kv heads for the memory-efficient
+            # kernel (cheaper here than folding, which would repeat the (T, T) mask rep times)
+            k = k.repeat_interleave(rep, dim=1)  # (B, nh, S, hd)
+            v = v.repeat_interleave(rep, dim=1)  # (B, nh, S, hd)
             with sdpa_kernel(MASKED_SDPA_BACKENDS):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))

@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+import torch
+
 import data
 from checkpoint import export_hf, load_model, write_text
 from engine import EVAL_MAX_NEW_TOKENS, evaluate, generate, sample_table
@@ -71,9 +73,12 @@ def main(argv=None):
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="sequences decoded at once (KV-cache slots); 0 = 256 on CUDA, 32 elsewhere")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto", help="compute dtype (autocast): auto, float32, bfloat16, float16")
+    ap.add_argument("--dtype", default="auto", help="weights and compute dtype: auto, float32, bfloat16, float16")
+    ap.add_argument("--entropy", action="store_true", help="also report the mean per-token entropy (costs a "
+                    "softmax over the vocabulary per token)")
     ap.add_argument("--eval", help="gsm8k, math or math500: run the pinned protocol and grade")
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-samples", type=int, default=0, help="evaluate the first N problems (0 = all)")
@@ -91,11 +96,14 @@ def main(argv=None):
         ap.error("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
 
     try:
-        device, ctx, _, dtype = setup_numerics(args.device, args.dtype)
-        model, tok, info = load_model(args.ckpt, device)
+        device, _, _, dtype = setup_numerics(args.device, args.dtype)
+        # inference runs with the weights in the compute dtype (no autocast casts every step); an export keeps
+        # the checkpoint's own dtype
+        model, tok, info = load_model(args.ckpt, device, dtype=None if args.export_hf else getattr(torch, dtype))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     model.eval()
+    batch_size = args.batch_size or (256 if device.startswith("cuda") else 32)
     print(f"{info['kind']} checkpoint {info['path']}: {model.num_params() / 1e6:.1f}M parameters, device {device}, "
           f"compute dtype {dtype}", file=sys.stderr)
 
@@ -121,9 +129,9 @@ def main(argv=None):
               file=sys.stderr)
         try:
             summary, records = evaluate(model, tok, problems, fmt, system, max_new_tokens=max_new,
-                                        batch_size=args.batch_size, ctx=ctx, seed=args.seed,
-                                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                        num_samples=args.num_samples)
+                                        batch_size=batch_size, seed=args.seed, temperature=args.temperature,
+                                        top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
+                                        entropy=args.entropy)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
         out = args.out or os.path.join(os.path.dirname(info["path"]) if info["kind"] == "nanomath" else ".",
@@ -138,7 +146,10 @@ def main(argv=None):
         print(sample_table(records))
         line = (f"{args.eval}/{args.split}: accuracy {summary['accuracy']:.4f} ({summary['n']} generations) | "
                 f"format rate {summary['format_rate']:.4f} | mean length {summary['mean_length']:.1f} tokens | "
-                f"mean entropy {summary['mean_entropy']:.3f} | {summary['tokens_per_s']:.1f} tok/s")
+                f"{summary['tokens_per_s']:.1f} tok/s | generate {summary['generate_s']:.1f}s, grade "
+                f"{summary['grade_s']:.1f}s")
+        if args.entropy:
+            line += f" | mean entropy {summary['mean_entropy']:.3f}"
         k = args.num_samples
         if k > 1:
             line += f" | pass@{k} {summary[f'pass@{k}']:.4f} | maj@{k} {summary[f'maj@{k}']:.4f}"
@@ -157,17 +168,17 @@ def main(argv=None):
         prompts = [tok.encode(t, allow_special=False) for t in texts]
     else:
         prompts = [data.render_prompt(tok, t, fmt, system) for t in texts]
-    prompts = [p for p in prompts for _ in range(args.num_samples)]
     max_new = args.max_new_tokens or 256
-    single = len(prompts) == 1
+    single = len(prompts) * args.num_samples == 1
     stream = TextStream(tok) if single else None
     t0 = time.time()
     try:
-        outs, _ = generate(model, prompts, max_new, args.temperature, args.top_k, args.top_p, tok.stop_ids,
-                           args.seed, ctx, stream, batch_size=args.batch_size)
+        samples = generate(model, prompts, max_new, args.temperature, args.top_k, args.top_p, tok.stop_ids,
+                           args.seed, args.num_samples, batch_size, stream=stream)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     dt = time.time() - t0
+    outs = [smp.ids for smp in samples]
     if single:
         stream.close()
     else:

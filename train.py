@@ -337,7 +337,7 @@ def train(cfg):
         if eval_problems:
             summary, records = evaluate(raw_model, tok, eval_problems, cfg.prompt_format, cfg.system_prompt,
                                         max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                                        ctx=ctx, seed=cfg.seed)
+                                        ctx=ctx, seed=cfg.seed, entropy=True)
             rec.update({f"eval_{k}": v for k, v in summary.items()})
             with open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") as f:
                 for r in records[:5]:

@@ -85,33 +85,59 @@ class _Force:
 # decoding
 
 
+def gen(model, prompts, n, **kw):
+    return [smp.ids for smp in E.generate(model, prompts, n, **kw)]
+
+
 def test_cached_equals_uncached(model):
-    ids, ents = E.generate(model, PROMPTS, 16)
-    for p, out, ent in zip(PROMPTS, ids, ents):
-        assert out == _greedy_uncached(model, p, 16)
-        assert len(ent) == len(out) == 16 and all(0 <= e <= torch.log(torch.tensor(128.0)) + 1e-4 for e in ent)
+    samples = E.generate(model, PROMPTS, 16, entropy=True)
+    for p, smp in zip(PROMPTS, samples):
+        assert smp.ids == _greedy_uncached(model, p, 16) and not smp.stopped
+        assert len(smp.entropy) == 16 and all(0 <= e <= torch.log(torch.tensor(128.0)) + 1e-4 for e in smp.entropy)
     # the entropy is the model's next-token entropy at each generated position
-    p, out = PROMPTS[1], ids[1]
+    p, out = PROMPTS[1], samples[1].ids
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([p + out]))[0, len(p) - 1:-1].float(), -1)
-    assert torch.allclose(torch.tensor(ents[1]), -(logp.exp() * logp).sum(-1), atol=1e-4)
+    assert torch.allclose(torch.tensor(samples[1].entropy), -(logp.exp() * logp).sum(-1), atol=1e-4)
+    assert E.generate(model, PROMPTS, 4)[0].entropy is None  # not computed unless asked
 
 
-def test_batch_equals_alone(model):
-    alone = [E.generate(model, [p], 12)[0][0] for p in PROMPTS]
-    for bs in (0, 2, 3):  # one batch, and sorted batches that mix lengths differently
-        assert E.generate(model, PROMPTS, 12, batch_size=bs)[0] == alone
+def test_continuous_batching_equals_one_prompt_at_a_time(model):
+    # 12 prompts of mixed lengths through 3 slots; two stop ids make rows end at different steps, so slots are
+    # refilled while the other rows are mid-sequence. Every output equals the prompt decoded alone, uncached.
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 128, (int(n),), generator=g).tolist() for n in torch.randint(1, 14, (12,), generator=g)]
+    full = gen(model, prompts, 10)
+    stops = {full[0][2], full[5][6]}
+    want = [_greedy_uncached(model, p, 10, stop=stops) for p in prompts]
+    assert len({len(w) for w in want}) > 2  # rows really end at different steps
+    for bs in (1, 3, 5, 64):
+        samples = E.generate(model, prompts, 10, stop_ids=stops, batch_size=bs)
+        assert [smp.ids for smp in samples] == want, bs
+        assert [smp.stopped for smp in samples] == [len(w) < 10 for w in want]
     # prompts of equal length but different content, and duplicates, come back in input order
     ps = [PROMPTS[2], PROMPTS[0], PROMPTS[2], PROMPTS[3]]
-    assert E.generate(model, ps, 12, batch_size=2)[0] == [alone[2], alone[0], alone[2], alone[3]]
+    assert gen(model, ps, 12, batch_size=2) == [gen(model, [p], 12)[0] for p in ps]
+
+
+def test_shared_prefix_samples_equal_separate_prompts(model):
+    # k samples of a prompt share one prefill (copied cache rows); they must equal k separate prefills
+    kw = dict(temperature=1.0, seed=7)
+    shared = gen(model, PROMPTS, 10, num_samples=3, batch_size=4, **kw)
+    separate = gen(model, [p for p in PROMPTS for _ in range(3)], 10, batch_size=5, **kw)
+    assert shared == separate and len(shared) == 12
+    assert len({tuple(x) for x in shared[:3]}) > 1  # the samples of one prompt differ
+    # greedy samples of a prompt are all its greedy continuation
+    greedy = gen(model, PROMPTS, 10)
+    assert gen(model, PROMPTS, 10, num_samples=2, batch_size=3) == [g for g in greedy for _ in range(2)]
 
 
 def test_stops_at_each_stop_token(model, math_tok):
-    full = E.generate(model, PROMPTS, 12)[0]
+    full = gen(model, PROMPTS, 12)
     # a stop id that is the greedy choice at some step ends the row just before it; rows stop at different steps
     # in one batch, and the finished rows' continued decoding must not leak into anyone's output
     s1, s2 = full[0][3], full[2][6]
-    got = E.generate(model, PROMPTS, 12, stop_ids={s1, s2})[0]
+    got = gen(model, PROMPTS, 12, stop_ids={s1, s2})
     for p, f, g in zip(PROMPTS, full, got):
         cut = next((k for k, t in enumerate(f) if t in (s1, s2)), len(f))
         assert g == f[:cut] == _greedy_uncached(model, p, 12, stop=(s1, s2))
@@ -124,53 +150,62 @@ def test_stops_at_each_stop_token(model, math_tok):
         for at in (0, 4):  # forced as the first token, and as the fifth
             h = m.lm_head.register_forward_hook(_Force([None] * at + [s]))
             try:
-                out = E.generate(m, [[5, 6, 7]], 10, stop_ids=stops)[0][0]
+                smp = E.generate(m, [[5, 6, 7]], 10, stop_ids=stops)[0]
             finally:
                 h.remove()
-            assert len(out) == at and s not in out
-    assert len(E.generate(m, [[5, 6, 7]], 10, stop_ids=())[0][0]) == 10  # without stops it runs to the limit
+            assert len(smp.ids) == at and s not in smp.ids and smp.stopped
+    assert len(gen(m, [[5, 6, 7]], 10, stop_ids=())[0]) == 10  # without stops it runs to the limit
 
 
 def test_context_limit(model):
     m = _tiny(max_seq_len=16)
-    out = E.generate(m, [[1] * 10, [2] * 4], 50)[0]
+    out = gen(m, [[1] * 10, [2] * 4], 50)
     assert [len(o) for o in out] == [6, 12]  # each row fills the context on its own, whatever its batch mates
-    assert out[1] == E.generate(m, [[2] * 4], 50)[0][0]
+    assert out[1] == gen(m, [[2] * 4], 50)[0]
     with pytest.raises(ValueError, match=r"prompt 1 has 16 tokens.*max_seq_len=16"):
         E.generate(m, [[1], [1] * 16], 4)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        E.generate(m, [[1]], 0)
 
 
-def test_sampling_is_seeded(model):
+def test_sampling_is_seeded_and_independent_of_the_batch(model):
     kw = dict(temperature=1.0, top_k=50, top_p=0.95)
-    a = E.generate(model, PROMPTS, 16, seed=0, **kw)[0]
-    assert a == E.generate(model, PROMPTS, 16, seed=0, **kw)[0]
-    assert a != E.generate(model, PROMPTS, 16, seed=1, **kw)[0]
-    greedy = E.generate(model, PROMPTS, 16)[0]
+    a = gen(model, PROMPTS, 16, seed=0, **kw)
+    assert a == gen(model, PROMPTS, 16, seed=0, **kw)
+    assert a == gen(model, PROMPTS, 16, seed=0, batch_size=1, **kw)  # a sequence's draws are its own
+    assert a != gen(model, PROMPTS, 16, seed=1, **kw)
+    greedy = gen(model, PROMPTS, 16)
     assert a != greedy
     # top_k=1 and a vanishing top_p leave only the argmax
-    assert E.generate(model, PROMPTS, 16, temperature=1.0, top_k=1, seed=3)[0] == greedy
-    assert E.generate(model, PROMPTS, 16, temperature=1.0, top_p=1e-6, seed=3)[0] == greedy
+    assert gen(model, PROMPTS, 16, temperature=1.0, top_k=1, seed=3) == greedy
+    assert gen(model, PROMPTS, 16, temperature=1.0, top_p=1e-6, seed=3) == greedy
 
 
 def test_sample_next_distribution():
-    g = torch.Generator().manual_seed(0)
+    u = torch.rand(40000, generator=torch.Generator().manual_seed(0))
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(40000, 1)
-    freq = torch.bincount(E.sample_next(logits, 1.0, generator=g), minlength=4) / 40000
-    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.01)
-    freq = torch.bincount(E.sample_next(logits, 1.0, top_k=2, generator=g), minlength=4) / 40000
-    assert torch.allclose(freq, torch.tensor([0.625, 0.375, 0, 0]), atol=0.01)
+    freq = lambda **kw: torch.bincount(E.sample_next(logits, u=u, **kw), minlength=4) / 40000  # noqa: E731
+    assert torch.allclose(freq(temperature=1.0), torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.01)
+    assert torch.allclose(freq(temperature=1.0, top_k=2), torch.tensor([0.625, 0.375, 0, 0]), atol=0.01)
     # top_p=0.7: 0.5 alone is below 0.7, so 0.3 is kept too; 0.15 is dropped (0.8 already before it)
-    freq = torch.bincount(E.sample_next(logits, 1.0, top_p=0.7, generator=g), minlength=4) / 40000
-    assert torch.allclose(freq, torch.tensor([0.625, 0.375, 0, 0]), atol=0.01)
-    freq = torch.bincount(E.sample_next(logits, 0.5, generator=g), minlength=4) / 40000  # p^2, renormalised
-    assert torch.allclose(freq, torch.tensor([25, 9, 2.25, 0.25]) / 36.5, atol=0.01)
+    assert torch.allclose(freq(temperature=1.0, top_p=0.7), torch.tensor([0.625, 0.375, 0, 0]), atol=0.01)
+    p2 = torch.tensor([25, 9, 2.25, 0.25]) / 36.5  # temperature 0.5: p^2, renormalised
+    assert torch.allclose(freq(temperature=0.5), p2, atol=0.01)
+    # the same through the order the sort puts the vocabulary in (top-p), with a shuffled vocabulary
+    perm = torch.tensor([2, 0, 3, 1])
+    got = torch.bincount(E.sample_next(logits[:, perm], 1.0, top_p=0.99, u=u), minlength=4) / 40000
+    assert torch.allclose(got, torch.tensor([0.5, 0.3, 0.15, 0.05])[perm], atol=0.01)
+    assert E.sample_next(logits, 0.0).eq(0).all()  # greedy
+    # a -inf logit is never drawn, even at u just below 1
+    masked = torch.tensor([[float("-inf"), 0.0, float("-inf"), 0.0, float("-inf")]]).repeat(4, 1)
+    assert E.sample_next(masked, 1.0, u=torch.tensor([0.0, 0.5, 0.51, 1 - 2**-24])).tolist() == [1, 1, 3, 3]
 
 
 def test_stream_calls_back_every_kept_token(model):
     seen = []
-    ids = E.generate(model, PROMPTS, 8, stream=lambda i, t: seen.append((i, t)))[0]
-    for i, out in enumerate(ids):
-        assert [t for j, t in seen if j == i] == out
+    out = gen(model, PROMPTS, 8, batch_size=2, stream=lambda i, t: seen.append((i, t)))
+    for i, ids in enumerate(out):
+        assert [t for j, t in seen if j == i] == ids
 
 
 def test_evaluate_grades_and_reports(math_tok):
@@ -184,7 +219,7 @@ def test_evaluate_grades_and_reports(math_tok):
     m.train()
     try:
         summary, records = E.evaluate(m, math_tok, probs, "plain", data.SYSTEM_PROMPT, max_new_tokens=20,
-                                      batch_size=2, ctx=torch.autocast("cpu", enabled=False), seed=0)
+                                      batch_size=2, ctx=torch.autocast("cpu", enabled=False), seed=0, entropy=True)
     finally:
         h.remove()
     assert m.training  # mode restored
@@ -202,11 +237,13 @@ def test_evaluate_grades_and_reports(math_tok):
 def test_evaluate_deterministic_and_samples(math_tok):
     m = _tiny(vocab=4096, seed=3)
     probs = data.load_dataset("arith", "test")[:3]
-    s1, r1 = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, batch_size=2)
-    s2, r2 = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, batch_size=2)
-    assert r1 == r2 and {**s1, "tokens_per_s": 0} == {**s2, "tokens_per_s": 0}
-    s3, r3 = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, batch_size=3)
+    timing = {"tokens_per_s": 0, "generate_s": 0, "grade_s": 0}
+    s1, r1 = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, batch_size=2, entropy=True)
+    s2, r2 = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, batch_size=2, entropy=True)
+    assert r1 == r2 and {**s1, **timing} == {**s2, **timing}
+    s3, r3 = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, batch_size=3, entropy=True)
     assert r3 == r1 and abs(s3["mean_entropy"] - s1["mean_entropy"]) < 1e-5
+    assert "mean_entropy" not in E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6)[0]
     assert not m.training
     summary, records = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, temperature=1.0, seed=0,
                                   num_samples=3)

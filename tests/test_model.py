@@ -98,7 +98,7 @@ def test_bf16_checkpoint(ckpts, fam):
 def test_greedy_kv_cache_matches_full_forward_and_hf_generate(ckpts, fam):
     ours = from_pretrained(ckpts[f"{fam}-fp32"])
     n = 32
-    cached = generate(ours, PROMPTS, n)[0]  # the engine: batched prefill, then one token per row per step
+    cached = [s.ids for s in generate(ours, PROMPTS, n)]  # the engine: batched prefill, then a token per row per step
     hf = ckpts[fam]
     for i, p in enumerate(PROMPTS):
         full = _greedy_full(ours, p, n)

@@ -19,7 +19,7 @@ for p in probs:
     hids = hids["input_ids"] if hasattr(hids, "keys") else hids
     assert list(hids) == ids
     g = h.generate(torch.tensor([ids], device="cuda"), max_new_tokens=128, do_sample=False)[0, len(ids):].tolist()
-    o = generate(m, [ids], 128, stop_ids=tok.stop_ids)[0][0]
+    o = generate(m, [ids], 128, stop_ids=tok.stop_ids)[0].ids
     n = next((i for i, (a, b) in enumerate(zip(g, o)) if a != b), min(len(g), len(o)))
     print(f"prompt {p['id']}: ours {len(o)} tokens, hf {len(g)} tokens (incl. stop), identical prefix {n}")
     same += g[:len(o)] == o

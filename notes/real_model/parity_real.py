@@ -25,7 +25,7 @@ for dtype in (torch.float32, torch.bfloat16):
     with torch.no_grad():
         g = h.generate(x, max_new_tokens=64, do_sample=False)[0, x.size(1):].tolist()
     from engine import generate
-    o = generate(m, [ours_ids], 64, stop_ids=())[0][0]
+    o = generate(m, [ours_ids], 64, stop_ids=())[0].ids
     n = next((i for i, (p, q) in enumerate(zip(g, o)) if p != q), min(len(g), len(o)))
     print(f"{dtype}: greedy 64 tokens: first {n} identical (ours {len(o)}, hf {len(g)})")
     print(repr(tok.decode(o[:64])))
