@@ -122,7 +122,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # no-ops: hidden() casts them once to the compute dtype
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:
             # write this call's keys/values into the static buffers at each row's own slots (rows (B, 1), slots
@@ -142,12 +142,12 @@ class Attention(nn.Module):
         elif kv is not None:
             # appending to the cache (decoding): fold the `rep` query heads that share a kv head into the query
             # axis, (B, nh, T, hd) -> (B, nkv, rep*T, hd), so the masked kernel reads each cached kv head once;
-            # repeating the keys/values instead would copy the whole cache rep times, every step. The mask (small:
-            # T is 1 when decoding) repeats over the rep blocks.
+            # repeating the keys/values instead would copy the whole cache rep times, every step. hidden() built
+            # the mask for this layout, (B, 1, rep*T, L), once for all layers.
             q = q.reshape(B, self.n_kv_head, rep * T, self.head_dim)
             with sdpa_kernel(MASKED_SDPA_BACKENDS):
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(1, 1, rep, 1))
-            y = y.view(B, self.n_head, T, self.head_dim)  # (B, nh, T, hd)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = y.reshape(B, self.n_head, T, self.head_dim)  # (B, nh, T, hd)
         else:
             # packed rows (training): SDPA's enable_gqa only works in the flash (no mask) and math kernels, and
             # math would materialise (B, nh, T, S) fp32 scores, so repeat the kv heads for the memory-efficient
@@ -282,6 +282,9 @@ class Transformer(nn.Module):
         cfg = self.config
         mask, kv_index = None, None
         arange_T = torch.arange(T, device=idx.device)
+        # the dtype q and k have in attention: the autocast dtype if on, else the weights'
+        dev = idx.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.embed_tokens.weight.dtype
         if cache is not None:
             if doc is not None or pos is not None:
                 raise ValueError("with a KV cache, positions come from the cache: pass neither pos nor doc")
@@ -289,6 +292,10 @@ class Transformer(nn.Module):
                 pos = cache.pos[:, None] + arange_T  # (B, T)
                 slots = torch.arange(cache.max_len, device=idx.device)  # (L,)
                 mask = (slots <= pos[..., None])[:, None]  # (B, 1, T, L)
+                # the layout of the folded query heads (see Attention), as an additive mask: built once here
+                # rather than repeated and converted from bool in every layer
+                mask = torch.zeros(mask.shape, dtype=dtype, device=idx.device).masked_fill_(~mask, float("-inf"))
+                mask = mask.repeat(1, 1, cfg.n_head // cfg.n_kv_head, 1)  # (B, 1, rep*T, L)
                 kv_index = (torch.arange(B, device=idx.device)[:, None], pos.clamp(max=cache.max_len - 1))
                 cache.pos += T
             else:  # prefill: plain causal attention within idx; right padding never reaches a real token
@@ -302,6 +309,7 @@ class Transformer(nn.Module):
         if pos is None:
             pos = arange_T[None].expand(B, T)
         cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+        cos, sin = cos.to(dtype), sin.to(dtype)  # once, not in every layer
 
         x = self.embed_tokens(idx)  # (B, T, C)
         for i, block in enumerate(self.layers):
