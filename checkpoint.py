@@ -15,7 +15,10 @@ import math
 import mmap
 import os
 import pathlib
+import re
 import tempfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -77,24 +80,40 @@ def read_safetensors(path) -> dict:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else b""
     if not isinstance(header, dict):
         raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise ValueError(f"{path}: corrupt safetensors header: __metadata__ must map strings to strings")
     data_start, data_size = 8 + n, size - 8 - n
-    out = {}
+    # the checks the reference implementation makes: every entry well formed, each tensor's bytes exactly its
+    # shape times its dtype size, and the tensors tiling the data section in order with no gap, overlap or tail
+    entries = []
     for name, info in header.items():
-        try:
-            dt, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: corrupt safetensors header entry for {name!r}: {info!r}") from None
-        if dt not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {dt}, not supported (only F32, F16, BF16)")
-        dtype = _ST_DTYPES[dt]
-        numel = math.prod(shape)
-        if not (0 <= begin <= end <= data_size):
-            raise ValueError(f"{path}: truncated or corrupt: tensor {name!r} offsets [{begin}, {end}) are beyond "
-                             f"the data section ({data_size} bytes)")
-        if end - begin != numel * dtype.itemsize:
-            raise ValueError(f"{path}: corrupt: tensor {name!r} {dt}{shape} needs {numel * dtype.itemsize} bytes, "
+        ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+              and all(type(d) is int and d >= 0 for d in info["shape"]) and isinstance(info.get("data_offsets"), list)
+              and len(info["data_offsets"]) == 2 and all(type(o) is int and o >= 0 for o in info["data_offsets"]))
+        if not ok:
+            raise ValueError(f"{path}: corrupt safetensors header entry for {name!r}: {json.dumps(info)[:200]} "
+                             f"(expected dtype: string, shape: list of ints >= 0, data_offsets: [begin, end])")
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, not supported (only F32, F16, BF16)")
+        entries.append((info["data_offsets"], name, info))
+    expect = 0
+    for (begin, end), name, info in sorted(entries, key=lambda e: e[0]):
+        if begin != expect or end < begin:
+            raise ValueError(f"{path}: corrupt: tensor {name!r} offsets [{begin}, {end}) do not follow the previous "
+                             f"tensor's end {expect} (tensors must tile the data section without gaps or overlaps)")
+        nbytes = math.prod(info["shape"]) * _ST_DTYPES[info["dtype"]].itemsize
+        if end - begin != nbytes:
+            raise ValueError(f"{path}: corrupt: tensor {name!r} {info['dtype']}{info['shape']} needs {nbytes} bytes, "
                              f"offsets give {end - begin}")
+        expect = end
+    if expect != data_size:
+        what = "truncated" if expect > data_size else "corrupt"
+        raise ValueError(f"{path}: {what}: the tensors cover {expect} bytes but the data section has {data_size}")
+    out = {}
+    for (begin, end), name, info in entries:
+        dtype, shape = _ST_DTYPES[info["dtype"]], info["shape"]
+        numel = math.prod(shape)
         if numel == 0:
             out[name] = torch.empty(shape, dtype=dtype)
         else:
@@ -233,7 +252,7 @@ def resolve_checkpoint_dir(path_or_hub_id) -> pathlib.Path:
         return p
     name = str(path_or_hub_id)
     looked = [str(p)]
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not name.endswith((".pt", ".bin", ".safetensors")):
         for cache in _hub_cache_dirs():
             repo = cache / ("models--" + name.replace("/", "--"))
             looked.append(str(repo))
@@ -250,10 +269,10 @@ def resolve_checkpoint_dir(path_or_hub_id) -> pathlib.Path:
             cands = sorted((s for s in snaps.iterdir() if (s / "config.json").exists()), key=lambda s: s.stat().st_mtime)
             if cands:
                 return cands[-1]  # no refs/main: the newest complete snapshot
-    hint = (f"download it first, e.g. `huggingface-cli download {name}` (or `hf download {name}`), "
-            f"or pass the path of a folder holding config.json and the weights") if "/" in name else \
-        "pass the path of a folder holding config.json and the weights"
-    raise FileNotFoundError(f"checkpoint {name!r} not found; looked in: {', '.join(looked)}. {hint}")
+    if len(looked) > 1:  # it has the form of a hub id (Org/Name) and is not in the local cache
+        raise FileNotFoundError(f"checkpoint {name!r} not found; looked in: {', '.join(looked)}. Download it first, "
+                                f"e.g. `huggingface-cli download {name}`, or pass the path of a checkpoint")
+    raise FileNotFoundError(f"checkpoint {name!r} not found: no such file or folder")
 
 
 def _load_weight_files(d: pathlib.Path) -> dict:
@@ -303,9 +322,11 @@ def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transf
     if not cfg_path.exists():
         raise FileNotFoundError(f"{d}: no config.json (is this a Hugging Face checkpoint folder?)")
     try:
-        hf_cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+        hf_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+    if not isinstance(hf_cfg, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, got {type(hf_cfg).__name__}")
     try:
         config = config_from_hf(hf_cfg)
     except ValueError as e:
@@ -405,6 +426,9 @@ def export_hf(model, tok, out_dir):
     generation_config.json naming our stop tokens if the source did not bring one."""
     save_pretrained(model, out_dir)
     save_tokenizer(tok, out_dir)
+    for fname, raw in tok.hf_files().items():  # for the math tokenizer: its HF form, so AutoTokenizer loads it
+        if fname not in tok.files:
+            atomic_write(os.path.join(out_dir, fname), lambda f, raw=raw: f.write(raw))
     gen = os.path.join(out_dir, "generation_config.json")
     if not os.path.isfile(gen):
         cfg = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id, "do_sample": False}
@@ -416,25 +440,83 @@ def export_hf(model, tok, out_dir):
 # ckpt-*.pt files add "optimizer", "scaler" and "rng" (best.pt is weights only).
 
 
+def _digest(state):
+    """CRC32 of a checkpoint's contents: every tensor's bytes (in parallel: zlib releases the GIL) and the structure
+    and plain values around them. Detects damage (flipped bits, a truncated or spliced file), not tampering."""
+    tensors = []
+
+    def skeleton(x):
+        if isinstance(x, torch.Tensor):
+            tensors.append(x)
+            return f"tensor{len(tensors)}:{x.dtype}:{tuple(x.shape)}"
+        if isinstance(x, dict):
+            return [[repr(k), skeleton(v)] for k, v in x.items()]
+        if isinstance(x, (list, tuple)):
+            return [skeleton(v) for v in x]
+        return repr(x)
+    skel = json.dumps(skeleton(state)).encode()
+    crc = lambda t: zlib.crc32(t.detach().reshape(-1).view(torch.uint8).numpy())  # noqa: E731
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex:
+        crcs = list(ex.map(crc, tensors))
+    return zlib.crc32(skel + b"".join(c.to_bytes(4, "little") for c in crcs))
+
+
 def save_checkpoint(state, path):
-    """torch.save through atomic_write: an interrupted save never damages the previous file."""
+    """torch.save through atomic_write (an interrupted save never damages the previous file), with a checksum of
+    the contents that load_checkpoint verifies. Tensors are moved to the CPU first (the checksum reads them)."""
+    state = _to_cpu(state)
+    state["checksum"] = _digest(state)
     atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _to_cpu(x, memo=None):
+    # CPU copies, one per distinct tensor: a tied embedding / output head stays one tensor in the file
+    memo = {} if memo is None else memo
+    if isinstance(x, torch.Tensor):
+        key = (x.data_ptr(), x.dtype, tuple(x.shape), x.stride(), x.device)
+        if key not in memo:
+            memo[key] = x.detach().cpu().contiguous()
+        return memo[key]
+    if isinstance(x, dict):
+        return {k: _to_cpu(v, memo) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_cpu(v, memo) for v in x)
+    return x
 
 
 def list_checkpoints(out_dir):
     return sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))
 
 
+def remove_orphan_tmp(folder):
+    """Delete the temporary files that atomic_write leaves when a process dies mid-save (name.XXXXXXXX.tmp);
+    returns how many. Called by train.py at start, before it writes anything."""
+    n = 0
+    for p in glob.glob(os.path.join(folder, "*.tmp")) + glob.glob(os.path.join(folder, "*", "*.tmp")):
+        if re.fullmatch(r".+\.[\w]{8}\.tmp", os.path.basename(p)):
+            os.remove(p)
+            n += 1
+    return n
+
+
 def load_checkpoint(path, map_location="cpu"):
-    """A training checkpoint (ckpt-*.pt or best.pt); raises a clear error for anything else."""
+    """A training checkpoint (ckpt-*.pt or best.pt) whose checksum matches its contents; a clear error for a file
+    that is damaged, truncated, or not a checkpoint."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable nanomath checkpoint ({type(e).__name__}: {e})") from None
+    except Exception:
+        raise ValueError(f"{path}: cannot be read as a nanomath checkpoint (damaged or truncated, or not a "
+                         f"checkpoint file)") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"{path}: not a nanomath checkpoint (no 'model' / 'model_config' entries)")
+    want = ckpt.pop("checksum", None)
+    if want is None:
+        print(f"warning: {path} has no checksum (written before nanomath checked them); loading it unverified")
+    elif _digest(ckpt) != want:
+        raise ValueError(f"{path}: damaged: its contents do not match the checksum written with it; use another "
+                         f"checkpoint (e.g. an earlier ckpt-*.pt)")
     return ckpt
 
 

@@ -30,12 +30,27 @@ PLAIN_TEMPLATE = "Solve this math problem:\n\n{problem}\n\nAnswer:"
 # -----------------------------------------------------------------------------
 # loading
 
-def read_jsonl(path, required=(), one_of=()):
+def read_jsonl(path, required=(), one_of=(), lines=False):
     """Rows (dicts) of a JSON Lines file, blank lines skipped; each must have every key in `required` and at least
-    one in `one_of`. A malformed line is an error naming the file and line. The one JSONL reader of the project."""
+    one in `one_of`, with string values. Anything else (a missing or unreadable file, bytes that are not UTF-8,
+    malformed JSON, a missing key, a null or a number where text belongs) is a ValueError or FileNotFoundError
+    naming the file and line. lines=True gives (line number, row) pairs. The one JSONL reader of the project."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, expected a .jsonl file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -50,7 +65,11 @@ def read_jsonl(path, required=(), one_of=()):
             if one_of and not any(k in row for k in one_of):
                 keys = ", ".join(repr(k) for k in one_of[:-1]) + f" or {one_of[-1]!r}"
                 raise ValueError(f"{path}:{lineno}: expected an object with a {keys} key; the line has {sorted(row)}")
-            rows.append(row)
+            for k in [*required, *(k for k in one_of if k in row)]:
+                if not isinstance(row[k], str):
+                    got = "null" if row[k] is None else type(row[k]).__name__
+                    raise ValueError(f"{path}:{lineno}: '{k}' must be a string, got {got}")
+            rows.append((lineno, row) if lines else row)
     return rows
 
 
@@ -87,8 +106,8 @@ def gsm8k_solution(answer, where="GSM8K answer"):
 
 def load_gsm8k(path):
     out = []
-    for i, row in enumerate(read_jsonl(path, required=("question", "answer"))):
-        solution, final = gsm8k_solution(row["answer"], where=f"{path}:{i + 1}")
+    for i, (lineno, row) in enumerate(read_jsonl(path, required=("question", "answer"), lines=True)):
+        solution, final = gsm8k_solution(row["answer"], where=f"{path}:{lineno}")
         out.append({"id": f"{short_name(path)}:{i + 1}", "prompt": row["question"], "response": solution, "answer": final})
     return out
 
@@ -96,7 +115,8 @@ def load_gsm8k(path):
 def _math_rows(path):
     """MATH rows from a jsonl file or from the original tree (<split>/<subject>/<n>.json, detected automatically)."""
     if os.path.isfile(path):
-        return [(f"{short_name(path)}:{i + 1}", r) for i, r in enumerate(read_jsonl(path, required=("problem", "solution")))]
+        return [(f"{short_name(path)}:{i + 1}", r, f"{path}:{n}")
+                for i, (n, r) in enumerate(read_jsonl(path, required=("problem", "solution"), lines=True))]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"MATH data not found: {path} (expected a .jsonl file or a directory of <subject>/<n>.json)")
     rows = []
@@ -110,9 +130,9 @@ def _math_rows(path):
             except json.JSONDecodeError as e:
                 raise ValueError(f"{fpath}: invalid JSON ({e.msg} at line {e.lineno})") from None
             for k in ("problem", "solution"):
-                if k not in row:
-                    raise ValueError(f"{fpath}: missing key '{k}'")
-            rows.append((fpath, row))
+                if not isinstance(row, dict) or not isinstance(row.get(k), str):
+                    raise ValueError(f"{fpath}: expected an object with a string '{k}'")
+            rows.append((fpath, row, fpath))
     if not rows:
         raise FileNotFoundError(f"no MATH .json files under {path}")
     return rows
@@ -120,10 +140,17 @@ def _math_rows(path):
 
 def load_math(path):
     out = []
-    for where, row in _math_rows(path):
+    for where, row, loc in _math_rows(path):
         answer = row.get("answer")
         if answer is None:
-            answer = math_gold(row)
+            try:
+                answer = math_gold(row)
+            except ValueError:
+                raise ValueError(f"{loc}: no 'answer' and no \\boxed{{}} answer in the solution") from None
+        elif isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        elif not isinstance(answer, str):
+            raise ValueError(f"{loc}: 'answer' must be a string or a number, got {type(answer).__name__}")
         out.append({"id": row.get("unique_id", where), "prompt": row["problem"], "response": row["solution"],
                     "answer": answer})
     return out
@@ -131,9 +158,16 @@ def load_math(path):
 
 def load_pairs(path, prompt_key="prompt", response_key="response"):
     """Generic jsonl of prompt/response pairs (an optional 'answer' key is kept for grading)."""
-    rows = read_jsonl(path, required=(prompt_key, response_key))
-    return [{"id": f"{short_name(path)}:{i + 1}", "prompt": r[prompt_key], "response": r[response_key], "answer": r.get("answer")}
-            for i, r in enumerate(rows)]
+    out = []
+    for i, (n, r) in enumerate(read_jsonl(path, required=(prompt_key, response_key), lines=True)):
+        answer = r.get("answer")
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        elif answer is not None and not isinstance(answer, str):
+            raise ValueError(f"{path}:{n}: 'answer' must be a string or a number, got {type(answer).__name__}")
+        out.append({"id": f"{short_name(path)}:{i + 1}", "prompt": r[prompt_key], "response": r[response_key],
+                    "answer": answer})
+    return out
 
 
 def make_arith(n, seed, max_digits=3, exclude=()):
@@ -172,14 +206,19 @@ def load_dataset(name, split="train"):
     if os.path.isdir(name):
         return load_math(name)
     if not os.path.isfile(name):
-        raise FileNotFoundError(f"dataset '{name}': not a known name (gsm8k, math, math500, arith) nor a file or folder")
-    with open(name, encoding="utf-8") as f:
-        first = json.loads(next((l for l in f if l.strip()), "{}"))
-    if "question" in first:
+        raise FileNotFoundError(f"dataset '{name}': not a known name (gsm8k, math, math500, arith[N]) nor a file "
+                                f"or folder")
+    rows = read_jsonl(name)
+    if not rows:
+        raise ValueError(f"{name}: the dataset file has no rows")
+    if "question" in rows[0]:
         return load_gsm8k(name)
-    if "problem" in first:
+    if "problem" in rows[0]:
         return load_math(name)
-    return load_pairs(name)
+    if "prompt" in rows[0] and "response" in rows[0]:
+        return load_pairs(name)
+    raise ValueError(f"{name}:1: cannot tell the layout: expected question/answer (GSM8K), problem/solution (MATH) "
+                     f"or prompt/response keys; the line has {sorted(rows[0])}")
 
 
 def parse_mixture(spec):
@@ -290,6 +329,10 @@ class Dataset:
         self.lengths = [len(ex["ids"]) for ex in examples]
         self.n_truncated = sum(n > seq_len for n in self.lengths)
         self.n_supervised_lost = sum(sum(ex["mask"][seq_len:]) for ex in examples)
+        # a row's target at position j is token j+1: the tokens an example can be trained on are mask[1:seq_len]
+        kept = [sum(ex["mask"][1:seq_len]) for ex in examples]
+        self.n_supervised = sum(kept)
+        self.n_no_answer = sum(k == 0 for k in kept)  # examples that teach nothing: the answer is cut off
         self._plans = {}
 
     def epoch_order(self, epoch):
@@ -339,7 +382,8 @@ class Dataset:
         n_tok = sum(min(n, self.seq_len) for n in self.lengths)
         rows = self.rows_per_epoch(0)
         return {"examples": len(self.examples), "truncated": self.n_truncated, "rows_per_epoch": rows,
-                "fill": n_tok / max(1, rows * self.seq_len), "supervised_tokens_cut": self.n_supervised_lost}
+                "fill": n_tok / max(1, rows * self.seq_len), "supervised_tokens_cut": self.n_supervised_lost,
+                "supervised_tokens": self.n_supervised, "examples_without_answer_tokens": self.n_no_answer}
 
 
 def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_samples=0, val_size=0,
@@ -362,5 +406,9 @@ def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_sam
     if not train:
         raise ValueError(f"datasets='{spec}': no training examples")
     train_ds = Dataset(train, tok, seq_len, prompt_format, pack, seed, ranges, system_prompt)
+    if train_ds.n_supervised == 0:
+        raise ValueError(f"datasets='{spec}' with seq_len={seq_len}: no training example has an answer token within "
+                         f"its first {seq_len} tokens, so there is nothing to learn; raise seq_len (the longest "
+                         f"example has {max(train_ds.lengths)} tokens)")
     val_ds = Dataset(val, tok, seq_len, prompt_format, pack, seed, None, system_prompt) if val else None
     return train_ds, val_ds

@@ -306,7 +306,7 @@ def evaluate(model, tok, problems, prompt_format, system_prompt, max_new_tokens=
     for k, smp in enumerate(samples):
         p = problems[k // num_samples]
         response = tok.decode(smp.ids)
-        g = G.grade(response, p["answer"])
+        g = G.grade(response, p["answer"], truncated=not smp.stopped)
         records.append({"id": p["id"], "prompt": p["prompt"], "response": response, "extracted": g.extracted,
                         "gold": p["answer"], "correct": g.correct, "formatted": g.formatted, "n_tokens": len(smp.ids),
                         "sample": k % num_samples, "truncated": not smp.stopped})

@@ -960,14 +960,26 @@ def is_equiv(pred, gold):
         return False
 
 
-def grade(response, answer):
-    """Grade one model response against the dataset's gold answer (GSM8K number or MATH LaTeX)."""
+def grade(response, answer, truncated=False):
+    """Grade one model response against the dataset's gold answer (GSM8K number or MATH LaTeX; an int, float or
+    Fraction is taken as its decimal text). truncated=True: the response was cut off at the token limit, so an
+    unmarked number in it is not an answer (the last-number fallback is off); a marked one (\\boxed{}, ####,
+    "the answer is") still counts. No gold (None) grades as not correct."""
+    if answer is None:
+        extracted, formatted = _extract(response or '')
+        return Grade(correct=False, formatted=formatted, extracted=extracted)
+    if isinstance(answer, (int, float, Fraction)) and not isinstance(answer, bool):
+        answer = str(answer)
+    if not isinstance(answer, str):
+        raise TypeError(f"grade: the gold answer must be a string or a number, got {type(answer).__name__}")
     gold = answer
     if '####' in gold:
         gold = _after_hashes(gold)
     elif '\\boxed' in gold or '\\fbox' in gold:
         gold = _last_boxed(gold) or gold
     extracted, formatted = _extract(response or '')
+    if truncated and not formatted:
+        extracted = None  # a number that happens to be last in a cut-off text is not the model's answer
     correct = is_equiv(extracted, gold)
     if not correct and extracted is not None and response:
         # "the roots are \boxed{2} and \boxed{3}" against a gold list "2, 3": join the last boxes

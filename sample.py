@@ -53,9 +53,19 @@ def read_prompts(path):
     or plain text, one prompt per non-empty line."""
     if path.endswith(".jsonl"):
         return [next(row[k] for k in PROMPT_KEYS if k in row) for row in data.read_jsonl(path, one_of=PROMPT_KEYS)]
-    f = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    with f:
-        return [line for line in f.read().splitlines() if line.strip()]
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--prompts {path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--prompts {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"--prompts {path}: cannot be read ({e.strerror})") from None
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def main(argv=None):
@@ -82,26 +92,50 @@ def main(argv=None):
     ap.add_argument("--eval", help="gsm8k, math or math500: run the pinned protocol and grade")
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-samples", type=int, default=0, help="evaluate the first N problems (0 = all)")
-    ap.add_argument("--out", help="eval output jsonl (default eval-<dataset>-<split>.jsonl next to the checkpoint)")
+    ap.add_argument("--out", help="eval output jsonl (default: eval-<checkpoint>-<dataset>-<split>[-n<N>][-k<k>-t<T>]"
+                    ".jsonl next to the checkpoint)")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing eval output files")
     ap.add_argument("--export-hf", metavar="DIR", help="write a Hugging Face checkpoint folder and exit")
+    ap.error = lambda msg: sys.exit(f"sample.py: {msg} (python sample.py -h lists the options)")  # one line, exit 1
     args = ap.parse_args(argv)
 
     if args.eval is not None and args.eval not in EVAL_MAX_NEW_TOKENS:
         ap.error(f"--eval: unknown dataset {args.eval!r}; choose from {', '.join(EVAL_MAX_NEW_TOKENS)}")
+    if args.eval and args.split not in (("test",) if args.eval == "math500" else ("train", "test")):
+        ap.error(f"--split {args.split!r}: {args.eval} has " + ("only a test split" if args.eval == "math500" else
+                                                               "train and test splits"))
     if args.num_samples < 1:
         ap.error("--num-samples must be >= 1")
     if args.num_samples > 1 and args.temperature <= 0:
         ap.error("--num-samples > 1 needs --temperature > 0 (greedy samples are all the same)")
-    if not 0.0 < args.top_p <= 1.0 or args.top_k < 0 or args.temperature < 0:
+    if not 0.0 < args.top_p <= 1.0 or args.top_k < 0 or not 0 <= args.temperature < float("inf"):
         ap.error("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
-
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        ap.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.batch_size < 0 or args.max_samples < 0:
+        ap.error("--batch-size and --max-samples must be >= 0 (0 = the default / all)")
     try:
-        device, _, _, dtype = setup_numerics(args.device, args.dtype)
-        # inference runs with the weights in the compute dtype (no autocast casts every step); an export keeps
-        # the checkpoint's own dtype
-        model, tok, info = load_model(args.ckpt, device, dtype=None if args.export_hf else getattr(torch, dtype))
-    except (FileNotFoundError, ValueError) as e:
+        return _main(args, ap)
+    except (ValueError, OSError) as e:  # bad input (checkpoint, prompts, device): one line, no traceback
         raise SystemExit(f"error: {e}")
+
+
+def _eval_out_path(args, info):
+    """Where --eval writes: --out, or a name that says what was evaluated, next to a nanomath checkpoint."""
+    if args.out:
+        return args.out
+    stem = os.path.splitext(os.path.basename(info["path"].rstrip("/")))[0]
+    name = f"eval-{stem}-{args.eval}-{args.split}"
+    name += f"-n{args.max_samples}" if args.max_samples else ""
+    name += f"-k{args.num_samples}-t{args.temperature:g}" if args.temperature > 0 else ""
+    return os.path.join(os.path.dirname(info["path"]) if info["kind"] == "nanomath" else ".", name + ".jsonl")
+
+
+def _main(args, ap):
+    device, _, _, dtype = setup_numerics(args.device, args.dtype)
+    # inference runs with the weights in the compute dtype (no autocast casts every step); an export keeps the
+    # checkpoint's own dtype
+    model, tok, info = load_model(args.ckpt, device, dtype=None if args.export_hf else getattr(torch, dtype))
     model.eval()
     batch_size = args.batch_size or (256 if device.startswith("cuda") else 32)
     print(f"{info['kind']} checkpoint {info['path']}: {model.num_params() / 1e6:.1f}M parameters, device {device}, "
@@ -116,33 +150,29 @@ def main(argv=None):
     system = info["system_prompt"] if args.system_prompt is None else args.system_prompt
     if args.eval:
         max_new = args.max_new_tokens or EVAL_MAX_NEW_TOKENS[args.eval]
-        try:
-            problems = data.load_dataset(args.eval, args.split)
-        except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"error: {e}")
+        if fmt == "raw":
+            ap.error("--eval needs a chat or plain prompt format")
+        out = _eval_out_path(args, info)
+        summary_path = out.removesuffix(".jsonl") + ".summary.json"
+        existing = [p for p in (out, summary_path) if os.path.exists(p)]
+        if existing and not args.overwrite:
+            ap.error(f"{existing[0]} exists: pass --overwrite to replace it, or --out for another name")
+        problems = data.load_dataset(args.eval, args.split)
         if args.max_samples:
             problems = problems[:args.max_samples]
-        if fmt == "raw":
-            raise SystemExit("error: --eval needs a chat or plain prompt format")
         print(f"eval {args.eval}/{args.split}: {len(problems)} problems, prompt format {fmt}, system prompt "
               f"{system!r}, max_new_tokens {max_new}, temperature {args.temperature}, samples {args.num_samples}",
               file=sys.stderr)
-        try:
-            summary, records = evaluate(model, tok, problems, fmt, system, max_new_tokens=max_new,
-                                        batch_size=batch_size, seed=args.seed, temperature=args.temperature,
-                                        top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
-                                        entropy=args.entropy)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
-        out = args.out or os.path.join(os.path.dirname(info["path"]) if info["kind"] == "nanomath" else ".",
-                                       f"eval-{args.eval}-{args.split}.jsonl")
+        summary, records = evaluate(model, tok, problems, fmt, system, max_new_tokens=max_new,
+                                    batch_size=batch_size, seed=args.seed, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
+                                    entropy=args.entropy)
         write_text(out, "".join(json.dumps(r) + "\n" for r in records))
         settings = {"dataset": args.eval, "split": args.split, "ckpt": info["path"], "prompt_format": fmt,
                     "system_prompt": system, "max_new_tokens": max_new, "temperature": args.temperature,
                     "top_k": args.top_k, "top_p": args.top_p, "num_samples": args.num_samples, "seed": args.seed,
                     "dtype": dtype, "device": device}
-        write_text(out.removesuffix(".jsonl") + ".summary.json",
-                           json.dumps({**summary, "settings": settings}, indent=1) + "\n")
+        write_text(summary_path, json.dumps({**summary, "settings": settings}, indent=1) + "\n")
         print(sample_table(records))
         line = (f"{args.eval}/{args.split}: accuracy {summary['accuracy']:.4f} ({summary['n']} generations) | "
                 f"format rate {summary['format_rate']:.4f} | mean length {summary['mean_length']:.1f} tokens | "
@@ -163,7 +193,7 @@ def main(argv=None):
     if not texts and not sys.stdin.isatty():
         texts = read_prompts("-")
     if not texts:
-        ap.error("no prompts: give --prompt, --prompts FILE, stdin, --eval or --export-hf")
+        ap.error("no prompts: give --prompt, --prompts FILE (not empty), text on stdin, --eval or --export-hf")
     if fmt == "raw":
         prompts = [tok.encode(t, allow_special=False) for t in texts]
     else:
@@ -172,11 +202,8 @@ def main(argv=None):
     single = len(prompts) * args.num_samples == 1
     stream = TextStream(tok) if single else None
     t0 = time.time()
-    try:
-        samples = generate(model, prompts, max_new, args.temperature, args.top_k, args.top_p, tok.stop_ids,
-                           args.seed, args.num_samples, batch_size, stream=stream)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    samples = generate(model, prompts, max_new, args.temperature, args.top_k, args.top_p, tok.stop_ids, args.seed,
+                       args.num_samples, batch_size, stream=stream)
     dt = time.time() - t0
     outs = [smp.ids for smp in samples]
     if single:

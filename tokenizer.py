@@ -228,6 +228,11 @@ class Tokenizer:
             mask.extend([0] * (1 + len(gen)))
         return ids, mask
 
+    def hf_files(self):
+        """{filename: bytes} that make a folder loadable by transformers' AutoTokenizer. A Qwen tokenizer already
+        is (its own files); the math tokenizer is converted: math_hf_files()."""
+        return math_hf_files(self) if self.name == "math" else dict(self.files)
+
     @property
     def has_chat_template(self):
         """A Qwen tokenizer that ships a chat template: the model is (most likely) a chat model."""
@@ -522,6 +527,43 @@ def load_math_tokenizer(path):
     return Tokenizer("math", enc, special, {}, "<|endoftext|>", ("<|im_end|>", "<|endoftext|>"),
                      nfc=False, default_system=None, files={"math_tokenizer.json": raw})
 
+# ChatML as render_chat writes it for the math tokenizer (no default system block)
+MATH_CHAT_TEMPLATE = ("{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                      "'<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                      "{%- endif %}")
+
+
+def math_hf_files(tok):
+    """The math tokenizer in the Hugging Face layout: tokenizer.json (byte-level BPE with our split pattern) and
+    tokenizer_config.json (ChatML template, end tokens). Two differences between tiktoken and HF's BPE are bridged:
+    tiktoken takes a piece that is itself a token whole (HF: ignore_merges=true), and it merges any adjacent pair
+    whose concatenation is a token, by that token's rank, where HF merges only listed pairs by list position
+    (so every split (a, b) of each token is listed at its rank, in rank order). tests/test_tokenizer.py checks
+    that the ids agree on all the vendored text."""
+    ranks = tok.enc._mergeable_ranks  # {bytes: rank}; rank == id
+    merges = []
+    for t, r in sorted(ranks.items(), key=lambda kv: kv[1]):
+        for i in range(1, len(t)):
+            if t[:i] in ranks and t[i:] in ranks:  # tiktoken merges them at rank r, whatever their own ranks
+                merges.append([token_bytes_to_str(t[:i]), token_bytes_to_str(t[i:])])
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    d = {"version": "1.0", "truncation": None, "padding": None,
+         "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                           "normalized": False, "special": True} for s, i in sorted(tok.special.items(), key=lambda x: x[1])],
+         "normalizer": None,
+         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+             {"type": "Split", "pattern": {"Regex": tok.enc._pat_str}, "behavior": "Isolated", "invert": False},
+             byte_level]},
+         "post_processor": None, "decoder": byte_level,
+         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                   "vocab": {token_bytes_to_str(t): r for t, r in ranks.items()}, "merges": merges}}
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+           "bos_token": None, "unk_token": None, "add_bos_token": False, "clean_up_tokenization_spaces": False,
+           "model_max_length": 1 << 30, "chat_template": MATH_CHAT_TEMPLATE}
+    return {"tokenizer.json": json.dumps(d, ensure_ascii=False).encode(),
+            "tokenizer_config.json": json.dumps(cfg, indent=1).encode()}
+
 # -----------------------------------------------------------------------------
 
 def load_tokenizer(path):
@@ -532,10 +574,10 @@ def load_tokenizer(path):
         path = MATH_FILE
     if os.path.isdir(path):
         has = lambda f: os.path.isfile(os.path.join(path, f))
+        if has("math_tokenizer.json"):  # first: an export of a math-tokenizer model also holds its tokenizer.json
+            return load_math_tokenizer(os.path.join(path, "math_tokenizer.json"))
         if has("tokenizer.json"):
             return load_tokenizer(os.path.join(path, "tokenizer.json"))
-        if has("math_tokenizer.json"):
-            return load_math_tokenizer(os.path.join(path, "math_tokenizer.json"))
         if has("vocab.json") and has("merges.txt"):
             tok = load_qwen_vocab_merges(path)
             tok.files.update(_side_files(path))

@@ -8,19 +8,23 @@ config -> numerics -> model and tokenizer -> data -> the loop (accumulate, guard
 """
 import dataclasses
 import difflib
+import inspect
 import json
 import math
 import os
 import random
+import re
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 import data
-from checkpoint import list_checkpoints, load_checkpoint, load_model, save_checkpoint, save_tokenizer, write_text
+from checkpoint import (list_checkpoints, load_checkpoint, load_model, remove_orphan_tmp, save_checkpoint,
+                        save_tokenizer, write_text)
 from engine import evaluate, sample_table
 from model import PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
@@ -45,7 +49,7 @@ class Config:
     seq_len: int = 128                   # every row has exactly this many tokens (static shapes)
     pack: bool = True                    # pack several examples per row; False = one example per row, padded
     max_samples: int = 0                 # cap on training examples per dataset (0 = all)
-    val_size: int = 200                  # examples held out for validation loss
+    val_size: int = 200                  # examples held out of training: validation loss and the eval
     seed: int = 1337
     # optimisation
     batch_size: int = 16                 # rows per micro-batch
@@ -71,11 +75,12 @@ class Config:
     log_interval: int = 50
     eval_interval: int = 500             # validation loss (and generation eval if eval_samples > 0)
     eval_samples: int = 100              # problems of the eval set to generate and grade at each eval (0 = off)
-    eval_dataset: str = ""               # "" = the first training dataset's test split
+    eval_dataset: str = ""               # "" = held-out training problems (val_size), or a file; never a test split
     eval_max_new_tokens: int = 48
     eval_batch_size: int = 64
     save_interval: int = 500
     keep_last: int = 2                   # ckpt-*.pt files kept, 0 = all (best.pt is extra)
+    overwrite: bool = False              # start a fresh run in an out_dir that holds one (its files are replaced)
     wandb_project: str = ""              # log to wandb when set and installed
 
 
@@ -85,11 +90,27 @@ ALIASES = {"learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "
            "per_device_train_batch_size": "batch_size", "warmup_steps": "warmup_iters", "max_grad_norm": "grad_clip"}
 
 
+def config_help():
+    """Every field with its default and its comment, read from the Config source above (train.py -h)."""
+    lines = ["usage: python train.py [config.py ...] [--key=value ...]   (flags apply after the config files)", ""]
+    for line in inspect.getsource(Config).splitlines()[2:]:
+        m = re.match(r"\s+(\w+): \w+ = .*?(?:\s+#\s*(.*))?$", line)
+        if m:
+            lines.append(f"  --{m.group(1)}={getattr(Config, m.group(1))!r}".ljust(44) + (m.group(2) or ""))
+        elif line.strip().startswith("#"):
+            lines.append(line.strip())
+    return "\n".join(lines)
+
+
 def load_config(argv):
-    """Config from defaults, then an optional experiment file (its top-level names), then --key=value flags.
-    Unknown keys are errors naming the closest valid key; values are checked against the default's type."""
+    """Config from defaults, then the experiment files given (their top-level names), then --key=value flags, in
+    that order wherever the flags stand on the command line. Unknown keys are errors naming the closest valid
+    key; values are checked against the default's type (check_config then checks their ranges)."""
     cfg = Config()
     fields = {f.name: f for f in dataclasses.fields(Config)}
+    if "-h" in argv or "--help" in argv:
+        print(config_help())
+        raise SystemExit(0)
 
     def set_key(key, value, where, from_cli=False):
         if key not in fields:
@@ -107,22 +128,88 @@ def load_config(argv):
             raise SystemExit(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
         setattr(cfg, key, value)
 
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, value = arg[2:].partition("=")
-            if not eq:
-                raise SystemExit(f"command line: '{arg}' must be --key=value")
-            set_key(key, value, "command line", from_cli=True)
-        else:
-            if not os.path.isfile(arg):
-                raise SystemExit(f"config file not found: {arg}")
-            ns = {}
-            with open(arg) as f:
-                exec(compile(f.read(), arg, "exec"), ns)
-            for key, value in ns.items():
-                if not key.startswith("_") and not callable(value) and not hasattr(value, "__file__"):
-                    set_key(key, value, arg)
+    for arg in [a for a in argv if not a.startswith("-")]:  # config files first ...
+        ns = {}
+        try:
+            with open(arg, encoding="utf-8") as f:
+                src = f.read()
+            exec(compile(src, arg, "exec"), ns)
+        except (FileNotFoundError, IsADirectoryError):
+            raise SystemExit(f"config file not found: {arg}") from None
+        except SyntaxError as e:
+            raise SystemExit(f"{arg}:{e.lineno}: {e.msg}") from None
+        except Exception as e:  # the user's file raised: say where, without our traceback
+            line = next((fr.lineno for fr in reversed(traceback.extract_tb(e.__traceback__)) if fr.filename == arg), "?")
+            raise SystemExit(f"{arg}:{line}: {type(e).__name__}: {e}") from None
+        for key, value in ns.items():
+            if not key.startswith("_") and not callable(value) and not hasattr(value, "__file__"):
+                set_key(key, value, arg)
+    for arg in [a for a in argv if a.startswith("-")]:  # ... then the flags, whatever their position
+        key, eq, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("--") or not eq or not key:
+            raise SystemExit(f"command line: '{arg}' must be --key=value (python train.py -h lists the keys)")
+        set_key(key, value, "command line", from_cli=True)
     return cfg
+
+
+def check_config(cfg):
+    """Every value in range and consistent, before anything is loaded or written; SystemExit naming the keys."""
+    bad = []
+
+    def need(ok, key, what):
+        if not ok:
+            bad.append(f"{key}={getattr(cfg, key)!r}: {what}")
+    num = (int, float)
+    finite = lambda v: isinstance(v, num) and math.isfinite(v)  # noqa: E731
+    need(cfg.out_dir.strip() != "", "out_dir", "must name a folder")
+    need(cfg.init_from.strip() != "", "init_from", "must be 'scratch' or a checkpoint")
+    if cfg.init_from == "scratch":
+        need(cfg.model_preset in PRESETS, "model_preset", f"must be one of {sorted(PRESETS)}")
+        for k in ("n_layer", "n_embd", "n_head"):
+            need(getattr(cfg, k) >= 0, k, "must be >= 0 (0 = the preset's value)")
+        if cfg.n_embd > 0 and cfg.n_head > 0:
+            need(cfg.n_embd % (2 * cfg.n_head) == 0, "n_embd", f"must be a multiple of 2 * n_head = {2 * cfg.n_head}")
+    need(cfg.resume in ("", "auto") or os.path.isfile(cfg.resume), "resume",
+         "must be '', 'auto' or an existing ckpt-*.pt file")
+    try:
+        mixture = data.parse_mixture(cfg.datasets)
+        need(sum(w for _, w in mixture) > 0, "datasets", "needs a dataset with a weight > 0")
+    except ValueError as e:
+        bad.append(str(e))
+        mixture = []
+    need(cfg.prompt_format in ("chat", "plain"), "prompt_format", "must be 'chat' or 'plain'")
+    need(cfg.seq_len >= 2, "seq_len", "must be >= 2 (a prompt token and an answer token)")
+    for k in ("max_samples", "val_size", "max_iters", "warmup_iters", "keep_last", "eval_samples"):
+        need(getattr(cfg, k) >= 0, k, "must be >= 0")
+    for k in ("batch_size", "grad_accum", "max_bad_steps", "log_interval", "eval_interval", "save_interval",
+              "eval_max_new_tokens", "eval_batch_size"):
+        need(getattr(cfg, k) >= 1, k, "must be >= 1")
+    need(cfg.max_iters > 0 or (finite(cfg.epochs) and cfg.epochs > 0), "epochs", "must be > 0 when max_iters = 0")
+    need(finite(cfg.max_time) and cfg.max_time >= 0, "max_time", "must be >= 0 seconds (0 = no limit)")
+    need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be > 0")
+    need(finite(cfg.min_lr_ratio) and 0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+    need(cfg.schedule in ("cosine", "linear", "constant"), "schedule", "must be cosine, linear or constant")
+    need(finite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
+    for k in ("beta1", "beta2"):
+        need(finite(getattr(cfg, k)) and 0 <= getattr(cfg, k) < 1, k, "must be in [0, 1)")
+    need(finite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
+    if cfg.eval_dataset:
+        if os.path.exists(cfg.eval_dataset) and any(os.path.exists(n) and os.path.samefile(n, cfg.eval_dataset)
+                                                    for n, _ in mixture):
+            bad.append(f"eval_dataset={cfg.eval_dataset!r} is also a training dataset: eval would grade the data "
+                       f"the model trains on")
+        elif cfg.eval_dataset in ("gsm8k", "math", "math500") or re.fullmatch(r"arith\d?", cfg.eval_dataset):
+            bad.append(f"eval_dataset={cfg.eval_dataset!r}: a named dataset would be judged on its test split, and "
+                       f"the eval during training picks best.pt; leave eval_dataset empty for problems held out from "
+                       f"the training data (val_size), or give a file of your own")
+        elif not os.path.exists(cfg.eval_dataset):
+            bad.append(f"eval_dataset={cfg.eval_dataset!r}: no such file or folder")
+    elif cfg.eval_samples:
+        need(cfg.val_size > 0, "val_size", "must be > 0 for eval_samples > 0 (the held-out problems it grades), "
+             "or set eval_dataset to a file")
+    if bad:
+        raise SystemExit("config: " + "; ".join(bad))
+
 
 # -----------------------------------------------------------------------------
 
@@ -229,14 +316,15 @@ def forward_backward(model, micro, ctx, scaler, device):
 
 
 def train(cfg):
-    """Runs the whole training job described by cfg; returns a summary dict. Raises TrainingError on a run that
-    cannot continue (too many non-finite steps)."""
+    """Runs the whole training job described by cfg; returns a summary dict. A bad setting or input is a
+    SystemExit / ValueError / FileNotFoundError naming it, raised before anything is written to out_dir; a run
+    that cannot continue (too many non-finite steps) raises TrainingError."""
     t_start = time.time()
+    check_config(cfg)
     try:
         device, ctx, scaler, dtype = setup_numerics(cfg.device, cfg.dtype)
     except ValueError as e:
         raise SystemExit(f"config: {e}")
-    os.makedirs(cfg.out_dir, exist_ok=True)
     print(f"device {device}, compute dtype {dtype}{', GradScaler' if scaler else ''}")
     print("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
 
@@ -248,6 +336,7 @@ def train(cfg):
         if path == "auto":
             found = list_checkpoints(cfg.out_dir)
             path = found[-1] if found else ""
+            print(f"resume=auto: {'found ' + path if path else f'no ckpt-*.pt in {cfg.out_dir}/, starting a fresh run'}")
         if path:
             ckpt = load_checkpoint(path)
             if "optimizer" not in ckpt:
@@ -258,13 +347,15 @@ def train(cfg):
                 raise SystemExit(f"cannot resume from {path}: these settings differ from the run that wrote it, and "
                                  f"the data order or the model depends on them: " + "; ".join(diff))
             print(f"resuming from {path} at step {ckpt['step']}")
+    if ckpt is None and not cfg.overwrite and (list_checkpoints(cfg.out_dir) or
+                                               os.path.exists(os.path.join(cfg.out_dir, "best.pt"))):
+        raise SystemExit(f"out_dir={cfg.out_dir!r} already holds a run (ckpt-*.pt / best.pt): continue it with "
+                         f"--resume=auto, replace it with --overwrite=true, or choose another out_dir")
 
     model, tok = build_model(cfg, device)
     if ckpt:
         model.load_state_dict(ckpt["model"])
     model.grad_checkpointing = cfg.grad_checkpointing
-    save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
-    write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
     print(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.config}")
 
     train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
@@ -272,12 +363,37 @@ def train(cfg):
     st = train_ds.stats()
     print(f"train data: {st['examples']} examples -> {st['rows_per_epoch']} rows of {cfg.seq_len} tokens per epoch "
           f"({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
-          f"({st['supervised_tokens_cut']} supervised tokens cut)")
+          f"({st['supervised_tokens_cut']} supervised tokens cut, {st['examples_without_answer_tokens']} examples "
+          f"left with no answer token)")
     rows_per_step = cfg.batch_size * cfg.grad_accum
     total_steps = cfg.max_iters or train_ds.total_rows(cfg.epochs) // rows_per_step
     if total_steps <= 0:
-        raise SystemExit(f"no optimizer steps: {train_ds.total_rows(cfg.epochs)} rows in {cfg.epochs} epochs < one "
-                         f"step of {rows_per_step} rows (batch_size * grad_accum)")
+        raise SystemExit(f"config: epochs={cfg.epochs} gives {train_ds.total_rows(cfg.epochs)} rows, less than one "
+                         f"step of batch_size * grad_accum = {rows_per_step} rows; raise epochs or set max_iters")
+    # the eval during training grades problems held out of the training data (never a test split): best.pt is
+    # chosen by it
+    eval_problems = None
+    if cfg.eval_samples:
+        pool = data.load_dataset(cfg.eval_dataset) if cfg.eval_dataset else (val_ds.examples if val_ds else [])
+        eval_problems = [p for p in pool if p.get("answer") is not None][:cfg.eval_samples]
+        if not eval_problems:
+            raise SystemExit(f"config: eval_samples={cfg.eval_samples}, but the "
+                             f"{'eval_dataset' if cfg.eval_dataset else 'held-out examples'} have no gold answers to "
+                             f"grade; set eval_samples=0 (validation loss only)")
+
+    # everything is checked: now the output folder is written
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    n_tmp = remove_orphan_tmp(cfg.out_dir)
+    if n_tmp:
+        print(f"removed {n_tmp} temporary file(s) left in {cfg.out_dir} by an interrupted save")
+    save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
+    write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if os.path.exists(metrics_path):
+        # one row per step: a resumed run logs the steps after its checkpoint again, so the rows a crashed run
+        # wrote past it go; a fresh run (overwrite) starts the file anew
+        rows = [r for r in data.read_jsonl(metrics_path) if ckpt and r.get("step", 0) <= ckpt["step"]]
+        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # AdamW with decay on matrices only (not norms, biases); fused on CUDA
     params = [p for p in model.parameters() if p.requires_grad]
@@ -308,8 +424,6 @@ def train(cfg):
             for old in list_checkpoints(cfg.out_dir)[:-cfg.keep_last]:
                 os.remove(old)
 
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-
     def log(rec):
         with open(metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -323,11 +437,6 @@ def train(cfg):
             wandb_run = wandb.init(project=cfg.wandb_project, config=dataclasses.asdict(cfg))
         except ImportError:
             print("wandb_project is set but wandb is not installed: logging to metrics.jsonl only")
-
-    eval_problems = None
-    if cfg.eval_samples:
-        name = cfg.eval_dataset or data.parse_mixture(cfg.datasets)[0][0]
-        eval_problems = data.load_dataset(name, "test")[:cfg.eval_samples]
 
     def run_eval():
         nonlocal best
@@ -436,9 +545,13 @@ def train(cfg):
 def main(argv=None):
     cfg = load_config(sys.argv[1:] if argv is None else argv)
     try:
-        train(cfg)
+        summary = train(cfg)
     except TrainingError as e:
         raise SystemExit(f"training stopped: {e}")
+    except (ValueError, OSError) as e:  # bad input (a dataset, a checkpoint, a file): one line, no traceback
+        raise SystemExit(f"error: {e}")
+    if summary["stop_reason"] == "interrupted":
+        raise SystemExit(130)  # Ctrl-C, after the checkpoint is saved
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_corrupt_and_mismatched_checkpoints(ckpts, tmp_path):
 
     d = _copy_ckpt(src, tmp_path / "trunc")
     (d / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated or corrupt.*beyond"):
+    with pytest.raises(ValueError, match="truncated: the tensors cover"):
         C.from_pretrained(d)
     (d / "model.safetensors").write_bytes((10**12).to_bytes(8, "little") + data[8:100])
     with pytest.raises(ValueError, match="header length 1000000000000"):
@@ -111,6 +111,13 @@ def test_corrupt_and_mismatched_checkpoints(ckpts, tmp_path):
     (d / "model.safetensors").write_bytes(len(h).to_bytes(8, "little") + h)
     with pytest.raises(ValueError, match="corrupt safetensors header entry for 'model.norm.weight'"):
         C.from_pretrained(d)
+    # malformed entries the reference package also rejects: a list dtype, string offsets, a negative shape
+    for entry in ('{"dtype":["F32"],"shape":[2],"data_offsets":[0,8]}', '{"dtype":"F32","shape":[2],"data_offsets":["0","8"]}',
+                  '{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}', '{"dtype":"F32","shape":[2],"data_offsets":[0]}'):
+        h = ('{"x":' + entry + '}').encode()
+        (d / "model.safetensors").write_bytes(len(h).to_bytes(8, "little") + h + bytes(8))
+        with pytest.raises(ValueError, match="corrupt safetensors header entry for 'x'"):
+            C.read_safetensors(d / "model.safetensors")
 
     d = _copy_ckpt(src, tmp_path / "int")
     save_file({**{k: v.clone() for k, v in sd.items()}, "model.extra": torch.zeros(3, dtype=torch.int64)},
@@ -137,6 +144,50 @@ def test_corrupt_and_mismatched_checkpoints(ckpts, tmp_path):
 
     with pytest.raises(ValueError, match="only float32, float16, bfloat16"):
         C.write_safetensors(tmp_path / "x.safetensors", {"a": torch.zeros(2, dtype=torch.int32)})
+
+
+def _shift_offsets(raw, by, which=None):
+    """A safetensors file whose data offsets are shifted by `by` bytes (all tensors, or the one named)."""
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    for name, info in header.items():
+        if name != "__metadata__" and which in (None, name):
+            info["data_offsets"] = [o + by for o in info["data_offsets"]]
+    hb = json.dumps(header).encode()
+    return len(hb).to_bytes(8, "little") + hb + raw[8 + n:]
+
+
+def test_safetensors_offsets_must_tile_the_data_section(ckpts, tmp_path):
+    raw = (ckpts["qwen-fp32"] / "model.safetensors").read_bytes()
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(_shift_offsets(raw, 1))  # every tensor one byte late: it would load as garbage
+    with pytest.raises(ValueError, match="do not follow the previous tensor's end 0"):
+        C.read_safetensors(f)
+    f.write_bytes(_shift_offsets(raw, 4, which="model.norm.weight"))  # one tensor overlaps the next
+    with pytest.raises(ValueError, match="'model.norm.weight'.*do not follow|do not follow"):
+        C.read_safetensors(f)
+    f.write_bytes(raw + b"\0" * 8)  # bytes after the last tensor
+    with pytest.raises(ValueError, match="corrupt: the tensors cover .* but the data section has"):
+        C.read_safetensors(f)
+    f.write_bytes(raw)
+    assert len(C.read_safetensors(f)) == len(C.read_safetensors(ckpts["qwen-fp32"] / "model.safetensors"))
+
+
+def test_config_json_must_be_an_object(ckpts, tmp_path):
+    d = _copy_ckpt(ckpts["qwen-fp32"], tmp_path / "c")
+    (d / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config\.json: expected a JSON object, got list"):
+        C.from_pretrained(d)
+    (d / "config.json").write_bytes(b'{"model_type": "qwen2\xff"}')
+    with pytest.raises(ValueError, match="invalid JSON"):
+        C.from_pretrained(d)
+
+
+def test_missing_paths_get_no_download_hint(tmp_path):
+    for p in (tmp_path / "nope", "out/best.pt", "./runs/x", "a/b/c"):
+        with pytest.raises(FileNotFoundError) as e:
+            C.load_model(str(p))
+        assert "no such file or folder" in str(e.value) and "download" not in str(e.value)
 
 
 def test_hub_id_resolution(ckpts, tmp_path, monkeypatch):

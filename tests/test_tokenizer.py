@@ -349,6 +349,28 @@ def test_math_interface_and_file(math_tok, tmp_path):
     assert T.load_tokenizer(tmp_path).encode(s) == math_tok.encode(s)
 
 
+def test_math_tokenizer_in_hf_form_gives_our_ids(math_tok, texts, tmp_path):
+    # what --export-hf writes for a from-scratch model: AutoTokenizer loads it, ids and chat rendering equal ours
+    import tokenizers
+    import transformers
+    ht = tokenizers.Tokenizer.from_str(math_tok.hf_files()["tokenizer.json"].decode())
+    rng = random.Random(1)
+    sample = rng.sample(texts, 8000) + HARD
+    ours = math_tok.encode_batch(sample, num_threads=2)  # special-token text becomes special tokens, as in HF
+    theirs = [e.ids for e in ht.encode_batch(sample, add_special_tokens=False)]
+    bad = [t for t, a, b in zip(sample, ours, theirs) if a != b]
+    assert not bad, bad[0][:200]
+    for fname, raw in math_tok.hf_files().items():
+        (tmp_path / fname).write_bytes(raw)
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    s = "Let $x = \\frac{3}{4}$, so 2x = 1.5."
+    assert auto.encode(s, add_special_tokens=False) == math_tok.encode(s)
+    msgs = [{"role": "user", "content": "What is 2 + 3?"}]
+    hf_ids = auto.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert list(hf_ids) == math_tok.render_chat(msgs, add_generation_prompt=True)[0]
+    assert auto.decode(math_tok.encode(s)) == s
+
+
 def test_math_roundtrips_every_vendored_string(math_tok, texts):
     ids = math_tok.encode_batch(texts, num_threads=2)
     bad = [t for t, i in zip(texts, ids) if math_tok.decode(i) != t]

@@ -1,0 +1,259 @@
+"""Bad input and faults, as a new user meets them: every case ends with a non-zero exit (SystemExit, no other
+exception: no traceback), one line naming the key, file or line at fault, and nothing written before is changed.
+Damaged checkpoints are refused, held-out data steers training, leftovers are cleaned up."""
+import hashlib
+import io
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import checkpoint as C  # noqa: E402
+import grade as G  # noqa: E402
+import sample as S  # noqa: E402
+import train  # noqa: E402
+from model import Transformer  # noqa: E402
+
+TINY = ["--n_layer=1", "--n_embd=32", "--n_head=2", "--seq_len=96", "--batch_size=4", "--max_samples=300",
+        "--val_size=16", "--eval_samples=0", "--log_interval=1", "--eval_interval=1000", "--warmup_iters=2",
+        "--lr=1e-3"]
+
+
+def fails(fn, *args, match):
+    """fn(*args) must stop with SystemExit (a one-line message matching `match`, non-zero) and nothing else."""
+    with pytest.raises(SystemExit) as e:
+        fn(*args)
+    msg = str(e.value.code)
+    assert e.value.code not in (0, None) and "\n" not in msg, msg
+    assert match in msg, msg
+    return msg
+
+
+def run_train(tmp_path, *flags):
+    return train.main(TINY + [f"--out_dir={tmp_path}", *flags])
+
+
+def snapshot(folder):
+    """{relative path: sha256} of every file under folder: to show nothing was changed."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished tiny run: ckpt-000004.pt, best.pt, tokenizer/, metrics.jsonl."""
+    d = tmp_path_factory.mktemp("run")
+    run_train(d, "--max_iters=4", "--save_interval=2", "--eval_interval=2", "--keep_last=5")
+    return d
+
+# ---------------------------------------------------------------- train.py: settings
+
+
+def test_help_lists_every_field_with_default_and_comment(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["-h"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for f in train.dataclasses.fields(train.Config):
+        assert f"--{f.name}=" in out, f.name
+    assert "--batch_size=16" in out and "rows per micro-batch" in out
+
+
+def test_flags_apply_after_the_config_file_whatever_their_order(tmp_path):
+    p = tmp_path / "exp.py"
+    p.write_text("lr = 2e-5\nbatch_size = 3\n")
+    cfg = train.load_config(["--batch_size=5", str(p), "--pack=false"])
+    assert cfg.batch_size == 5 and cfg.lr == 2e-5 and cfg.pack is False
+
+
+@pytest.mark.parametrize("flag,key", [
+    ("--batch_size=0", "batch_size"), ("--grad_accum=0", "grad_accum"), ("--lr=-1", "lr"), ("--lr=nan", "lr"),
+    ("--log_interval=0", "log_interval"), ("--eval_interval=0", "eval_interval"), ("--save_interval=0", "save_interval"),
+    ("--seq_len=1", "seq_len"), ("--max_iters=-5", "max_iters"), ("--schedule=cosin", "schedule"),
+    ("--beta2=1", "beta2"), ("--n_embd=30", "n_embd"), ("--dtype=float64", "dtype"), ("--device=tpu", "device"),
+    ("--prompt_format=chatml", "prompt_format"), ("--datasets=gsm8k:-1", "gsm8k:-1"), ("--eval_dataset=gsm8k", "eval_dataset"),
+    ("--model_preset=big", "model_preset"), ("--resume=nope.pt", "resume"), ("--eval_max_new_tokens=0", "eval_max_new_tokens"),
+])
+def test_bad_setting_is_one_line_naming_the_key_and_writes_nothing(tmp_path, flag, key):
+    out = tmp_path / "out"
+    fails(run_train, out, flag, match=key)
+    assert not out.exists()  # checked before anything is written
+
+
+def test_device_cuda_without_cuda_is_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    fails(run_train, tmp_path / "o", "--device=cuda", match="CUDA is not available")
+    fails(S.main, ["--ckpt", "x", "--prompt", "p", "--device", "cuda"], match="CUDA is not available")
+    fails(S.main, ["--ckpt", "x", "--prompt", "p", "--dtype", "float16"], match="float16 needs CUDA")
+
+
+def test_config_file_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "exp.py"
+    p.write_text("lr = 1e-3\nbatch_size = = 4\n")
+    fails(train.load_config, [str(p)], match="exp.py:2:")
+    p.write_text("lr = 1e-3\nx = 1 / 0\n")
+    fails(train.load_config, [str(p)], match="exp.py:2: ZeroDivisionError")
+    fails(train.load_config, [str(tmp_path)], match="config file not found")
+
+
+def test_run_that_learns_nothing_is_refused(tmp_path):
+    # every example is longer than seq_len: no answer token survives truncation
+    out = tmp_path / "out"
+    fails(run_train, out, "--seq_len=8", match="seq_len")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content,match", [
+    (b'{"question": "q", oops}\n', "data.jsonl:1: invalid JSON"),
+    (b"", "has no rows"),
+    (b'{"question": "q", "answer": "a\\n#### 1"}\n{"question": "q\xff", "answer": "#### 2"}\n', "data.jsonl:2: not UTF-8"),
+    (b'{"question": null, "answer": "#### 1"}\n', "data.jsonl:1: 'question' must be a string, got null"),
+    (b'{"question": "q", "answer": "no marker"}\n', "data.jsonl:1: no '#### <answer>' line"),
+    (b'{"prompt": "p"}\n', "data.jsonl:1: cannot tell the layout"),
+    (b'[1, 2]\n', "expected a JSON object"),
+])
+def test_bad_dataset_file_names_file_and_line(tmp_path, content, match):
+    f = tmp_path / "data.jsonl"
+    f.write_bytes(content)
+    out = tmp_path / "out"
+    fails(run_train, out, f"--datasets={f}", match=match)
+    assert not out.exists()
+
+
+def test_eval_file_must_not_be_a_training_file(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(50)))
+    fails(run_train, tmp_path / "o", f"--datasets={f}", f"--eval_dataset={f}", "--eval_samples=4",
+          match="is also a training dataset")
+
+# ---------------------------------------------------------------- train.py: runs
+
+
+def test_eval_during_training_uses_held_out_training_problems(tmp_path):
+    run_train(tmp_path, "--max_iters=2", "--eval_interval=2", "--eval_samples=5", "--eval_max_new_tokens=4")
+    ids = {json.loads(line)["id"] for line in open(tmp_path / "samples.jsonl")}
+    # arith2's training problems come from seed 0, its test problems from seed 1: only the former may be graded
+    assert ids and all(i.startswith("arith2-0:") for i in ids), ids
+
+
+def test_fresh_run_will_not_overwrite_a_run(run_dir):
+    before = snapshot(run_dir)
+    fails(run_train, run_dir, "--max_iters=4", match="already holds a run")
+    assert snapshot(run_dir) == before
+
+
+def test_resume_auto_says_what_it_found(tmp_path, capsys):
+    run_train(tmp_path, "--max_iters=2", "--resume=auto")
+    assert "no ckpt-*.pt" in capsys.readouterr().out
+    run_train(tmp_path, "--max_iters=3", "--resume=auto")
+    assert "found " + str(tmp_path / "ckpt-000002.pt") in capsys.readouterr().out
+
+
+def test_resume_keeps_one_metrics_row_per_step_and_removes_leftover_tmp(tmp_path):
+    run_train(tmp_path, "--max_iters=6", "--save_interval=3", "--keep_last=5")
+    (tmp_path / "ckpt-000006.pt.a1b2c3d4.tmp").write_bytes(b"half a checkpoint")  # a kill during a save
+    run_train(tmp_path, "--max_iters=8", f"--resume={tmp_path}/ckpt-000003.pt", "--save_interval=3", "--keep_last=5")
+    steps = [r["step"] for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "loss" in r]
+    assert steps == list(range(1, 9))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("where", [0.5, 0.9])  # in the middle (model weights) and late (optimizer state)
+def test_damaged_checkpoint_is_refused_and_left_alone(run_dir, tmp_path, where):
+    src = run_dir / "ckpt-000004.pt"
+    raw = bytearray(src.read_bytes())
+    at = int(len(raw) * where)
+    for i in range(at, at + 1000):
+        raw[i] ^= 0x55
+    bad = tmp_path / "ckpt-000004.pt"
+    bad.write_bytes(bytes(raw))
+    before = bad.read_bytes()
+    with pytest.raises(ValueError, match="damaged|cannot be read"):
+        C.load_checkpoint(str(bad))
+    fails(run_train, tmp_path / "o", "--max_iters=6", f"--resume={bad}", match="ckpt-000004.pt")
+    fails(S.main, ["--ckpt", str(bad), "--prompt", "x"], match="ckpt-000004.pt")
+    assert bad.read_bytes() == before
+    assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_saves_then_exits_130(tmp_path, monkeypatch):
+    real, calls = Transformer.forward, {"n": 0}
+
+    def interrupted(self, idx, targets=None, **kw):
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+        return real(self, idx, targets, **kw)
+    monkeypatch.setattr(Transformer, "forward", interrupted)
+    with pytest.raises(SystemExit) as e:
+        run_train(tmp_path, "--max_iters=10")
+    assert e.value.code == 130
+    assert (tmp_path / "ckpt-000002.pt").exists()
+    C.load_checkpoint(str(tmp_path / "ckpt-000002.pt"))  # complete and verified
+
+
+def test_init_from_missing_local_path_gets_no_download_hint(tmp_path):
+    msg = fails(run_train, tmp_path / "o", f"--init_from={tmp_path}/nope", match="no such file or folder")
+    assert "download" not in msg
+
+# ---------------------------------------------------------------- sample.py
+
+
+def test_sample_bad_options_are_one_line(run_dir):
+    ck = str(run_dir)
+    fails(S.main, ["--ckpt", ck, "--prompt", "x", "--max-new-tokens", "0"], match="--max-new-tokens must be >= 1")
+    fails(S.main, ["--ckpt", ck, "--prompt", "x", "--max-new-tokens", "abc"], match="invalid int value")
+    fails(S.main, ["--ckpt", ck, "--eval", "math500", "--split", "train"], match="only a test split")
+    fails(S.main, ["--ckpt", ck, "--prompts", str(run_dir / "nope.txt")], match="nope.txt: file not found")
+    fails(S.main, ["--ckpt", ck, "--prompts", str(run_dir / "tokenizer")], match="tokenizer: cannot be read")
+    fails(S.main, ["--ckpt", ck, "--top-p", "0"], match="top_p")
+
+
+def test_sample_empty_stdin_is_one_line(run_dir, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    fails(S.main, ["--ckpt", str(run_dir)], match="no prompts")
+
+
+def test_partial_eval_does_not_overwrite_the_full_one(run_dir, capsys):
+    args = ["--ckpt", str(run_dir / "best.pt"), "--eval", "arith2", "--max-new-tokens", "4"]
+    S.main(args + ["--max-samples", "6"])
+    full = run_dir / "eval-best-arith2-test-n6.jsonl"
+    assert full.exists()
+    S.main(args + ["--max-samples", "3"])
+    assert (run_dir / "eval-best-arith2-test-n3.jsonl").exists() and len(full.read_text().splitlines()) == 6
+    before = full.read_bytes()
+    fails(S.main, args + ["--max-samples", "6"], match="exists: pass --overwrite")
+    assert full.read_bytes() == before
+    S.main(args + ["--max-samples", "6", "--overwrite"])
+    assert full.read_bytes() == before  # the same eval again: the same records
+
+
+def test_max_new_tokens_is_honoured(run_dir, capsys):
+    outs = S.main(["--ckpt", str(run_dir), "--prompt", "What is 2 + 3?", "--prompt", "x", "--max-new-tokens", "3"])
+    assert all(len(o) <= 3 for o in outs)
+
+# ---------------------------------------------------------------- grader
+
+
+def test_grader_takes_numbers_and_knows_truncation():
+    assert G.grade("so the answer is \\boxed{72}", 72).correct
+    assert G.grade("she pays 72 dollars", 72.0).correct and G.grade("x = 0.5", 0.5).correct
+    assert not G.grade("anything", None).correct
+    # cut off at the token limit with no stated answer: the incidental last number is not an answer
+    cut = "First, 24 + 48 = 72, then we add the 12 apples from the second basket, which gives"
+    assert G.grade(cut + " 72", "72").correct  # finished text: the last-number fallback applies
+    g = G.grade(cut + " 72", "72", truncated=True)
+    assert not g.correct and g.extracted is None
+    assert G.grade("so \\boxed{72} and then", "72", truncated=True).correct  # a stated answer still counts
+    with pytest.raises(TypeError, match="string or a number"):
+        G.grade("x", ["72"])
