@@ -4,12 +4,15 @@
 # MATH-500, and 8 samples per problem on 1,000 GSM8K training problems. Logs and summaries go to $OUT.
 set -o pipefail
 export PYTHONUNBUFFERED=1
+now() { date +%s.%N; }
+since() { python3 -c "import sys, time; print(f'wall {time.time() - float(sys.argv[1]):.1f} s')" $1; }
 M=$HOME/real_model/qwen2.5-coder-0.5b-instruct
 E=$HOME/evals; mkdir -p $E
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/evals.log
 timeout 150 python3 notes/real_model/parity_real.py $M 2>&1 | grep -v Warn | tee $OUT/parity.log
 run() { name=$1; shift; echo "== $name: python3 sample.py $*" | tee -a $OUT/evals.log
-  /usr/bin/time -f "wall %e s" timeout 300 python3 sample.py "$@" --out $E/$name.jsonl 2>&1 | grep -v "Warn\|generate:" | tail -4 | tee -a $OUT/evals.log
+  t0=$(now); timeout 300 python3 sample.py "$@" --out $E/$name.jsonl 2>&1 | grep -v "Warn\|generate:" | tail -4 | tee -a $OUT/evals.log
+  since $t0 | tee -a $OUT/evals.log
   cp $E/$name.summary.json $OUT/ 2>/dev/null; }
 run base_gsm8k --ckpt $M --eval gsm8k
 cp $E/base_gsm8k.jsonl $OUT/
