@@ -390,15 +390,21 @@ def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_sam
                    system_prompt=SYSTEM_PROMPT):
     """Train and validation Datasets from a mixture spec ('gsm8k:1,math:0.5'). Each dataset is shuffled with a
     fixed seed; the validation examples are held out from the front of that order (val_size split across datasets
-    in proportion to their sizes) and max_samples (if > 0) caps each dataset's training examples."""
+    in proportion to their sizes) and max_samples (if > 0) caps each dataset's training examples. Held out means
+    held out: a training example whose problem text equals a validation problem's (datasets repeat problems:
+    generated arithmetic often does) is dropped, so the eval that picks best.pt never grades a trained-on problem."""
     train, val, ranges = [], [], []
     parts = [(name, w, load_dataset(name, "train")) for name, w in parse_mixture(spec)]
     total = sum(len(rows) for _, _, rows in parts)
+    orders = []
     for name, w, rows in parts:
         order = np.random.default_rng([seed, 7]).permutation(len(rows))
         n_val = math.ceil(val_size * len(rows) / total) if val_size else 0
         val += [rows[i] for i in order[:n_val]]
-        tr = [rows[i] for i in order[n_val:]]
+        orders.append(order[n_val:])
+    held = {ex["prompt"] for ex in val}
+    for (name, w, rows), order in zip(parts, orders):
+        tr = [rows[i] for i in order if rows[i]["prompt"] not in held]
         if max_samples:
             tr = tr[:max_samples]
         ranges.append((len(train), len(train) + len(tr), w))

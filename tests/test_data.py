@@ -176,3 +176,9 @@ def test_build_datasets_val_is_held_out_and_max_samples():
     tr, va = data.build_datasets("arith", tok, 64, "plain", max_samples=300, val_size=50)
     assert len(tr.examples) == 300 and len(va.examples) == 50
     assert not {e["id"] for e in tr.examples} & {e["id"] for e in va.examples}
+    # generated arithmetic repeats problems: no validation problem may also be a training problem
+    tr, va = data.build_datasets("arith2", tok, 64, "plain", val_size=200)
+    rows = data.load_dataset("arith2", "train")
+    held = {e["prompt"] for e in va.examples}
+    assert len(va.examples) == 200 and not held & {e["prompt"] for e in tr.examples}
+    assert len(tr.examples) < len(rows) - 200  # the repeats of held-out problems really were dropped
