@@ -4,6 +4,8 @@ Benchmarks against the Hugging Face reference, measured in the same run on the s
     python bench.py gen                                   # random weights at the Qwen2.5-0.5B shape, GSM8K test prompts
     python bench.py gen --model 1.5b                      # the Qwen2.5-1.5B shape
     python bench.py gen --model /path/to/Qwen2.5-0.5B-Instruct   # a real checkpoint: answers are graded too
+    python bench.py train                                 # SFT steps on GSM8K: ours vs the HF Trainer recipe, 0.5B shape
+    python bench.py train --model 1.5b --hf-steps 0 --grad-checkpointing -1 --batch-size 4 --grad-accum 8
 
 gen: our engine (engine.evaluate: continuous batching, CUDA-graph decode step) against Hugging Face `generate`
 (bf16 weights, SDPA attention, left-padded static batches sorted by length, greedy), both on the first --hf-n
@@ -11,8 +13,17 @@ prompts of the dataset; then our engine alone on all --n prompts. It prints the 
 new tokens/s, accuracy (meaningful for a real checkpoint only) and the ratio. Random weights rarely emit a stop
 token, so both sides then generate --max-new-tokens for (nearly) every prompt: the same work for each.
 transformers is needed only for the reference; without it the reference is skipped.
+
+train: GSM8K SFT steps with train.py's own pieces (packed rows of --seq-len, compiled blocks with flex attention
+unless --no-compile, chunked loss, fused AdamW, fp32 master weights + bf16 autocast) against the Hugging Face
+Trainer recipe (fp32 weights + bf16 autocast, batches of 16 examples right-padded to their longest, SDPA, its
+default AdamW), on the same examples. It prints real (non-padding) tokens/s, MFU against the datasheet peak and
+against a bf16 matmul peak measured in the same run, peak memory, the time to the first step, and the ratios.
+Before timing, one batch goes through the compiled (flex) and the eager (boolean-mask SDPA) path: loss and
+gradient differences are printed, a check that the fast path computes the same thing.
 """
 import argparse
+import dataclasses
 import importlib.util
 import os
 import platform
@@ -24,9 +35,10 @@ import torch
 
 import data
 import grade as G
+import train
 from checkpoint import load_model, save_pretrained, save_tokenizer
 from engine import EVAL_MAX_NEW_TOKENS, evaluate
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -156,6 +168,195 @@ def _bench_gen(args, device, dtype, tmp):
               f"{same}/{n_hf} responses identical")
 
 
+# -----------------------------------------------------------------------------
+# training
+
+
+def matmul_peak():
+    """bf16 TFLOP/s of a large matrix product on this GPU, measured (the ceiling MFU is honest against)."""
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(20):
+        a @ b
+    e1.record()
+    torch.cuda.synchronize()
+    return 20 * 2 * 8192**3 / (e0.elapsed_time(e1) / 1e3)
+
+
+def real_tokens(ds, rows):
+    return sum(min(ds.lengths[i], ds.seq_len) for r in rows for i in r)
+
+
+def ours_train(args, folder, steps):
+    """Our training step, timed: -> dict of results."""
+    if args.config:  # an experiment's own settings (data, rows, batch, checkpointing), on the model given here
+        cfg = train.load_config([args.config])
+        cfg = dataclasses.replace(cfg, init_from=folder, eval_samples=0, compile=not args.no_compile)
+    else:
+        cfg = train.Config(init_from=folder, datasets="gsm8k", prompt_format="chat", seq_len=args.seq_len,
+                           batch_size=args.batch_size, grad_accum=args.grad_accum, lr=1e-5, weight_decay=0.0,
+                           beta2=0.95, compile=not args.no_compile, grad_checkpointing=args.grad_checkpointing,
+                           eval_samples=0)
+    cuda = torch.cuda.is_available()
+    device, ctx, scaler, _ = setup_numerics("cuda" if cuda else "cpu", "bfloat16")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    model, tok = train.build_model(cfg, device)
+    train_ds, _ = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
+                                      val_size=cfg.val_size, system_prompt=cfg.system_prompt)
+    model.grad_checkpointing = cfg.grad_checkpointing
+    opt, params = train.make_optimizer(model, cfg, device)
+    rows_per_step = cfg.batch_size * cfg.grad_accum
+    micro = lambda step: [train_ds.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size)  # noqa: E731
+                          for m in range(cfg.grad_accum)]
+    step_tokens = lambda step: real_tokens(train_ds, [train_ds.row(step * rows_per_step + r)  # noqa: E731
+                                                      for r in range(rows_per_step)])
+    check = None
+    if cfg.compile and cuda:
+        # the same bf16 batch through the eager path (boolean-mask SDPA) and the compiled one (flex attention)
+        b = micro(0)[:1]
+        res = []
+        for compiled in (False, True):
+            model.compiled_blocks = None
+            if compiled:
+                model.compile_blocks()
+            model.zero_grad(set_to_none=True)
+            loss, _ = train.forward_backward(model, b, ctx, scaler, device)
+            g = torch.cat([p.grad.float().flatten() for p in params if p.grad is not None])
+            res.append((loss.item(), g))
+        (l0, g0), (l1, g1) = res
+        check = (abs(l1 - l0) / abs(l0), ((g1 - g0).norm() / g0.norm()).item())
+        model.zero_grad(set_to_none=True)
+    t_setup = time.time() - t0
+    times, toks = [], 0
+    for step in range(steps):
+        mb = micro(step + 1)
+        sync()
+        ts = time.time()
+        loss, _ = train.forward_backward(model, mb, ctx, scaler, device)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()  # the one sync per step train.py has (its non-finite guard)
+        sync()
+        times.append(time.time() - ts)
+        if step >= args.warmup:
+            toks += step_tokens(step + 1)
+    steady = sum(times[args.warmup:])
+    res = {"name": "ours", "real_tok_s": toks / steady, "step_s": steady / (steps - args.warmup),
+           "first_s": t_setup + times[0], "mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+           "flops_per_token": model.flops_per_token(cfg.seq_len), "check": check, "rows": rows_per_step,
+           "fill": train_ds.stats()["fill"]}
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for step in range(3):
+                loss, _ = train.forward_backward(model, micro(steps + step), ctx, scaler, device)
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+    del model, opt
+    if cuda:
+        torch.cuda.empty_cache()
+    return res, train_ds, tok, cfg
+
+
+def hf_train(args, folder, train_ds, tok, steps):
+    """The Hugging Face Trainer recipe on the same GSM8K examples, timed per step with a callback."""
+    import transformers
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
+    n = args.hf_batch_size * (steps + 1)
+    examples = [train_ds.examples[i] for i in range(min(n, len(train_ds.examples)))]
+    feats = [{"input_ids": ex["ids"][:args.seq_len],
+              "labels": [t if m else -100 for t, m in zip(ex["ids"], ex["mask"])][:args.seq_len]} for ex in examples]
+
+    toks = []  # real tokens of each batch, in the order the Trainer asks for them (one batch per step)
+
+    def collate(batch):  # right padding to the longest in the batch, labels -100 on pads and prompts
+        T = max(len(f["input_ids"]) for f in batch)
+        toks.append(sum(len(f["input_ids"]) for f in batch))
+        ids = torch.tensor([f["input_ids"] + [tok.pad_id] * (T - len(f["input_ids"])) for f in batch])
+        labels = torch.tensor([f["labels"] + [-100] * (T - len(f["labels"])) for f in batch])
+        am = torch.tensor([[1] * len(f["input_ids"]) + [0] * (T - len(f["input_ids"])) for f in batch])
+        return {"input_ids": ids, "labels": labels, "attention_mask": am}
+
+    times = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            torch.cuda.synchronize()
+            self.t = time.time()
+
+        def on_step_end(self, *a, **k):
+            torch.cuda.synchronize()
+            times.append(time.time() - self.t)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = transformers.TrainingArguments(output_dir=tmp, per_device_train_batch_size=args.hf_batch_size,
+                                               bf16=True, max_steps=steps, learning_rate=1e-5, warmup_steps=10,
+                                               lr_scheduler_type="cosine", logging_steps=10**6, save_strategy="no",
+                                               report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
+                                               max_grad_norm=1.0, weight_decay=0.0, adam_beta2=0.95,
+                                               use_cpu=not torch.cuda.is_available())
+        trainer = transformers.Trainer(model=hf, args=targs, train_dataset=feats, data_collator=collate,
+                                       callbacks=[Clock()])
+        t_ready = time.time() - t0
+        trainer.train()
+    steady = sum(times[args.warmup:])
+    res = {"name": "HF Trainer", "real_tok_s": sum(toks[args.warmup:len(times)]) / steady,
+           "step_s": steady / (len(times) - args.warmup), "first_s": t_ready + times[0],
+           "mem_gib": torch.cuda.max_memory_allocated() / 2**30, "rows": args.hf_batch_size}
+    del trainer, hf
+    torch.cuda.empty_cache()
+    return res
+
+
+def bench_train(args):
+    print(f"machine: {machine()}")
+    cuda = torch.cuda.is_available()
+    peak_meas = matmul_peak() if cuda else None
+    peak_sheet = train.gpu_peak_flops("cuda", "bfloat16") if cuda else None
+    if peak_meas:
+        print(f"bf16 matmul peak measured now: {peak_meas / 1e12:.0f} TFLOP/s; datasheet: "
+              + (f"{peak_sheet / 1e12:.0f} TFLOP/s" if peak_sheet else "unknown"))
+    with tempfile.TemporaryDirectory(prefix="nanomath-bench-") as tmp:
+        if args.model in SHAPES:
+            model, tok, folder, label = get_model(args.model, "cuda" if cuda else "cpu", torch.bfloat16, tmp)
+            del model
+        else:
+            folder, label = args.model, args.model
+        ours, train_ds, tok, cfg = ours_train(args, folder, args.steps)
+        print(f"model: {label}; {cfg.datasets} train, {cfg.prompt_format} format, loss on answers; ours"
+              f"{' (' + args.config + ')' if args.config else ''}: {'packed ' if cfg.pack else ''}rows of "
+              f"{cfg.seq_len} ({ours['fill']:.1%} real tokens), batch {cfg.batch_size} x accumulation "
+              f"{cfg.grad_accum}, compile {cfg.compile}, grad checkpointing {cfg.grad_checkpointing}; "
+              f"HF: batches of {args.hf_batch_size}; {args.steps} steps, the first {args.warmup} not timed")
+        rows = [ours]
+        if args.hf_steps and cuda and importlib.util.find_spec("transformers") is not None:
+            rows.append(hf_train(args, folder, train_ds, tok, args.hf_steps))
+    fpt = ours["flops_per_token"]
+    if ours["check"]:
+        print(f"compiled (flex) vs eager (SDPA) on one bf16 batch: loss rel diff {ours['check'][0]:.2e}, gradient "
+              f"rel diff {ours['check'][1]:.2e}")
+    print(f"\n{'run':<12} {'real tok/s':>11} {'step s':>8} {'MFU sheet':>10} {'MFU meas':>9} {'peak GiB':>9} "
+          f"{'first step s':>13}")
+    for r in rows:
+        mfu = lambda peak: f"{fpt * r['real_tok_s'] / peak:.1%}" if peak else "-"  # noqa: E731
+        print(f"{r['name']:<12} {r['real_tok_s']:>11.0f} {r['step_s']:>8.3f} {mfu(peak_sheet):>10} "
+              f"{mfu(peak_meas):>9} {r['mem_gib']:>9.1f} {r['first_s']:>13.1f}")
+    if len(rows) > 1:
+        print(f"\nours / HF Trainer: {rows[0]['real_tok_s'] / rows[1]['real_tok_s']:.2f}x the real tokens/s, "
+              f"{rows[0]['mem_gib'] / rows[1]['mem_gib']:.2f}x the peak memory")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     sub = ap.add_subparsers(dest="what", required=True)
@@ -169,9 +370,24 @@ def main(argv=None):
     g.add_argument("--hf-batch-size", type=int, default=128)
     g.add_argument("--max-new-tokens", type=int, default=0, help="0 = the evaluation protocol's")
     g.add_argument("--dtype", default="bfloat16")
+    t = sub.add_parser("train", help="training steps: ours vs the Hugging Face Trainer recipe")
+    t.add_argument("--model", default="0.5b", help="0.5b, 1.5b (random weights at that shape) or a checkpoint path")
+    t.add_argument("--config", help="take data, rows, batch and checkpointing from this experiment file instead")
+    t.add_argument("--seq-len", type=int, default=1024)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--grad-checkpointing", type=int, default=0)
+    t.add_argument("--no-compile", action="store_true")
+    t.add_argument("--steps", type=int, default=40)
+    t.add_argument("--warmup", type=int, default=5, help="steps not timed (compilation, allocator warm-up)")
+    t.add_argument("--hf-steps", type=int, default=40, help="0 = no reference run")
+    t.add_argument("--hf-batch-size", type=int, default=16)
+    t.add_argument("--profile", action="store_true", help="print the top CUDA kernels of 3 more steps")
     args = ap.parse_args(argv)
     if args.what == "gen":
         bench_gen(args)
+    else:
+        bench_train(args)
 
 
 if __name__ == "__main__":

@@ -292,7 +292,8 @@ def pack_rows(lengths, order, seq_len, open_rows=64):
 def collate(rows, examples, seq_len, pad_id):
     """Rows of example indices -> tensors, all (B, T=seq_len):
     idx: token ids; targets: next token where it is a supervised response token else -100; pos: position within
-    its own example; doc: document id within the row (pads get their own id, so they attend only to pads)."""
+    its own example; doc: document id within the row (pads get their own id, so they attend only to pads).
+    Plus loss_index (N,): the flat positions of the supervised targets."""
     B, T = len(rows), seq_len
     idx = np.full((B, T), pad_id, dtype=np.int64)
     tgt = np.full((B, T), -100, dtype=np.int64)
@@ -311,7 +312,9 @@ def collate(rows, examples, seq_len, pad_id):
             t += n
         pos[b, t:] = np.arange(T - t)
         doc[b, t:] = len(row)
-    return {k: torch.from_numpy(v) for k, v in (("idx", idx), ("targets", tgt), ("pos", pos), ("doc", doc))}
+    out = {k: torch.from_numpy(v) for k, v in (("idx", idx), ("targets", tgt), ("pos", pos), ("doc", doc))}
+    out["loss_index"] = torch.from_numpy(np.flatnonzero(tgt.reshape(-1) != -100))  # (N,) found here, not on the GPU
+    return out
 
 
 class Dataset:
@@ -371,9 +374,10 @@ class Dataset:
             e += 1
         return self.plan(e)[k]
 
-    def batch(self, start, n):
-        """The n rows starting at global row `start`, as tensors, plus the ids of the examples in them."""
-        rows = [self.row(k) for k in range(start, start + n)]
+    def batch(self, start, n, pad_to=0):
+        """The n rows starting at global row `start`, as tensors, plus the ids of the examples in them; with pad_to,
+        empty rows (no tokens, no targets) make up the batch to pad_to rows."""
+        rows = [self.row(k) for k in range(start, start + n)] + [[]] * max(0, pad_to - n)
         b = collate(rows, self.examples, self.seq_len, self.pad_id)
         b["example_ids"] = [[self.examples[i]["id"] for i in r] for r in rows]
         return b

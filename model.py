@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 # -----------------------------------------------------------------------------
@@ -135,9 +136,14 @@ class Attention(nn.Module):
                 # mask hides the slots after each query (fixed shapes). A prefill (mask None) needs only its own
                 # tokens: causal attention within idx is the same thing and runs the flash kernel.
                 k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # (B, nkv, L, hd)
-        # mask None: plain causal; else a bool (B, 1, T, S) mask, True = may attend
+        # mask None: plain causal; a BlockMask: packed rows under flex attention; else a bool (B, 1, T, S) mask,
+        # True = may attend
         rep = self.n_head // self.n_kv_head
-        if mask is None:
+        if isinstance(mask, BlockMask):
+            # packed rows (training, compiled blocks): one fused kernel that skips the blocks no document reaches,
+            # reads each kv head once for its query group, and never materialises a (T, T) mask
+            y = flex_attention(q, k, v, block_mask=mask, enable_gqa=rep > 1)  # (B, nh, T, hd)
+        elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)  # (B, nh, T, hd)
         elif kv is not None:
             # appending to the cache (decoding): fold the `rep` query heads that share a kv head into the query
@@ -182,6 +188,17 @@ class Block(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+
+
+def doc_block_mask(doc):
+    """The flex-attention BlockMask of packed rows with document ids doc (B, T): token q attends to token k iff
+    both belong to the same document and k <= q. Built once per batch from the ids; blocks no document spans are
+    skipped by the kernel."""
+    B, T = doc.shape
+
+    def same_doc_causal(b, h, q, k):
+        return (doc[b, q] == doc[b, k]) & (k <= q)
+    return create_block_mask(same_doc_causal, B, None, T, T, device=doc.device)
 
 
 class KVCache:
@@ -229,7 +246,8 @@ class Transformer(nn.Module):
             # load_state_dict(assign=True) (meta-device loading) replaces both Parameters with two different
             # ones: tie them again after every load, whoever calls it
             self.register_load_state_dict_post_hook(_retie)
-        self.grad_checkpointing = False  # when True and training, each block is recomputed in backward
+        self.grad_checkpointing = 0  # blocks recomputed in backward when training: 0 none, n the first n, -1 all
+        self.compiled_blocks = None  # set by compile_blocks(): torch.compile'd blocks for the training forward
         self.loss_chunk = 1024  # rows of the vocab projection per chunk in the loss
         self.source_dir = None  # set by checkpoint.from_pretrained: where config/tokenizer files came from
         self.apply(self._init_weights)
@@ -249,19 +267,21 @@ class Transformer(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, *, pos=None, doc=None, cache=None, rows=None, lengths=None, last=None,
-                reduction="mean"):
+                reduction="mean", loss_index=None):
         """idx (B, T) long token ids; pos, doc, cache, rows, lengths as in hidden().
 
         targets (B, T) long with -100 = ignore: returns the fp32 cross-entropy, reduction "mean" (over
             supervised tokens) or "sum" (0, not NaN, when nothing is supervised). Only supervised hidden states
             are projected to the vocab, in chunks of self.loss_chunk rows upcast to fp32 one at a time and
             recomputed in backward, so fp32 logits for every position never exist (cf. torchtune chunked CE).
+            loss_index (N,) long: the flat positions where targets != -100, if the caller has them (data.collate
+            computes them on the CPU): then finding them costs no host sync.
         last (B,) long: return only the logits at position last[b] of each row, (B, V).
         Else returns logits (B, T, V) in the compute dtype.
         """
         x = self.hidden(idx, pos=pos, doc=doc, cache=cache, rows=rows, lengths=lengths)  # (B, T, C)
         if targets is not None:
-            return self.chunked_loss(x, targets, reduction)
+            return self.chunked_loss(x, targets, reduction, loss_index)
         if last is not None:
             x = x[torch.arange(x.size(0), device=x.device), last]  # (B, C)
         return self.lm_head(x)  # (B, T, V) or (B, V)
@@ -302,6 +322,8 @@ class Transformer(nn.Module):
                 pos = arange_T[None].expand(B, T)
                 kv_index = (rows[:, None], pos)
                 cache.pos[rows] = lengths if lengths is not None else T
+        elif doc is not None and self.compiled_blocks is not None:
+            mask = doc_block_mask(doc)  # flex attention inside the compiled blocks (built once, for all layers)
         elif doc is not None:
             same = doc[:, :, None] == doc[:, None, :]  # (B, T, T)
             causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
@@ -312,22 +334,29 @@ class Transformer(nn.Module):
         cos, sin = cos.to(dtype), sin.to(dtype)  # once, not in every layer
 
         x = self.embed_tokens(idx)  # (B, T, C)
+        n_ckpt = self.grad_checkpointing if self.grad_checkpointing >= 0 else cfg.n_layer
+        recompute = self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.layers):
-            kv = (cache.k[i], cache.v[i], *kv_index) if cache is not None else None
-            if self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+            if cache is not None:
+                x = block(x, cos, sin, mask, (cache.k[i], cache.v[i], *kv_index))
+                continue
+            if self.compiled_blocks is not None:
+                block = self.compiled_blocks[i]
+            if recompute and i < n_ckpt:  # activation checkpointing: keep the block's input, recompute the rest
                 x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, kv)
+                x = block(x, cos, sin, mask)
         return self.norm(x)  # (B, T, C)
 
-    def chunked_loss(self, x, targets, reduction="mean"):
+    def chunked_loss(self, x, targets, reduction="mean", index=None):
         """fp32 cross-entropy of hidden states x (B, T, C) against targets (B, T), -100 = ignore."""
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         t = targets.reshape(-1)
-        keep = t != -100
-        h = x.reshape(-1, x.size(-1))[keep]  # (N, C) supervised positions only (a host sync; N varies)
-        t = t[keep]  # (N,)
+        if index is None:
+            index = (t != -100).nonzero().squeeze(1)  # (N,) a host sync: N varies with the batch
+        h = x.reshape(-1, x.size(-1)).index_select(0, index)  # (N, C) supervised positions only
+        t = t.index_select(0, index)  # (N,)
         if h.size(0) == 0:
             return x.reshape(-1)[:1].float().sum() * 0.0  # nothing supervised: 0 (not NaN), still in the graph
         loss = 0.0
@@ -345,6 +374,13 @@ class Transformer(nn.Module):
     def _chunk_ce(self, h, t):
         logits = self.lm_head(h).float()  # (n, V) fp32, one chunk only
         return F.cross_entropy(logits, t, reduction="sum")
+
+    def compile_blocks(self, compile=True):
+        """torch.compile each block for the training forward (KV-cache decoding keeps the eager blocks: it has its
+        own CUDA graph). One block's code compiles once and serves every layer, so the first step comes in seconds,
+        not the minutes a whole-model compile takes; packed rows then run flex attention inside the blocks.
+        compile=False keeps the blocks eager but still takes the flex-attention path (tests, debugging)."""
+        self.compiled_blocks = [torch.compile(b, dynamic=False) if compile else b for b in self.layers]
 
     def make_cache(self, batch_size, max_len, device=None, dtype=None) -> KVCache:
         """A KVCache with static (batch_size, max_len) buffers; by default on the model's device, in the autocast

@@ -69,8 +69,8 @@ class Config:
     # numerics: decided once, in setup_numerics()
     device: str = "auto"                 # auto = cuda > mps > cpu
     dtype: str = "auto"                  # auto = bf16 on GPUs that have it, else fp16 (+GradScaler); fp32 on mps/cpu
-    compile: bool = False
-    grad_checkpointing: bool = False
+    compile: bool = True                 # torch.compile each block, flex attention for packed rows (CUDA only)
+    grad_checkpointing: int = 0          # blocks whose activations are recomputed in backward: 0 none, n first n, -1 all
     # evaluation, logging, checkpoints
     log_interval: int = 50
     eval_interval: int = 500             # validation loss (and generation eval if eval_samples > 0)
@@ -193,6 +193,7 @@ def check_config(cfg):
     for k in ("beta1", "beta2"):
         need(finite(getattr(cfg, k)) and 0 <= getattr(cfg, k) < 1, k, "must be in [0, 1)")
     need(finite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
+    need(cfg.grad_checkpointing >= -1, "grad_checkpointing", "must be -1 (all blocks), 0 (none) or a number of blocks")
     if cfg.eval_dataset:
         if os.path.exists(cfg.eval_dataset) and any(os.path.exists(n) and os.path.samefile(n, cfg.eval_dataset)
                                                     for n, _ in mixture):
@@ -281,19 +282,28 @@ def build_model(cfg, device):
     return model, tok
 
 
+def make_optimizer(model, cfg, device):
+    """AdamW with decay on matrices only (not norms, biases); fused on CUDA. -> (optimizer, trained params)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda")), params
+
+
 def evaluate_loss(model, ds, ctx, device, batch_size):
-    """Mean cross-entropy per supervised token over every row of a dataset's first epoch."""
+    """Mean cross-entropy per supervised token over every row of a dataset's first epoch. The last batch is padded
+    with empty rows to batch_size, so a compiled model sees one shape here (no recompile for a short batch)."""
     model.eval()
     total, count = 0.0, 0
     n = ds.rows_per_epoch(0)
     with torch.no_grad():
         for start in tqdm(range(0, n, batch_size), desc="val loss", unit="batch", leave=False, disable=n <= 4 * batch_size):
-            b = ds.batch(start, min(batch_size, n - start))
+            b = ds.batch(start, min(batch_size, n - start), pad_to=batch_size)
             with ctx:
                 loss = model(b["idx"].to(device), b["targets"].to(device), pos=b["pos"].to(device),
-                             doc=b["doc"].to(device), reduction="sum")
+                             doc=b["doc"].to(device), reduction="sum", loss_index=b["loss_index"].to(device))
             total += loss.item()
-            count += int((b["targets"] != -100).sum())
+            count += len(b["loss_index"])
     model.train()
     return total / max(1, count)
 
@@ -302,14 +312,15 @@ def forward_backward(model, micro, ctx, scaler, device):
     """Accumulate the gradients of one optimizer step over its micro-batches. The loss is the sum over answer
     tokens divided by the answer tokens of the WHOLE accumulated batch (not a mean of per-micro-batch means, which
     over-weights short answers), so N micro-batches of 1 row give exactly the gradient of one batch of N rows.
+    No host sync: the answer positions were found on the CPU when the batch was built.
     Returns (loss as a 0-dim tensor, number of supervised tokens)."""
-    n_sup = sum(int((b["targets"] != -100).sum()) for b in micro)
+    n_sup = sum(len(b["loss_index"]) for b in micro)
     loss_acc = torch.zeros((), device=device)
     for b in micro:
+        to = lambda k: b[k].to(device, non_blocking=True)  # noqa: E731
         with ctx:
-            loss = model(b["idx"].to(device, non_blocking=True), b["targets"].to(device, non_blocking=True),
-                         pos=b["pos"].to(device, non_blocking=True), doc=b["doc"].to(device, non_blocking=True),
-                         reduction="sum") / max(1, n_sup)
+            loss = model(to("idx"), to("targets"), pos=to("pos"), doc=to("doc"), reduction="sum",
+                         loss_index=to("loss_index")) / max(1, n_sup)
         (scaler.scale(loss) if scaler else loss).backward()
         loss_acc += loss.detach()
     return loss_acc, n_sup
@@ -395,11 +406,7 @@ def train(cfg):
         rows = [r for r in data.read_jsonl(metrics_path) if ckpt and r.get("step", 0) <= ckpt["step"]]
         write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
-    # AdamW with decay on matrices only (not norms, biases); fused on CUDA
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
+    opt, params = make_optimizer(model, cfg, device)
 
     step, best = 0, None
     if ckpt:
@@ -410,9 +417,9 @@ def train(cfg):
         set_rng_state(ckpt["rng"])
         del ckpt
 
-    raw_model = model  # checkpoints are written from the uncompiled module: no _orig_mod. prefixes
-    if cfg.compile:
-        model = torch.compile(model)
+    raw_model = model  # one module: the compiled blocks share its parameters, checkpoints have plain names
+    if cfg.compile and device.startswith("cuda"):
+        model.compile_blocks()
 
     def checkpoint(name, full=True):
         state = {"model": raw_model.state_dict(), "model_config": dataclasses.asdict(raw_model.config),

@@ -25,4 +25,4 @@ eval_max_new_tokens = 1024
 eval_batch_size = 64
 save_interval = 500
 keep_last = 3
-grad_checkpointing = True # 1.5B with fp32 AdamW on one 24-80 GB GPU
+grad_checkpointing = -1   # every block: 1.5B with fp32 AdamW on one 24-80 GB GPU
