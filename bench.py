@@ -205,7 +205,7 @@ def ours_train(args, folder, steps):
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
-    model, tok = train.build_model(cfg, device)
+    model, tok, _ = train.build_model(cfg, device, "bfloat16" if cuda else "float32")
     train_ds, _ = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
                                       val_size=cfg.val_size, system_prompt=cfg.system_prompt)
     model.grad_checkpointing = cfg.grad_checkpointing

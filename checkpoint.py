@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 import data
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, apply_lora, merge_lora
 from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -521,6 +521,20 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def model_from_checkpoint(ckpt, device="cpu", dtype=None):
+    """The model of a training checkpoint. A LoRA checkpoint holds adapters only: they are put on its base model
+    (loaded from the path it names) and merged into the weights, so what comes back is a plain model."""
+    if "lora" in ckpt:
+        lora = ckpt["lora"]
+        try:
+            model, _, _ = load_model(ckpt["base"], device, torch.float32)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"the LoRA adapters need their base model {ckpt['base']!r}, which is not there "
+                                    f"any more (or pass a merged export)") from None
+        apply_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"].split(","))
+        bad = model.load_state_dict(ckpt["model"], strict=False)
+        if bad.unexpected_keys or any("lora_" in k for k in bad.missing_keys):
+            raise ValueError(f"the adapters do not fit their base model {ckpt['base']!r}: {bad}")
+        return merge_lora(model).to(device=device, dtype=dtype)
     with torch.device("meta"):
         model = Transformer(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"], assign=True)

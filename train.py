@@ -17,16 +17,19 @@ import re
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
 from checkpoint import (list_checkpoints, load_checkpoint, load_model, remove_orphan_tmp, save_checkpoint,
                         save_tokenizer, write_text)
 from engine import evaluate, sample_table
-from model import PRESETS, ModelConfig, Transformer, setup_numerics
+from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, apply_lora, setup_numerics
 from tokenizer import load_tokenizer
 
 
@@ -71,6 +74,11 @@ class Config:
     dtype: str = "auto"                  # auto = bf16 on GPUs that have it, else fp16 (+GradScaler); fp32 on mps/cpu
     compile: bool = True                 # torch.compile each block, flex attention for packed rows (CUDA only)
     grad_checkpointing: int = 0          # blocks whose activations are recomputed in backward: 0 none, n first n, -1 all
+    # LoRA: adapters on the listed projections, the rest frozen in the compute dtype (lr ~1e-4 vs ~1e-5 full)
+    lora_rank: int = 0                   # 0 = full fine-tuning
+    lora_alpha: float = 16.0             # the adapter's update is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "q,k,v,o,gate,up,down"
     # evaluation, logging, checkpoints
     log_interval: int = 50
     eval_interval: int = 500             # validation loss (and generation eval if eval_samples > 0)
@@ -194,6 +202,14 @@ def check_config(cfg):
         need(finite(getattr(cfg, k)) and 0 <= getattr(cfg, k) < 1, k, "must be in [0, 1)")
     need(finite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
     need(cfg.grad_checkpointing >= -1, "grad_checkpointing", "must be -1 (all blocks), 0 (none) or a number of blocks")
+    need(cfg.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = full fine-tuning)")
+    if cfg.lora_rank:
+        need(cfg.init_from != "scratch", "lora_rank", "LoRA adapts a pretrained model: set init_from")
+        need(finite(cfg.lora_alpha) and cfg.lora_alpha > 0, "lora_alpha", "must be > 0")
+        need(finite(cfg.lora_dropout) and 0 <= cfg.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        targets = cfg.lora_targets.split(",")
+        need(targets and set(targets) <= set(LORA_TARGETS), "lora_targets",
+             f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
     if cfg.eval_dataset:
         if os.path.exists(cfg.eval_dataset) and any(os.path.exists(n) and os.path.samefile(n, cfg.eval_dataset)
                                                     for n, _ in mixture):
@@ -254,15 +270,22 @@ def set_rng_state(s):
 
 # -----------------------------------------------------------------------------
 
+# the data order and the model are functions of these (and of the global batch, checked on its own: the same
+# global batch on a different number of GPUs resumes the same run)
 RESUME_KEYS = ("init_from", "model_preset", "n_layer", "n_embd", "n_head", "tokenizer", "datasets", "prompt_format",
-               "system_prompt", "seq_len", "pack", "max_samples", "val_size", "seed", "batch_size", "grad_accum")
+               "system_prompt", "seq_len", "pack", "max_samples", "val_size", "seed", "lora_rank", "lora_alpha",
+               "lora_targets")
 
 
 class TrainingError(RuntimeError):
     pass
 
 
-def build_model(cfg, device):
+def build_model(cfg, device, dtype="float32"):
+    """-> (model, tok, base): the model to train (from scratch, or any checkpoint; with lora_rank, adapters on the
+    frozen base, kept in the compute dtype `dtype`), its tokenizer, and the base checkpoint's path (for LoRA
+    checkpoints, which hold the adapters only)."""
+    base = None
     if cfg.init_from == "scratch":
         tok = load_tokenizer(cfg.tokenizer)
         if cfg.model_preset not in PRESETS:
@@ -276,10 +299,15 @@ def build_model(cfg, device):
         torch.manual_seed(cfg.seed)
         model = Transformer(mc).to(device)
     else:
-        model, tok, _ = load_model(cfg.init_from, device=device, dtype=torch.float32)  # fp32 master weights
+        model, tok, info = load_model(cfg.init_from, device=device, dtype=torch.float32)  # fp32 master weights
+        base = os.path.abspath(info["path"])
     if tok.n_vocab > model.config.vocab_size:
         raise SystemExit(f"tokenizer has {tok.n_vocab} tokens but the model only {model.config.vocab_size}")
-    return model, tok
+    if cfg.lora_rank:
+        model.to(getattr(torch, dtype))  # the frozen base needs no fp32 master copy
+        torch.manual_seed(cfg.seed)
+        apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets.split(","))
+    return model, tok, base
 
 
 def make_optimizer(model, cfg, device):
@@ -308,21 +336,31 @@ def evaluate_loss(model, ds, ctx, device, batch_size):
     return total / max(1, count)
 
 
-def forward_backward(model, micro, ctx, scaler, device):
+def forward_backward(model, micro, ctx, scaler, device, world=1):
     """Accumulate the gradients of one optimizer step over its micro-batches. The loss is the sum over answer
     tokens divided by the answer tokens of the WHOLE accumulated batch (not a mean of per-micro-batch means, which
     over-weights short answers), so N micro-batches of 1 row give exactly the gradient of one batch of N rows.
-    No host sync: the answer positions were found on the CPU when the batch was built.
-    Returns (loss as a 0-dim tensor, number of supervised tokens)."""
+    Across `world` DDP ranks the same holds for the global batch: the answer-token count is summed over ranks
+    first, and DDP's mean of the ranks' gradients is undone by scaling by world. Within the micro-batch loop there
+    is no host sync: the answer positions were found on the CPU when the batch was built.
+    Returns (loss of the global batch as a 0-dim tensor, number of supervised tokens in it)."""
     n_sup = sum(len(b["loss_index"]) for b in micro)
+    if world > 1:
+        t = torch.tensor([float(n_sup)], device=device)
+        dist.all_reduce(t)
+        n_sup = int(t.item())
     loss_acc = torch.zeros((), device=device)
-    for b in micro:
+    for i, b in enumerate(micro):
         to = lambda k: b[k].to(device, non_blocking=True)  # noqa: E731
-        with ctx:
-            loss = model(to("idx"), to("targets"), pos=to("pos"), doc=to("doc"), reduction="sum",
-                         loss_index=to("loss_index")) / max(1, n_sup)
-        (scaler.scale(loss) if scaler else loss).backward()
-        loss_acc += loss.detach()
+        # DDP all-reduces gradients in the last micro-batch's backward only
+        with model.no_sync() if world > 1 and i < len(micro) - 1 else nullcontext():
+            with ctx:
+                loss = model(to("idx"), to("targets"), pos=to("pos"), doc=to("doc"), reduction="sum",
+                             loss_index=to("loss_index")) * (world / max(1, n_sup))
+            (scaler.scale(loss) if scaler else loss).backward()
+        loss_acc += loss.detach() / world
+    if world > 1:
+        dist.all_reduce(loss_acc)
     return loss_acc, n_sup
 
 
@@ -332,12 +370,25 @@ def train(cfg):
     that cannot continue (too many non-finite steps) raises TrainingError."""
     t_start = time.time()
     check_config(cfg)
+    # several processes under torchrun: DDP, one GPU (or CPU process, gloo) each; rank 0 writes, logs and evals
+    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    use_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
+    started_dist = world > 1 and not dist.is_initialized()
+    if started_dist:
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    master = rank == 0
+    say = print if master else (lambda *a, **k: None)
+    barrier = dist.barrier if world > 1 else (lambda: None)
     try:
-        device, ctx, scaler, dtype = setup_numerics(cfg.device, cfg.dtype)
+        device, ctx, scaler, dtype = setup_numerics(f"cuda:{local}" if world > 1 and use_cuda else cfg.device,
+                                                    cfg.dtype)
     except ValueError as e:
         raise SystemExit(f"config: {e}")
-    print(f"device {device}, compute dtype {dtype}{', GradScaler' if scaler else ''}")
-    print("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
+    say(f"device {device}{f' x {world} processes (DDP)' if world > 1 else ''}, compute dtype {dtype}"
+        f"{', GradScaler' if scaler else ''}")
+    say("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
 
     # resume: the data order and the model are functions of these fields, so they must match the checkpoint's
     # (run length, intervals, eval settings and the output folder may change)
@@ -347,40 +398,48 @@ def train(cfg):
         if path == "auto":
             found = list_checkpoints(cfg.out_dir)
             path = found[-1] if found else ""
-            print(f"resume=auto: {'found ' + path if path else f'no ckpt-*.pt in {cfg.out_dir}/, starting a fresh run'}")
+            say(f"resume=auto: {'found ' + path if path else f'no ckpt-*.pt in {cfg.out_dir}/, starting a fresh run'}")
         if path:
             ckpt = load_checkpoint(path)
             if "optimizer" not in ckpt:
                 raise SystemExit(f"{path} holds weights only (best.pt); resume from a ckpt-*.pt file")
             diff = [f"{k}: checkpoint {ckpt['config'].get(k)!r}, now {getattr(cfg, k)!r}" for k in RESUME_KEYS
                     if ckpt["config"].get(k) != getattr(cfg, k)]
+            was = ckpt["config"]["batch_size"] * ckpt["config"]["grad_accum"] * ckpt.get("world_size", 1)
+            if was != cfg.batch_size * cfg.grad_accum * world:
+                diff.append(f"global batch (batch_size x grad_accum x processes): checkpoint {was} rows, now "
+                            f"{cfg.batch_size} x {cfg.grad_accum} x {world}")
             if diff:
                 raise SystemExit(f"cannot resume from {path}: these settings differ from the run that wrote it, and "
                                  f"the data order or the model depends on them: " + "; ".join(diff))
-            print(f"resuming from {path} at step {ckpt['step']}")
+            say(f"resuming from {path} at step {ckpt['step']}")
     if ckpt is None and not cfg.overwrite and (list_checkpoints(cfg.out_dir) or
                                                os.path.exists(os.path.join(cfg.out_dir, "best.pt"))):
         raise SystemExit(f"out_dir={cfg.out_dir!r} already holds a run (ckpt-*.pt / best.pt): continue it with "
                          f"--resume=auto, replace it with --overwrite=true, or choose another out_dir")
 
-    model, tok = build_model(cfg, device)
+    model, tok, base = build_model(cfg, device, dtype)
     if ckpt:
-        model.load_state_dict(ckpt["model"])
+        bad = model.load_state_dict(ckpt["model"], strict=not cfg.lora_rank)
+        if cfg.lora_rank and (bad.unexpected_keys or any("lora_" in k for k in bad.missing_keys)):
+            raise SystemExit(f"{cfg.resume}: its adapters do not fit this model's ({bad})")
     model.grad_checkpointing = cfg.grad_checkpointing
-    print(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.config}")
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"model: {model.num_params() / 1e6:.1f}M parameters ({n_train / 1e6:.2f}M trained), {model.config}")
 
     train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
                                            cfg.max_samples, cfg.val_size, cfg.system_prompt)
     st = train_ds.stats()
-    print(f"train data: {st['examples']} examples -> {st['rows_per_epoch']} rows of {cfg.seq_len} tokens per epoch "
+    say(f"train data: {st['examples']} examples -> {st['rows_per_epoch']} rows of {cfg.seq_len} tokens per epoch "
           f"({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
           f"({st['supervised_tokens_cut']} supervised tokens cut, {st['examples_without_answer_tokens']} examples "
           f"left with no answer token)")
-    rows_per_step = cfg.batch_size * cfg.grad_accum
+    rows_per_step = cfg.batch_size * cfg.grad_accum * world  # the global batch
     total_steps = cfg.max_iters or train_ds.total_rows(cfg.epochs) // rows_per_step
     if total_steps <= 0:
         raise SystemExit(f"config: epochs={cfg.epochs} gives {train_ds.total_rows(cfg.epochs)} rows, less than one "
-                         f"step of batch_size * grad_accum = {rows_per_step} rows; raise epochs or set max_iters")
+                         f"step of batch_size * grad_accum * processes = {rows_per_step} rows; raise epochs or set "
+                         f"max_iters")
     # the eval during training grades problems held out of the training data (never a test split): best.pt is
     # chosen by it
     eval_problems = None
@@ -392,19 +451,21 @@ def train(cfg):
                              f"{'eval_dataset' if cfg.eval_dataset else 'held-out examples'} have no gold answers to "
                              f"grade; set eval_samples=0 (validation loss only)")
 
-    # everything is checked: now the output folder is written
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    n_tmp = remove_orphan_tmp(cfg.out_dir)
-    if n_tmp:
-        print(f"removed {n_tmp} temporary file(s) left in {cfg.out_dir} by an interrupted save")
-    save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
-    write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
+    # everything is checked: now the output folder is written (by rank 0)
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if os.path.exists(metrics_path):
-        # one row per step: a resumed run logs the steps after its checkpoint again, so the rows a crashed run
-        # wrote past it go; a fresh run (overwrite) starts the file anew
-        rows = [r for r in data.read_jsonl(metrics_path) if ckpt and r.get("step", 0) <= ckpt["step"]]
-        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        n_tmp = remove_orphan_tmp(cfg.out_dir)
+        if n_tmp:
+            say(f"removed {n_tmp} temporary file(s) left in {cfg.out_dir} by an interrupted save")
+        save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
+        write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
+        if os.path.exists(metrics_path):
+            # one row per step: a resumed run logs the steps after its checkpoint again, so the rows a crashed run
+            # wrote past it go; a fresh run (overwrite) starts the file anew
+            rows = [r for r in data.read_jsonl(metrics_path) if ckpt and r.get("step", 0) <= ckpt["step"]]
+            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    barrier()
 
     opt, params = make_optimizer(model, cfg, device)
 
@@ -417,39 +478,55 @@ def train(cfg):
         set_rng_state(ckpt["rng"])
         del ckpt
 
-    raw_model = model  # one module: the compiled blocks share its parameters, checkpoints have plain names
+    raw_model = model  # one module: compiled blocks and DDP share its parameters, checkpoints have plain names
     if cfg.compile and device.startswith("cuda"):
         model.compile_blocks()
+    if world > 1:
+        model = DDP(model, device_ids=[local] if use_cuda else None)
 
     def checkpoint(name, full=True):
-        state = {"model": raw_model.state_dict(), "model_config": dataclasses.asdict(raw_model.config),
-                 "config": dataclasses.asdict(cfg), "step": step, "best": best, "tokenizer_dir": "tokenizer"}
-        if full:
-            state.update(optimizer=opt.state_dict(), scaler=scaler.state_dict() if scaler else None, rng=rng_state())
-        save_checkpoint(state, os.path.join(cfg.out_dir, name))
-        if name.startswith("ckpt-") and cfg.keep_last > 0:  # keep_last = 0 keeps them all
-            for old in list_checkpoints(cfg.out_dir)[:-cfg.keep_last]:
-                os.remove(old)
+        # rank 0 writes; a LoRA run stores its adapters only (small) and the base they belong to
+        if master:
+            sd = raw_model.state_dict()
+            state = {"model": {k: v for k, v in sd.items() if "lora_" in k} if cfg.lora_rank else sd,
+                     "model_config": dataclasses.asdict(raw_model.config), "config": dataclasses.asdict(cfg),
+                     "step": step, "best": best, "tokenizer_dir": "tokenizer", "world_size": world}
+            if cfg.lora_rank:
+                state.update(base=base, lora={"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
+                                              "dropout": cfg.lora_dropout, "targets": cfg.lora_targets})
+            if full:
+                state.update(optimizer=opt.state_dict(), scaler=scaler.state_dict() if scaler else None,
+                             rng=rng_state())
+            save_checkpoint(state, os.path.join(cfg.out_dir, name))
+            if name.startswith("ckpt-") and cfg.keep_last > 0:  # keep_last = 0 keeps them all
+                for old in list_checkpoints(cfg.out_dir)[:-cfg.keep_last]:
+                    os.remove(old)
+        barrier()
 
     def log(rec):
+        if not master:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if wandb_run:
             wandb_run.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=rec.get("step"))
 
     wandb_run = None
-    if cfg.wandb_project:
+    if cfg.wandb_project and master:
         try:
             import wandb
             wandb_run = wandb.init(project=cfg.wandb_project, config=dataclasses.asdict(cfg))
         except ImportError:
-            print("wandb_project is set but wandb is not installed: logging to metrics.jsonl only")
+            say("wandb_project is set but wandb is not installed: logging to metrics.jsonl only")
 
     def run_eval():
         nonlocal best
+        if not master:  # rank 0 evaluates (on the unwrapped model: no collective); the others wait for it
+            barrier()
+            return
         rec = {"step": step}
         if val_ds:
-            rec["val_loss"] = evaluate_loss(model, val_ds, ctx, device, cfg.batch_size)
+            rec["val_loss"] = evaluate_loss(raw_model, val_ds, ctx, device, cfg.batch_size)
         if eval_problems:
             summary, records = evaluate(raw_model, tok, eval_problems, cfg.prompt_format, cfg.system_prompt,
                                         max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
@@ -458,19 +535,22 @@ def train(cfg):
             with open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") as f:
                 for r in records[:5]:
                     f.write(json.dumps({"step": step, **r}) + "\n")
-            print(sample_table(records, n=3))
-        print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
+            say(sample_table(records, n=3))
+        say(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
         log(rec)
         # best.pt follows answer accuracy when generation eval is on, else validation loss
         metric = rec.get("eval_accuracy", -rec["val_loss"] if "val_loss" in rec else None)
         if metric is not None and (best is None or metric > best):
             best = metric
-            checkpoint("best.pt", full=False)
+            checkpoint("best.pt", full=False)  # its barrier releases the other ranks
+        else:
+            barrier()
         return rec
 
     # -------------------------------------------------------------------------
     # the loop. Data position = rows consumed = step * rows_per_step, so resume needs only the step.
-    print(f"training for {total_steps} steps of {rows_per_step} rows ({cfg.batch_size} x {cfg.grad_accum} accumulation)")
+    say(f"training for {total_steps} steps of {rows_per_step} rows ({cfg.batch_size} x {cfg.grad_accum} accumulation"
+        f"{f' x {world} processes' if world > 1 else ''})")
     model.train()
     bad_in_a_row, t_log, tokens_since = 0, time.time(), 0
     last = {"loss": float("nan"), "lr": 0.0, "grad_norm": float("nan")}  # until the first applied update
@@ -479,13 +559,21 @@ def train(cfg):
     stop_reason = "max_iters" if cfg.max_iters else "epochs"
     try:
         while step < total_steps:
-            if cfg.max_time and time.time() - t_start > cfg.max_time:
+            out_of_time = bool(cfg.max_time) and time.time() - t_start > cfg.max_time
+            if cfg.max_time and world > 1:  # the ranks' clocks differ: stop when any of them is out of time
+                flag = torch.tensor([float(out_of_time)], device=device)
+                dist.all_reduce(flag)
+                out_of_time = flag.item() > 0
+            if out_of_time:
                 stop_reason = "max_time"
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg, total_steps)
-            micro = [train_ds.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size) for m in range(cfg.grad_accum)]
-            loss_acc, n_sup = forward_backward(model, micro, ctx, scaler, device)
+            # rank r's m-th micro-batch: rows (step * grad_accum + m) * world + r of the global order, so the ranks
+            # together see each row once and a step covers the rows one process would with a world-times batch
+            micro = [train_ds.batch(((step * cfg.grad_accum + m) * world + rank) * cfg.batch_size, cfg.batch_size)
+                     for m in range(cfg.grad_accum)]
+            loss_acc, n_sup = forward_backward(model, micro, ctx, scaler, device, world)
             if scaler:
                 scaler.unscale_(opt)
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -496,7 +584,7 @@ def train(cfg):
             if not math.isfinite(loss_v) or (not math.isfinite(gnorm_v) and not scaler):
                 bad_in_a_row += 1
                 ids = [i for b in micro for row in b["example_ids"] for i in row]
-                print(f"step {step}: non-finite loss {loss_v} / grad norm {gnorm_v}: update skipped "
+                say(f"step {step}: non-finite loss {loss_v} / grad norm {gnorm_v}: update skipped "
                       f"({bad_in_a_row} in a row); examples in this batch: {ids}")
                 log({"step": step, "event": "skipped_nonfinite", "loss": loss_v, "grad_norm": gnorm_v, "example_ids": ids})
                 opt.zero_grad(set_to_none=True)
@@ -527,10 +615,10 @@ def train(cfg):
                 line = (f"step {step}/{total_steps} | loss {last['loss']:.4f} | lr {last['lr']:.2e} | gnorm {last['grad_norm']:.2f} "
                         f"| {tps / 1e3:.1f}k tok/s")
                 if peak_flops:
-                    rec["mfu"] = flops_per_token * tps / peak_flops
+                    rec["mfu"] = flops_per_token * tps / (peak_flops * world)  # per GPU
                     rec["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
                     line += f" | mfu {rec['mfu']:.1%} | mem {rec['mem_gib']:.1f}GiB"
-                print(line + f" | eta {int(eta // 60)}m{int(eta % 60):02d}s")
+                say(line + f" | eta {int(eta // 60)}m{int(eta % 60):02d}s")
                 log(rec)
                 t_log, tokens_since = time.time(), 0
             if step % cfg.eval_interval == 0 or step == total_steps:
@@ -539,13 +627,15 @@ def train(cfg):
                 checkpoint(f"ckpt-{step:06d}.pt")
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-        print("interrupted: saving a checkpoint before exiting")
+        say("interrupted: saving a checkpoint before exiting")
     if step == 0 or not os.path.exists(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt")):
         checkpoint(f"ckpt-{step:06d}.pt")
     summary = {"step": step, "stop_reason": stop_reason, "best": best, "time": time.time() - t_start, **last}
-    print(f"done: {stop_reason} at step {step} after {summary['time']:.0f}s; checkpoints in {cfg.out_dir}")
+    say(f"done: {stop_reason} at step {step} after {summary['time']:.0f}s; checkpoints in {cfg.out_dir}")
     if wandb_run:
         wandb_run.finish()
+    if started_dist:
+        dist.destroy_process_group()
     return summary
 
 

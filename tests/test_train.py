@@ -77,7 +77,7 @@ def test_lr_schedule():
 def tiny_setup():
     torch.manual_seed(0)
     cfg = train.Config(n_layer=2, n_embd=32, n_head=2, seq_len=96)
-    model, tok = train.build_model(cfg, "cpu")
+    model, tok, _ = train.build_model(cfg, "cpu")
     ds, _ = data.build_datasets("arith", tok, 96, "plain", max_samples=64, seed=0)
     return model, tok, ds
 
@@ -221,7 +221,7 @@ def test_every_experiment_config_loads():
 
 def test_resume_refuses_changed_data_settings(tmp_path):
     train.train(tiny_cfg(tmp_path, "--max_iters=2", "--save_interval=2"))
-    with pytest.raises(SystemExit, match=r"cannot resume .*batch_size: checkpoint 4, now 8"):
+    with pytest.raises(SystemExit, match=r"cannot resume .*global batch .*checkpoint 4 rows, now 8 x 1 x 1"):
         train.train(tiny_cfg(tmp_path, "--max_iters=4", "--resume=auto", "--batch_size=8"))
     s = train.train(tiny_cfg(tmp_path, "--max_iters=4", "--resume=auto", "--log_interval=2"))  # run length may change
     assert s["step"] == 4
@@ -251,7 +251,7 @@ def test_init_from_our_own_checkpoints(tmp_path):
     train.train(tiny_cfg(a, "--max_iters=3", "--eval_interval=3"))
     want = torch.load(a / "best.pt", weights_only=True)["model"]
     for src in (a / "best.pt", a / "ckpt-000003.pt", a):
-        model, tok = train.build_model(tiny_cfg(tmp_path / "b", f"--init_from={src}"), "cpu")
+        model, tok, _ = train.build_model(tiny_cfg(tmp_path / "b", f"--init_from={src}"), "cpu")
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in want.items()), src
         assert tok.name == "math"
     s = train.train(tiny_cfg(tmp_path / "b", f"--init_from={a}/best.pt", "--max_iters=2"))

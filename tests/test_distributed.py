@@ -1,0 +1,71 @@
+"""DDP under torchrun on the CPU (gloo, 2 processes): the same losses and weights as one process with the same
+global batch (the loss is normalised by the answer tokens of the whole global batch), checkpoints written once,
+and a 2-process checkpoint resumed in 1 process continues identically."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n_layer=1", "--n_embd=32", "--n_head=2", "--seq_len=96", "--max_samples=300", "--val_size=16",
+        "--eval_samples=0", "--log_interval=1", "--eval_interval=3", "--warmup_iters=2", "--lr=1e-3",
+        "--save_interval=2", "--keep_last=5", "--device=cpu"]
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(out, nproc, *flags):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_port()}"] \
+        if nproc > 1 else [sys.executable]
+    r = subprocess.run(launch + ["train.py", *TINY, f"--out_dir={out}", *flags], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def losses(out):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in r}
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ddp")
+    run(d / "one", 1, "--batch_size=4", "--grad_accum=2", "--max_iters=4")
+    r2 = run(d / "two", 2, "--batch_size=2", "--grad_accum=2", "--max_iters=4")
+    return d, r2
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(runs):
+    d, r2 = runs
+    one, two = losses(d / "one"), losses(d / "two")
+    assert list(one) == list(two) == [1, 2, 3, 4]
+    assert list(two.values()) == pytest.approx(list(one.values()), rel=1e-5)
+    wa, wb = weights(d / "one" / "ckpt-000004.pt"), weights(d / "two" / "ckpt-000004.pt")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+    assert "x 2 processes" in r2.stdout and r2.stdout.count("done:") == 1  # one rank logs
+    val = [json.loads(line) for line in open(d / "two" / "metrics.jsonl") if "val_loss" in line]
+    assert [r["step"] for r in val] == [3, 4]  # evaluated once, by rank 0
+
+
+def test_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
+    d, _ = runs
+    out = tmp_path / "resumed"
+    run(out, 1, "--batch_size=4", "--grad_accum=2", "--max_iters=4", f"--resume={d}/two/ckpt-000002.pt")
+    assert losses(out) == pytest.approx({k: v for k, v in losses(d / "two").items() if k > 2}, rel=1e-5)
+    wa, wb = weights(d / "two" / "ckpt-000004.pt"), weights(out / "ckpt-000004.pt")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
