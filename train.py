@@ -17,11 +17,14 @@ import re
 import sys
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -79,6 +82,7 @@ class Config:
     lora_alpha: float = 16.0             # the adapter's update is scaled by lora_alpha / lora_rank
     lora_dropout: float = 0.0
     lora_targets: str = "q,k,v,o,gate,up,down"
+    fsdp: bool = False                   # under torchrun: shard weights, gradients, optimizer state (FSDP2) vs DDP
     # evaluation, logging, checkpoints
     log_interval: int = 50
     eval_interval: int = 500             # validation loss (and generation eval if eval_samples > 0)
@@ -210,6 +214,7 @@ def check_config(cfg):
         targets = cfg.lora_targets.split(",")
         need(targets and set(targets) <= set(LORA_TARGETS), "lora_targets",
              f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
+        need(not cfg.fsdp, "fsdp", "LoRA with FSDP is not supported yet (LoRA runs use DDP)")
     if cfg.eval_dataset:
         if os.path.exists(cfg.eval_dataset) and any(os.path.exists(n) and os.path.samefile(n, cfg.eval_dataset)
                                                     for n, _ in mixture):
@@ -310,12 +315,13 @@ def build_model(cfg, device, dtype="float32"):
     return model, tok, base
 
 
-def make_optimizer(model, cfg, device):
+def make_optimizer(model, cfg, device, fused=True):
     """AdamW with decay on matrices only (not norms, biases); fused on CUDA. -> (optimizer, trained params)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda")), params
+    fused = fused and device.startswith("cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused), params
 
 
 def evaluate_loss(model, ds, ctx, device, batch_size):
@@ -336,6 +342,20 @@ def evaluate_loss(model, ds, ctx, device, batch_size):
     return total / max(1, count)
 
 
+@contextmanager
+def _accumulating(model):
+    """Gradients stay on each rank for this micro-batch: DDP's no_sync, FSDP2's set_requires_gradient_sync."""
+    if hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    else:
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+
 def forward_backward(model, micro, ctx, scaler, device, world=1):
     """Accumulate the gradients of one optimizer step over its micro-batches. The loss is the sum over answer
     tokens divided by the answer tokens of the WHOLE accumulated batch (not a mean of per-micro-batch means, which
@@ -352,8 +372,8 @@ def forward_backward(model, micro, ctx, scaler, device, world=1):
     loss_acc = torch.zeros((), device=device)
     for i, b in enumerate(micro):
         to = lambda k: b[k].to(device, non_blocking=True)  # noqa: E731
-        # DDP all-reduces gradients in the last micro-batch's backward only
-        with model.no_sync() if world > 1 and i < len(micro) - 1 else nullcontext():
+        # DDP / FSDP reduce gradients across ranks in the last micro-batch's backward only
+        with _accumulating(model) if world > 1 and i < len(micro) - 1 else nullcontext():
             with ctx:
                 loss = model(to("idx"), to("targets"), pos=to("pos"), doc=to("doc"), reduction="sum",
                              loss_index=to("loss_index")) * (world / max(1, n_sup))
@@ -386,7 +406,8 @@ def train(cfg):
                                                     cfg.dtype)
     except ValueError as e:
         raise SystemExit(f"config: {e}")
-    say(f"device {device}{f' x {world} processes (DDP)' if world > 1 else ''}, compute dtype {dtype}"
+    say(f"device {device}{f' x {world} processes (' + ('FSDP2' if cfg.fsdp else 'DDP') + ')' if world > 1 else ''}, "
+        f"compute dtype {dtype}"
         f"{', GradScaler' if scaler else ''}")
     say("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
 
@@ -467,27 +488,45 @@ def train(cfg):
             write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
     barrier()
 
-    opt, params = make_optimizer(model, cfg, device)
+    raw_model = model  # one module: compiled blocks, DDP and FSDP share its parameters; plain checkpoint names
+    fsdp = cfg.fsdp and world > 1
+    if fsdp:
+        # FSDP2: each block, then the rest, sharded across the ranks; gathered in the compute dtype for each
+        # block's forward and backward, gradients reduced in fp32. The blocks stay eager (not compiled).
+        mp = MixedPrecisionPolicy(param_dtype=None if dtype == "float32" else getattr(torch, dtype),
+                                  reduce_dtype=torch.float32)
+        for block in model.layers:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    elif cfg.compile and device.startswith("cuda"):
+        model.compile_blocks()
+    opt, params = make_optimizer(model, cfg, device, fused=not fsdp)
+    full_sd = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU
 
     step, best = 0, None
     if ckpt:
-        opt.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("optimizer_format") == "fqn":  # keyed by parameter name: loads under any sharding
+            set_optimizer_state_dict(raw_model, opt, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            opt.load_state_dict(ckpt["optimizer"])
         if scaler and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         step, best = ckpt["step"], ckpt.get("best")
         set_rng_state(ckpt["rng"])
         del ckpt
-
-    raw_model = model  # one module: compiled blocks and DDP share its parameters, checkpoints have plain names
-    if cfg.compile and device.startswith("cuda"):
-        model.compile_blocks()
-    if world > 1:
+    if world > 1 and not fsdp:
         model = DDP(model, device_ids=[local] if use_cuda else None)
 
+    def model_state():
+        # the full state dict: under FSDP gathered from the shards (a collective: every rank calls this)
+        return get_model_state_dict(raw_model, options=full_sd) if fsdp else raw_model.state_dict()
+
     def checkpoint(name, full=True):
-        # rank 0 writes; a LoRA run stores its adapters only (small) and the base they belong to
+        # every rank calls it (FSDP gathers); rank 0 writes. A LoRA run stores its adapters only (small) and the
+        # base they belong to. The optimizer state is keyed by parameter name, so any sharding can resume it.
+        sd = model_state()
+        osd = get_optimizer_state_dict(raw_model, opt, options=full_sd) if full else None
         if master:
-            sd = raw_model.state_dict()
             state = {"model": {k: v for k, v in sd.items() if "lora_" in k} if cfg.lora_rank else sd,
                      "model_config": dataclasses.asdict(raw_model.config), "config": dataclasses.asdict(cfg),
                      "step": step, "best": best, "tokenizer_dir": "tokenizer", "world_size": world}
@@ -495,7 +534,7 @@ def train(cfg):
                 state.update(base=base, lora={"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
                                               "dropout": cfg.lora_dropout, "targets": cfg.lora_targets})
             if full:
-                state.update(optimizer=opt.state_dict(), scaler=scaler.state_dict() if scaler else None,
+                state.update(optimizer=osd, optimizer_format="fqn", scaler=scaler.state_dict() if scaler else None,
                              rng=rng_state())
             save_checkpoint(state, os.path.join(cfg.out_dir, name))
             if name.startswith("ckpt-") and cfg.keep_last > 0:  # keep_last = 0 keeps them all
@@ -520,15 +559,22 @@ def train(cfg):
             say("wandb_project is set but wandb is not installed: logging to metrics.jsonl only")
 
     def run_eval():
+        # every rank computes the validation loss (under FSDP each forward gathers from all ranks); rank 0 alone
+        # generates and grades: on the model itself, or under FSDP on a whole copy gathered for it
         nonlocal best
-        if not master:  # rank 0 evaluates (on the unwrapped model: no collective); the others wait for it
-            barrier()
-            return
         rec = {"step": step}
         if val_ds:
             rec["val_loss"] = evaluate_loss(raw_model, val_ds, ctx, device, cfg.batch_size)
-        if eval_problems:
-            summary, records = evaluate(raw_model, tok, eval_problems, cfg.prompt_format, cfg.system_prompt,
+        gen_model = raw_model
+        if eval_problems and fsdp:
+            sd = model_state()
+            if master:
+                with torch.device("meta"):
+                    gen_model = Transformer(raw_model.config)
+                gen_model.load_state_dict(sd, assign=True)
+                gen_model.to(device)
+        if eval_problems and master:
+            summary, records = evaluate(gen_model, tok, eval_problems, cfg.prompt_format, cfg.system_prompt,
                                         max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
                                         ctx=ctx, seed=cfg.seed, entropy=True)
             rec.update({f"eval_{k}": v for k, v in summary.items()})
@@ -538,13 +584,14 @@ def train(cfg):
             say(sample_table(records, n=3))
         say(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
         log(rec)
-        # best.pt follows answer accuracy when generation eval is on, else validation loss
+        # best.pt follows answer accuracy when generation eval is on, else validation loss (rank 0 decides)
         metric = rec.get("eval_accuracy", -rec["val_loss"] if "val_loss" in rec else None)
-        if metric is not None and (best is None or metric > best):
-            best = metric
-            checkpoint("best.pt", full=False)  # its barrier releases the other ranks
-        else:
-            barrier()
+        improved = [metric is not None and (best is None or metric > best)]
+        if world > 1:
+            dist.broadcast_object_list(improved)
+        if improved[0]:
+            best = metric if master else best
+            checkpoint("best.pt", full=False)
         return rec
 
     # -------------------------------------------------------------------------
@@ -577,6 +624,7 @@ def train(cfg):
             if scaler:
                 scaler.unscale_(opt)
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a sharded norm
             loss_v, gnorm_v = loss_acc.item(), gnorm.item()
             # the guard: never apply an update computed from a non-finite loss or gradient. (With fp16 an inf
             # gradient is the GradScaler's business: it skips the step and lowers the scale by itself.)

@@ -45,6 +45,9 @@ def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
     run(d / "one", 1, "--batch_size=4", "--grad_accum=2", "--max_iters=4")
     r2 = run(d / "two", 2, "--batch_size=2", "--grad_accum=2", "--max_iters=4")
+    rf = run(d / "fsdp", 2, "--batch_size=2", "--grad_accum=2", "--max_iters=4", "--fsdp=true", "--eval_samples=3",
+             "--eval_max_new_tokens=4")  # eval gathers the shards into a whole model on rank 0
+    assert "x 2 processes (FSDP2)" in rf.stdout and "x 2 processes (DDP)" in r2.stdout
     return d, r2
 
 
@@ -69,3 +72,18 @@ def test_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
     wa, wb = weights(d / "two" / "ckpt-000004.pt"), weights(out / "ckpt-000004.pt")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_equals_one_process_and_resumes_in_one(runs, tmp_path):
+    # FSDP2 (weights, gradients and optimizer state sharded over 2 gloo processes) follows the same trajectory,
+    # writes whole checkpoints, and its checkpoint resumes in one process like any other
+    d, _ = runs
+    assert list(losses(d / "fsdp").values()) == pytest.approx(list(losses(d / "one").values()), rel=1e-5)
+    wa, wb = weights(d / "one" / "ckpt-000004.pt"), weights(d / "fsdp" / "ckpt-000004.pt")
+    assert wa.keys() == wb.keys() and (d / "fsdp" / "best.pt").exists()
+    assert len((d / "fsdp" / "samples.jsonl").read_text().splitlines()) == 6  # 3 graded problems at steps 3, 4
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+    out = tmp_path / "from_fsdp"
+    run(out, 1, "--batch_size=4", "--grad_accum=2", "--max_iters=4", f"--resume={d}/fsdp/ckpt-000002.pt")
+    assert losses(out) == pytest.approx({k: v for k, v in losses(d / "one").items() if k > 2}, rel=1e-5)
