@@ -38,7 +38,7 @@ import grade as G
 import train
 from checkpoint import load_model, save_pretrained, save_tokenizer
 from engine import EVAL_MAX_NEW_TOKENS, evaluate
-from model import ModelConfig, Transformer, setup_numerics
+from model import ModelConfig, Transformer, gpu_peak_flops, setup_numerics
 from tokenizer import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -323,7 +323,7 @@ def bench_train(args):
     print(f"machine: {machine()}")
     cuda = torch.cuda.is_available()
     peak_meas = matmul_peak() if cuda else None
-    peak_sheet = train.gpu_peak_flops("cuda", "bfloat16") if cuda else None
+    peak_sheet = gpu_peak_flops("cuda", "bfloat16") if cuda else None
     if peak_meas:
         print(f"bf16 matmul peak measured now: {peak_meas / 1e12:.0f} TFLOP/s; datasheet: "
               + (f"{peak_sheet / 1e12:.0f} TFLOP/s" if peak_sheet else "unknown"))

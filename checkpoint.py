@@ -15,6 +15,7 @@ import math
 import mmap
 import os
 import pathlib
+import random
 import re
 import tempfile
 import zlib
@@ -482,6 +483,21 @@ def _to_cpu(x, memo=None):
     if isinstance(x, (list, tuple)):
         return type(x)(_to_cpu(v, memo) for v in x)
     return x
+
+
+def rng_state():
+    """Every random generator a training step uses, for ckpt-*.pt: resume then continues bit for bit."""
+    s = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s):
+    random.setstate(s["python"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def list_checkpoints(out_dir):

@@ -516,3 +516,15 @@ def setup_numerics(device="auto", dtype="auto"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device, ctx, scaler, dtype
+
+
+def gpu_peak_flops(device, dtype):
+    """Dense bf16/fp16 tensor-core peak of the GPU (datasheet), for MFU; None if unknown or not on CUDA."""
+    if not device.startswith("cuda") or dtype == "float32":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in (("H100", 989e12), ("H200", 989e12), ("H20", 148e12), ("A100", 312e12), ("A10G", 125e12),
+                      ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12)):
+        if key in name:
+            return peak
+    return None

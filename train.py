@@ -12,7 +12,6 @@ import inspect
 import json
 import math
 import os
-import random
 import re
 import sys
 import time
@@ -29,10 +28,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
-from checkpoint import (list_checkpoints, load_checkpoint, load_model, remove_orphan_tmp, save_checkpoint,
-                        save_tokenizer, write_text)
+from checkpoint import (list_checkpoints, load_checkpoint, load_model, remove_orphan_tmp, rng_state, save_checkpoint,
+                        save_tokenizer, set_rng_state, write_text)
 from engine import evaluate, sample_table
-from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, apply_lora, setup_numerics
+from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, apply_lora, gpu_peak_flops, setup_numerics
 from tokenizer import load_tokenizer
 
 
@@ -141,7 +140,7 @@ def load_config(argv):
         setattr(cfg, key, value)
 
     for arg in [a for a in argv if not a.startswith("-")]:  # config files first ...
-        ns = {}
+        ns = {"__file__": os.path.abspath(arg)}  # so a config can build on another (configs/*_lora.py)
         try:
             with open(arg, encoding="utf-8") as f:
                 src = f.read()
@@ -235,18 +234,6 @@ def check_config(cfg):
 
 # -----------------------------------------------------------------------------
 
-def gpu_peak_flops(device, dtype):
-    """Dense bf16/fp16 tensor-core peak of the GPU (datasheet), for MFU; None if unknown or not on CUDA."""
-    if not device.startswith("cuda") or dtype == "float32":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in (("H100", 989e12), ("H200", 989e12), ("H20", 148e12), ("A100", 312e12), ("A10G", 125e12),
-                      ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12)):
-        if key in name:
-            return peak
-    return None
-
-
 def lr_at(step, cfg, total_steps):
     """Linear warmup to cfg.lr over warmup_iters, then cosine / linear decay to lr*min_lr_ratio, or constant."""
     if step < cfg.warmup_iters:
@@ -256,22 +243,6 @@ def lr_at(step, cfg, total_steps):
     frac = min(1.0, (step - cfg.warmup_iters) / max(1, total_steps - cfg.warmup_iters))
     decay = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
-
-# -----------------------------------------------------------------------------
-# resume: the RNG state goes into every ckpt-*.pt (checkpoint.py owns the file format)
-
-def rng_state():
-    s = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s):
-    random.setstate(s["python"])
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
 
 # -----------------------------------------------------------------------------
 

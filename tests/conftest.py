@@ -56,3 +56,33 @@ def ckpts(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def one_thread():
+    # tiny models: a second thread only adds OpenMP hand-offs (and stalls badly on a busy machine)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(vocab=128, seed=0, **kw):
+    """A small random decoder with large weights: the default init gives near-uniform logits whose argmax is
+    decided by float noise; larger weights make greedy decoding well defined, so "same output" tests test the
+    decoding, not rounding luck."""
+    from model import ModelConfig, Transformer
+    cfg = dict(vocab_size=vocab, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, intermediate_size=96, max_seq_len=256,
+               rope_theta=1e4, qkv_bias=True, tie_embeddings=False)
+    cfg.update(kw)
+    model = Transformer(ModelConfig(**cfg))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g) if "norm" in name
+                    else 0.08 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def math_tok():
+    from tokenizer import load_tokenizer
+    return load_tokenizer("math")

@@ -4,7 +4,6 @@ import os
 import sys
 
 import pytest
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
@@ -73,7 +72,6 @@ def test_math_directory_tree_equals_jsonl(tmp_path):
         (d / f"{i}.json").write_text(json.dumps({k: r[k] for k in ("problem", "solution", "level", "type")}))
     tree = data.load_dataset(str(tmp_path))
     flat = data.load_math(os.path.join(data.DATA_DIR, "math", "test.jsonl"))[:30]
-    key = lambda e: e["prompt"]
     assert sorted((e["prompt"], e["response"], e["answer"]) for e in tree) == \
            sorted((e["prompt"], e["response"], e["answer"]) for e in flat)
 

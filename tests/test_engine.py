@@ -1,57 +1,26 @@
 """engine.py: KV-cached decoding vs full forward, batch vs alone, stop tokens, seeded sampling, streaming of split
 UTF-8, and the generate-and-grade loop (grading, pass@k / maj@k, mode restore)."""
 
-import os
-
 import pytest
 import torch
 
 import data
 import engine as E
-from model import ModelConfig, Transformer
-from tokenizer import load_tokenizer
+from conftest import tiny_model
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these models are tiny: a second thread only adds OpenMP hand-offs (and stalls badly on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 PROMPTS = [[5, 17, 99, 3, 42, 8, 61], [7, 7, 120], [33, 2, 90, 14, 71, 11, 4, 19, 56, 23, 100], [9]]
-
-
-def _randomize(model, seed):
-    # the default init gives near-uniform logits whose argmax is decided by float noise; larger weights make
-    # greedy decoding well defined, so "same output" tests test the decoding, not rounding luck
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g) if "norm" in name
-                    else 0.08 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def _tiny(vocab=128, seed=0, **kw):
-    cfg = dict(vocab_size=vocab, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, intermediate_size=96, max_seq_len=256,
-               rope_theta=1e4, qkv_bias=True, tie_embeddings=False)
-    cfg.update(kw)
-    return _randomize(Transformer(ModelConfig(**cfg)), seed)
+_tiny = tiny_model
 
 
 @pytest.fixture(scope="module")
 def model():
     return _tiny()
-
-
-@pytest.fixture(scope="module")
-def math_tok():
-    return load_tokenizer("math")
 
 
 def _greedy_uncached(model, prompt, n, stop=()):

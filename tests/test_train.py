@@ -15,7 +15,6 @@ sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import train  # noqa: E402
 from model import Transformer  # noqa: E402
-from tokenizer import load_tokenizer  # noqa: E402
 
 TINY = ["--n_layer=1", "--n_embd=32", "--n_head=2", "--seq_len=96", "--batch_size=4", "--max_samples=300",
         "--val_size=16", "--eval_samples=0", "--log_interval=1", "--eval_interval=1000", "--warmup_iters=2",
