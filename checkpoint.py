@@ -375,8 +375,8 @@ def save_pretrained(model, out_dir, max_shard_bytes=2**31) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for k, t in model.state_dict().items():
-        if model.config.tie_embeddings and k == "lm_head.weight":
-            continue
+        if (model.config.tie_embeddings and k == "lm_head.weight") or k.startswith("value_head."):
+            continue  # a verifier's head has no place in the HF layout: it stays in our checkpoints
         tensors[k if k == "lm_head.weight" else "model." + k] = t
     dtype = next(iter(tensors.values())).dtype
     # shards: fill greedily in state_dict order
@@ -539,20 +539,25 @@ def load_checkpoint(path, map_location="cpu"):
 def model_from_checkpoint(ckpt, device="cpu", dtype=None):
     """The model of a training checkpoint. A LoRA checkpoint holds adapters only: they are put on its base model
     (loaded from the path it names) and merged into the weights, so what comes back is a plain model."""
-    if "lora" in ckpt:
-        lora = ckpt["lora"]
+    if "base" in ckpt:  # only what was trained (LoRA adapters, a verifier's head) on top of a base checkpoint
         try:
             model, _, _ = load_model(ckpt["base"], device, torch.float32)
         except FileNotFoundError:
-            raise FileNotFoundError(f"the LoRA adapters need their base model {ckpt['base']!r}, which is not there "
-                                    f"any more (or pass a merged export)") from None
-        apply_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"].split(","))
+            raise FileNotFoundError(f"this checkpoint holds trained parts of the base model {ckpt['base']!r}, which "
+                                    f"is not there any more (or pass a merged export)") from None
+        if ckpt.get("lora"):
+            lora = ckpt["lora"]
+            apply_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"].split(","))
+        if ckpt.get("value_head"):
+            model.add_value_head()
         bad = model.load_state_dict(ckpt["model"], strict=False)
-        if bad.unexpected_keys or any("lora_" in k for k in bad.missing_keys):
-            raise ValueError(f"the adapters do not fit their base model {ckpt['base']!r}: {bad}")
-        return merge_lora(model).to(device=device, dtype=dtype)
+        if bad.unexpected_keys or any("lora_" in k or "value_head" in k for k in bad.missing_keys):
+            raise ValueError(f"the trained parameters do not fit their base model {ckpt['base']!r}: {bad}")
+        return (merge_lora(model) if ckpt.get("lora") else model).to(device=device, dtype=dtype)
     with torch.device("meta"):
         model = Transformer(ModelConfig(**ckpt["model_config"]))
+    if ckpt.get("value_head"):
+        model.add_value_head()
     model.load_state_dict(ckpt["model"], assign=True)
     return model.to(device=device, dtype=dtype)
 

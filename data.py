@@ -157,17 +157,56 @@ def load_math(path):
 
 
 def load_pairs(path, prompt_key="prompt", response_key="response"):
-    """Generic jsonl of prompt/response pairs (an optional 'answer' key is kept for grading)."""
+    """Generic jsonl of prompt/response pairs: rejection-sampling data (sample.py --rft-out) or anything else. An
+    'answer' (or 'gold', as sample.py --eval writes it) is kept for grading; a boolean 'correct' becomes the
+    example's label, which a verifier learns (train.py objective=verifier)."""
     out = []
     for i, (n, r) in enumerate(read_jsonl(path, required=(prompt_key, response_key), lines=True)):
-        answer = r.get("answer")
+        answer = r.get("answer", r.get("gold"))
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             answer = str(answer)
         elif answer is not None and not isinstance(answer, str):
             raise ValueError(f"{path}:{n}: 'answer' must be a string or a number, got {type(answer).__name__}")
-        out.append({"id": f"{short_name(path)}:{i + 1}", "prompt": r[prompt_key], "response": r[response_key],
-                    "answer": answer})
+        ex = {"id": f"{short_name(path)}:{i + 1}", "prompt": r[prompt_key], "response": r[response_key],
+              "answer": answer}
+        if "correct" in r:
+            if not isinstance(r["correct"], bool):
+                raise ValueError(f"{path}:{n}: 'correct' must be true or false, got {r['correct']!r}")
+            ex["label"] = float(r["correct"])
+        out.append(ex)
     return out
+
+
+# -----------------------------------------------------------------------------
+# rejection sampling: the model's own correct, distinct solutions as training data (Yuan et al. 2023)
+
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def solution_signature(text):
+    """What makes two solutions the same reasoning: the sequence of numbers they write, in order (the quantities
+    of each calculation step; thousands separators and trailing zeros of decimals dropped), or for a solution
+    without numbers its lower-cased words. Rewordings of one calculation collapse; another route does not."""
+    nums = [n.replace(",", "") for n in _NUMBER.findall(text)]
+    nums = [n.rstrip("0").rstrip(".") if "." in n else n for n in nums]
+    return tuple(nums) if nums else tuple(re.findall(r"\w+", text.lower()))
+
+
+def rft_rows(records, max_per_problem=0):
+    """From graded samples (engine.evaluate's records): the correct ones that finished (not cut off) with a
+    recognised answer, one per distinct signature per problem, at most max_per_problem (0 = all) ->
+    rows {"id", "prompt", "response", "answer"} for a jsonl that train.py trains on (datasets=...)."""
+    rows, seen, per = [], set(), {}
+    for r in records:
+        if not (r["correct"] and r["formatted"] and not r["truncated"]):
+            continue
+        key = (r["id"], solution_signature(r["response"]))
+        if key in seen or (max_per_problem and per.get(r["id"], 0) >= max_per_problem):
+            continue
+        seen.add(key)
+        per[r["id"]] = per.get(r["id"], 0) + 1
+        rows.append({"id": r["id"], "prompt": r["prompt"], "response": r["response"], "answer": r["gold"]})
+    return rows
 
 
 def make_arith(n, seed, max_digits=3, exclude=()):
@@ -289,14 +328,17 @@ def pack_rows(lengths, order, seq_len, open_rows=64):
     return rows
 
 
-def collate(rows, examples, seq_len, pad_id):
+def collate(rows, examples, seq_len, pad_id, value=False):
     """Rows of example indices -> tensors, all (B, T=seq_len):
     idx: token ids; targets: next token where it is a supervised response token else -100; pos: position within
     its own example; doc: document id within the row (pads get their own id, so they attend only to pads).
-    Plus loss_index (N,): the flat positions of the supervised targets."""
+    Plus loss_index (N,): the flat positions of the supervised targets. value=True (a verifier): no next-token
+    targets; value_targets (B, T) float holds the example's label (1 correct, 0 not) at every response token and
+    -1 elsewhere, and loss_index points at those."""
     B, T = len(rows), seq_len
     idx = np.full((B, T), pad_id, dtype=np.int64)
     tgt = np.full((B, T), -100, dtype=np.int64)
+    vt = np.full((B, T), -1.0, dtype=np.float32)
     pos = np.zeros((B, T), dtype=np.int64)
     doc = np.zeros((B, T), dtype=np.int64)
     for b, row in enumerate(rows):
@@ -305,15 +347,21 @@ def collate(rows, examples, seq_len, pad_id):
             ids, mask = examples[i]["ids"], examples[i]["mask"]
             n = min(len(ids), T - t)
             idx[b, t:t + n] = ids[:n]
-            m = np.asarray(mask[1:n], dtype=bool)  # target at position j is token j+1, if that token is supervised
-            tgt[b, t:t + n - 1] = np.where(m, np.asarray(ids[1:n]), -100)
+            if value:  # the value at a response token predicts whether the finished answer is correct
+                vt[b, t:t + n] = np.where(np.asarray(mask[:n], dtype=bool), examples[i]["label"], -1.0)
+            else:  # target at position j is token j+1, if that token is supervised
+                m = np.asarray(mask[1:n], dtype=bool)
+                tgt[b, t:t + n - 1] = np.where(m, np.asarray(ids[1:n]), -100)
             pos[b, t:t + n] = np.arange(n)
             doc[b, t:t + n] = d
             t += n
         pos[b, t:] = np.arange(T - t)
         doc[b, t:] = len(row)
     out = {k: torch.from_numpy(v) for k, v in (("idx", idx), ("targets", tgt), ("pos", pos), ("doc", doc))}
-    out["loss_index"] = torch.from_numpy(np.flatnonzero(tgt.reshape(-1) != -100))  # (N,) found here, not on the GPU
+    supervised = vt >= 0 if value else tgt != -100
+    out["loss_index"] = torch.from_numpy(np.flatnonzero(supervised.reshape(-1)))  # (N,) found here, not on the GPU
+    if value:
+        out["value_targets"] = torch.from_numpy(vt)
     return out
 
 
@@ -323,8 +371,9 @@ class Dataset:
     rows(k) gives the k-th training row of the whole run (epochs laid end to end), so the data position to resume
     from is a single integer: the number of rows consumed."""
 
-    def __init__(self, examples, tok, seq_len, prompt_format, pack=True, seed=0, weights=None, system_prompt=SYSTEM_PROMPT):
-        self.seq_len, self.pack, self.seed, self.pad_id = seq_len, pack, seed, tok.pad_id
+    def __init__(self, examples, tok, seq_len, prompt_format, pack=True, seed=0, weights=None, system_prompt=SYSTEM_PROMPT,
+                 value=False):
+        self.seq_len, self.pack, self.seed, self.pad_id, self.value = seq_len, pack, seed, tok.pad_id, value
         self.examples = examples
         self.source = weights  # list of (start, end, weight) ranges into examples, one per dataset
         for ex in examples:
@@ -378,7 +427,7 @@ class Dataset:
         """The n rows starting at global row `start`, as tensors, plus the ids of the examples in them; with pad_to,
         empty rows (no tokens, no targets) make up the batch to pad_to rows."""
         rows = [self.row(k) for k in range(start, start + n)] + [[]] * max(0, pad_to - n)
-        b = collate(rows, self.examples, self.seq_len, self.pad_id)
+        b = collate(rows, self.examples, self.seq_len, self.pad_id, self.value)
         b["example_ids"] = [[self.examples[i]["id"] for i in r] for r in rows]
         return b
 
@@ -391,7 +440,7 @@ class Dataset:
 
 
 def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_samples=0, val_size=0,
-                   system_prompt=SYSTEM_PROMPT):
+                   system_prompt=SYSTEM_PROMPT, value=False):
     """Train and validation Datasets from a mixture spec ('gsm8k:1,math:0.5'). Each dataset is shuffled with a
     fixed seed; the validation examples are held out from the front of that order (val_size split across datasets
     in proportion to their sizes) and max_samples (if > 0) caps each dataset's training examples. Held out means
@@ -414,11 +463,18 @@ def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_sam
         ranges.append((len(train), len(train) + len(tr), w))
         train += tr
     if not train:
-        raise ValueError(f"datasets='{spec}': no training examples")
-    train_ds = Dataset(train, tok, seq_len, prompt_format, pack, seed, ranges, system_prompt)
+        raise ValueError(f"datasets='{spec}': no training examples" + (
+            f" left: the {len(val)} held-out examples' problems are all the problems there are (rows repeating a "
+            f"held-out problem are dropped); lower val_size" if val else ""))
+    if value:  # a verifier learns labelled solutions: every example needs its 'correct'
+        unlabelled = next((ex["id"] for ex in train + val if "label" not in ex), None)
+        if unlabelled:
+            raise ValueError(f"datasets='{spec}': example {unlabelled} has no 'correct' label; a verifier trains on "
+                             f"graded samples (the jsonl sample.py --eval writes)")
+    train_ds = Dataset(train, tok, seq_len, prompt_format, pack, seed, ranges, system_prompt, value)
     if train_ds.n_supervised == 0:
         raise ValueError(f"datasets='{spec}' with seq_len={seq_len}: no training example has an answer token within "
                          f"its first {seq_len} tokens, so there is nothing to learn; raise seq_len (the longest "
                          f"example has {max(train_ds.lengths)} tokens)")
-    val_ds = Dataset(val, tok, seq_len, prompt_format, pack, seed, None, system_prompt) if val else None
+    val_ds = Dataset(val, tok, seq_len, prompt_format, pack, seed, None, system_prompt, value) if val else None
     return train_ds, val_ds

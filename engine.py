@@ -255,31 +255,35 @@ def _capture(step, cache, st):
 # generate and grade: the one evaluation loop (train.py and sample.py call it)
 
 
-def _majority(recs):
-    """The record whose answer most samples agree on (grouped by grade.is_equiv); ties go to the earliest."""
-    groups = []  # [representative record, count]
+def _majority(recs, weight=lambda r: 1):
+    """The record whose answer most samples agree on (grouped by grade.is_equiv), each sample counting `weight`
+    (1: majority vote; a verifier's score: weighted vote); ties go to the earliest."""
+    groups = []  # [representative record, total weight]
     for r in recs:
         if r["extracted"] is None:
             continue
         for g in groups:
             if G.is_equiv(r["extracted"], g[0]["extracted"]):
-                g[1] += 1
+                g[1] += weight(r)
                 break
         else:
-            groups.append([r, 1])
+            groups.append([r, weight(r)])
     return max(groups, key=lambda g: g[1])[0] if groups else None  # max keeps the first of equal counts
 
 
 @torch.no_grad()
 def evaluate(model, tok, problems, prompt_format, system_prompt, max_new_tokens=512, batch_size=64,
-             ctx=nullcontext(), seed=0, temperature=0.0, top_k=0, top_p=1.0, num_samples=1, entropy=False):
+             ctx=nullcontext(), seed=0, temperature=0.0, top_k=0, top_p=1.0, num_samples=1, entropy=False,
+             verifier=None):
     """Generate for each problem ({"id", "prompt", "answer", ...}) and grade it. Returns (summary, records):
     summary {"accuracy", "format_rate", "answer_reward" (= accuracy), "format_reward" (= format_rate),
     "mean_length" (tokens), "tokens_per_s", "generate_s", "grade_s", "n"}, "mean_entropy" (per generated token)
     with entropy=True, and "pass@k" and "maj@k" when num_samples = k > 1; records, one per generation in problem
     order: {"id", "prompt", "response", "extracted", "gold", "correct", "formatted", "n_tokens", "sample",
     "truncated"} (truncated: ended by the token budget, not a stop token). The model runs in eval mode under
-    no_grad and gets its previous mode back."""
+    no_grad and gets its previous mode back. verifier = (model with a value head, its tokenizer, prompt format,
+    system prompt): every record gets its "score" (P(correct)), and with k > 1 samples the summary adds
+    "verifier@k" (accuracy of each problem's top-scored sample) and "weighted_maj@k" (votes weighted by score)."""
     was_training = model.training
     model.eval()
     try:
@@ -326,7 +330,73 @@ def evaluate(model, tok, problems, prompt_format, system_prompt, max_new_tokens=
         maj = [_majority(rs) for rs in per]
         summary[f"maj@{num_samples}"] = sum(bool(m and m["correct"]) for m in maj) / max(len(per), 1)
         summary["n_problems"] = len(per)
+    if verifier is not None:
+        vm, vtok, vfmt, vsys = verifier
+        rendered = [data.render_example(vtok, r, vfmt, vsys) for r in records]
+        scores = score_examples(vm, [{"ids": i, "mask": m} for i, m in rendered], ctx, batch_size)
+        for r, sc in zip(records, scores):
+            r["score"] = sc
+        if num_samples > 1:
+            per = [records[i:i + num_samples] for i in range(0, n, num_samples)]
+            top = [max(rs, key=lambda r: r["score"]) for rs in per]  # max keeps the first of equal scores
+            summary[f"verifier@{num_samples}"] = sum(r["correct"] for r in top) / max(len(per), 1)
+            wmaj = [_majority(rs, weight=lambda r: r["score"]) for rs in per]
+            summary[f"weighted_maj@{num_samples}"] = sum(bool(m and m["correct"]) for m in wmaj) / max(len(per), 1)
     return summary, records
+
+
+# -----------------------------------------------------------------------------
+# a verifier's scores (a model with a value head, trained by train.py objective=verifier)
+
+
+@torch.no_grad()
+def score_examples(model, examples, ctx=nullcontext(), batch_size=64):
+    """P(correct) for rendered examples ({"ids", "mask"}): the value head at each one's last response token
+    (its closing end token: the whole solution has been read). Batched, right-padded, longest first."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["ids"]))
+    out = [0.0] * len(examples)
+    try:
+        for s in range(0, len(order), batch_size):
+            chunk = order[s:s + batch_size]
+            T = max(len(examples[i]["ids"]) for i in chunk)
+            idx = torch.tensor([examples[i]["ids"] + [0] * (T - len(examples[i]["ids"])) for i in chunk], device=dev)
+            last = torch.tensor([max(j for j, m in enumerate(examples[i]["mask"]) if m) for i in chunk], device=dev)
+            with ctx:
+                p = model.value(idx, last).tolist()
+            for i, v in zip(chunk, p):
+                out[i] = v
+    finally:
+        model.train(was_training)
+    return out
+
+
+def verifier_metrics(p, y):
+    """Scores p against labels y (0/1): mse, mae and r2 (as regressions of the label), AUROC (how well the score
+    ranks correct above wrong; ties count half) and ece (expected calibration error over 10 equal-width bins)."""
+    n = len(p)
+    p_t, y_t = torch.tensor(p, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    mse = float(((p_t - y_t) ** 2).mean())
+    var = float(y_t.var(unbiased=False))
+    ranks = torch.empty(n, dtype=torch.float64)
+    srt, order = p_t.sort()
+    i = 0
+    while i < n:  # average ranks over ties
+        j = i
+        while j + 1 < n and srt[j + 1] == srt[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    n_pos = int(y_t.sum())
+    n_neg = n - n_pos
+    auroc = float((ranks[y_t == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)) if n_pos and n_neg else float("nan")
+    bins = torch.clamp((p_t * 10).long(), max=9)
+    ece = sum(float((bins == b).sum()) / n * abs(float(p_t[bins == b].mean() - y_t[bins == b].mean()))
+              for b in range(10) if (bins == b).any())
+    return {"mse": mse, "mae": float((p_t - y_t).abs().mean()), "r2": 1 - mse / var if var else float("nan"),
+            "auroc": auroc, "ece": ece, "n": n}
 
 
 def sample_table(records, n=5, width=60):

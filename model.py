@@ -320,6 +320,7 @@ class Transformer(nn.Module):
             self.register_load_state_dict_post_hook(_retie)
         self.grad_checkpointing = 0  # blocks recomputed in backward when training: 0 none, n the first n, -1 all
         self.compiled_blocks = None  # set by compile_blocks(): torch.compile'd blocks for the training forward
+        self.value_head = None  # add_value_head(): a verifier's MLP on the final hidden states
         self.loss_chunk = 1024  # rows of the vocab projection per chunk in the loss
         self.source_dir = None  # set by checkpoint.from_pretrained: where config/tokenizer files came from
         self.apply(self._init_weights)
@@ -339,7 +340,7 @@ class Transformer(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, *, pos=None, doc=None, cache=None, rows=None, lengths=None, last=None,
-                reduction="mean", loss_index=None):
+                reduction="mean", loss_index=None, value_targets=None):
         """idx (B, T) long token ids; pos, doc, cache, rows, lengths as in hidden().
 
         targets (B, T) long with -100 = ignore: returns the fp32 cross-entropy, reduction "mean" (over
@@ -348,10 +349,18 @@ class Transformer(nn.Module):
             recomputed in backward, so fp32 logits for every position never exist (cf. torchtune chunked CE).
             loss_index (N,) long: the flat positions where targets != -100, if the caller has them (data.collate
             computes them on the CPU): then finding them costs no host sync.
+        value_targets (B, T) float, -1 = ignore (needs the value head): returns the fp32 binary cross-entropy of
+            the value head's logit against them, reduced like the LM loss.
         last (B,) long: return only the logits at position last[b] of each row, (B, V).
         Else returns logits (B, T, V) in the compute dtype.
         """
         x = self.hidden(idx, pos=pos, doc=doc, cache=cache, rows=rows, lengths=lengths)  # (B, T, C)
+        if value_targets is not None:
+            t = value_targets.reshape(-1)
+            index = (t >= 0).nonzero().squeeze(1) if loss_index is None else loss_index
+            v = self.value_head(x.reshape(-1, x.size(-1)).index_select(0, index)).float()  # (N,) logits
+            loss = F.binary_cross_entropy_with_logits(v, t.index_select(0, index), reduction="sum")
+            return loss / max(1, index.numel()) if reduction == "mean" else loss
         if targets is not None:
             return self.chunked_loss(x, targets, reduction, loss_index)
         if last is not None:
@@ -446,6 +455,23 @@ class Transformer(nn.Module):
     def _chunk_ce(self, h, t):
         logits = self.lm_head(h).float()  # (n, V) fp32, one chunk only
         return F.cross_entropy(logits, t, reduction="sum")
+
+    def add_value_head(self):
+        """A verifier's head (cf. Cobbe et al. 2021): an MLP on the final hidden state of every token, predicting
+        (as a logit) whether the solution's final answer will be correct. fp32, on the model's device."""
+        C = self.config.n_embd
+        dev = self.embed_tokens.weight.device
+        self.value_head = nn.Sequential(nn.Linear(C, C, device=dev), nn.GELU(), nn.Linear(C, 1, device=dev),
+                                        nn.Flatten(0))  # (..., C) -> (...)
+        nn.init.zeros_(self.value_head[2].weight)  # starts at p = sigmoid(b): no opinion
+        return self.value_head
+
+    @torch.no_grad()
+    def value(self, idx, last):
+        """Verifier scores: sigmoid of the value head at position last[b] of each row of idx (B, T) -> (B,)."""
+        x = self.hidden(idx)
+        h = x[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
+        return torch.sigmoid(self.value_head(h.to(self.value_head[0].weight.dtype)).float())
 
     def compile_blocks(self, compile=True):
         """torch.compile each block for the training forward (KV-cache decoding keeps the eager blocks: it has its

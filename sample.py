@@ -89,19 +89,29 @@ def main(argv=None):
     ap.add_argument("--dtype", default="auto", help="weights and compute dtype: auto, float32, bfloat16, float16")
     ap.add_argument("--entropy", action="store_true", help="also report the mean per-token entropy (costs a "
                     "softmax over the vocabulary per token)")
-    ap.add_argument("--eval", help="gsm8k, math or math500: run the pinned protocol and grade")
+    ap.add_argument("--eval", help="gsm8k, math, math500 (the pinned protocol) or a .jsonl of problems with answers: "
+                    "generate and grade")
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-samples", type=int, default=0, help="evaluate the first N problems (0 = all)")
     ap.add_argument("--out", help="eval output jsonl (default: eval-<checkpoint>-<dataset>-<split>[-n<N>][-k<k>-t<T>]"
                     ".jsonl next to the checkpoint)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing eval output files")
     ap.add_argument("--export-hf", metavar="DIR", help="write a Hugging Face checkpoint folder and exit")
+    ap.add_argument("--verifier", metavar="CKPT", help="with --eval: score every sample with this verifier (a "
+                    "checkpoint of train.py objective=verifier); with --num-samples k adds verifier@k and "
+                    "weighted_maj@k")
+    ap.add_argument("--rft-out", metavar="FILE", help="with --eval: also write the correct, finished, distinct "
+                    "samples as a jsonl train.py trains on (rejection-sampling fine-tuning)")
+    ap.add_argument("--rft-max-per-problem", type=int, default=0, help="distinct solutions kept per problem "
+                    "(0 = all)")
     ap.error = lambda msg: sys.exit(f"sample.py: {msg} (python sample.py -h lists the options)")  # one line, exit 1
     args = ap.parse_args(argv)
 
-    if args.eval is not None and args.eval not in EVAL_MAX_NEW_TOKENS:
-        ap.error(f"--eval: unknown dataset {args.eval!r}; choose from {', '.join(EVAL_MAX_NEW_TOKENS)}")
-    if args.eval and args.split not in (("test",) if args.eval == "math500" else ("train", "test")):
+    named = args.eval in EVAL_MAX_NEW_TOKENS
+    if args.eval is not None and not named and not os.path.isfile(args.eval):
+        ap.error(f"--eval: unknown dataset {args.eval!r}; choose from {', '.join(EVAL_MAX_NEW_TOKENS)} or give a "
+                 f".jsonl file of problems with answers")
+    if args.eval and named and args.split not in (("test",) if args.eval == "math500" else ("train", "test")):
         ap.error(f"--split {args.split!r}: {args.eval} has " + ("only a test split" if args.eval == "math500" else
                                                                "train and test splits"))
     if args.num_samples < 1:
@@ -112,8 +122,10 @@ def main(argv=None):
         ap.error("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         ap.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.batch_size < 0 or args.max_samples < 0:
-        ap.error("--batch-size and --max-samples must be >= 0 (0 = the default / all)")
+    if (args.verifier or args.rft_out) and not args.eval:
+        ap.error("--verifier and --rft-out go with --eval (they need graded samples)")
+    if args.batch_size < 0 or args.max_samples < 0 or args.rft_max_per_problem < 0:
+        ap.error("--batch-size, --max-samples and --rft-max-per-problem must be >= 0 (0 = the default / all)")
     try:
         return _main(args, ap)
     except (ValueError, OSError) as e:  # bad input (checkpoint, prompts, device): one line, no traceback
@@ -125,7 +137,9 @@ def _eval_out_path(args, info):
     if args.out:
         return args.out
     stem = os.path.splitext(os.path.basename(info["path"].rstrip("/")))[0]
-    name = f"eval-{stem}-{args.eval}-{args.split}"
+    what = f"{args.eval}-{args.split}" if args.eval in EVAL_MAX_NEW_TOKENS else \
+        os.path.splitext(os.path.basename(args.eval))[0]
+    name = f"eval-{stem}-{what}"
     name += f"-n{args.max_samples}" if args.max_samples else ""
     name += f"-k{args.num_samples}-t{args.temperature:g}" if args.temperature > 0 else ""
     return os.path.join(os.path.dirname(info["path"]) if info["kind"] == "nanomath" else ".", name + ".jsonl")
@@ -149,32 +163,47 @@ def _main(args, ap):
     fmt = info["prompt_format"] if args.format == "auto" else args.format
     system = info["system_prompt"] if args.system_prompt is None else args.system_prompt
     if args.eval:
-        max_new = args.max_new_tokens or EVAL_MAX_NEW_TOKENS[args.eval]
+        max_new = args.max_new_tokens or EVAL_MAX_NEW_TOKENS.get(args.eval, 512)
         if fmt == "raw":
             ap.error("--eval needs a chat or plain prompt format")
         out = _eval_out_path(args, info)
         summary_path = out.removesuffix(".jsonl") + ".summary.json"
-        existing = [p for p in (out, summary_path) if os.path.exists(p)]
+        existing = [p for p in (out, summary_path, args.rft_out) if p and os.path.exists(p)]
         if existing and not args.overwrite:
             ap.error(f"{existing[0]} exists: pass --overwrite to replace it, or --out for another name")
-        problems = data.load_dataset(args.eval, args.split)
+        problems = data.load_dataset(args.eval, args.split)  # a file is used as it is (no split)
+        if args.eval not in EVAL_MAX_NEW_TOKENS and any(p["answer"] is None for p in problems):
+            ap.error(f"--eval {args.eval}: every problem needs an answer to grade against")
         if args.max_samples:
             problems = problems[:args.max_samples]
-        print(f"eval {args.eval}/{args.split}: {len(problems)} problems, prompt format {fmt}, system prompt "
+        verifier = None
+        if args.verifier:
+            vm, vtok, vinfo = load_model(args.verifier, device, getattr(torch, dtype))
+            if vm.value_head is None:
+                ap.error(f"--verifier {args.verifier}: this checkpoint has no value head (train one with "
+                         f"train.py objective=verifier)")
+            verifier = (vm.eval(), vtok, vinfo["prompt_format"], vinfo["system_prompt"])
+        label = f"{args.eval}/{args.split}" if args.eval in EVAL_MAX_NEW_TOKENS else args.eval
+        print(f"eval {label}: {len(problems)} problems, prompt format {fmt}, system prompt "
               f"{system!r}, max_new_tokens {max_new}, temperature {args.temperature}, samples {args.num_samples}",
               file=sys.stderr)
         summary, records = evaluate(model, tok, problems, fmt, system, max_new_tokens=max_new,
                                     batch_size=batch_size, seed=args.seed, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
-                                    entropy=args.entropy)
+                                    entropy=args.entropy, verifier=verifier)
         write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+        if args.rft_out:
+            rows = data.rft_rows(records, args.rft_max_per_problem)
+            write_text(args.rft_out, "".join(json.dumps(r) + "\n" for r in rows))
+            print(f"rejection sampling: {sum(r['correct'] for r in records)} correct samples -> {len(rows)} distinct "
+                  f"solutions of {len({r['id'] for r in rows})} problems in {args.rft_out}", file=sys.stderr)
         settings = {"dataset": args.eval, "split": args.split, "ckpt": info["path"], "prompt_format": fmt,
                     "system_prompt": system, "max_new_tokens": max_new, "temperature": args.temperature,
                     "top_k": args.top_k, "top_p": args.top_p, "num_samples": args.num_samples, "seed": args.seed,
-                    "dtype": dtype, "device": device}
+                    "dtype": dtype, "device": device, "verifier": args.verifier}
         write_text(summary_path, json.dumps({**summary, "settings": settings}, indent=1) + "\n")
         print(sample_table(records))
-        line = (f"{args.eval}/{args.split}: accuracy {summary['accuracy']:.4f} ({summary['n']} generations) | "
+        line = (f"{label}: accuracy {summary['accuracy']:.4f} ({summary['n']} generations) | "
                 f"format rate {summary['format_rate']:.4f} | mean length {summary['mean_length']:.1f} tokens | "
                 f"{summary['tokens_per_s']:.1f} tok/s | generate {summary['generate_s']:.1f}s, grade "
                 f"{summary['grade_s']:.1f}s")
@@ -183,6 +212,9 @@ def _main(args, ap):
         k = args.num_samples
         if k > 1:
             line += f" | pass@{k} {summary[f'pass@{k}']:.4f} | maj@{k} {summary[f'maj@{k}']:.4f}"
+        if verifier is not None and k > 1:
+            line += (f" | verifier@{k} {summary[f'verifier@{k}']:.4f} | weighted maj@{k} "
+                     f"{summary[f'weighted_maj@{k}']:.4f}")
         print(line)
         print(f"wrote {out}", file=sys.stderr)
         return summary

@@ -30,7 +30,7 @@ from tqdm import tqdm
 import data
 from checkpoint import (list_checkpoints, load_checkpoint, load_model, remove_orphan_tmp, rng_state, save_checkpoint,
                         save_tokenizer, set_rng_state, write_text)
-from engine import evaluate, sample_table
+from engine import evaluate, sample_table, score_examples, verifier_metrics
 from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, apply_lora, gpu_peak_flops, setup_numerics
 from tokenizer import load_tokenizer
 
@@ -82,6 +82,9 @@ class Config:
     lora_dropout: float = 0.0
     lora_targets: str = "q,k,v,o,gate,up,down"
     fsdp: bool = False                   # under torchrun: shard weights, gradients, optimizer state (FSDP2) vs DDP
+    # a verifier: a value head on the decoder learns whether a sampled solution is correct (datasets: graded samples)
+    objective: str = "sft"               # sft | verifier
+    verifier_backbone: str = "frozen"    # frozen | lora (lora_rank > 0) | full: what trains besides the head
     # evaluation, logging, checkpoints
     log_interval: int = 50
     eval_interval: int = 500             # validation loss (and generation eval if eval_samples > 0)
@@ -206,6 +209,15 @@ def check_config(cfg):
     need(finite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
     need(cfg.grad_checkpointing >= -1, "grad_checkpointing", "must be -1 (all blocks), 0 (none) or a number of blocks")
     need(cfg.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = full fine-tuning)")
+    need(cfg.objective in ("sft", "verifier"), "objective", "must be sft or verifier")
+    if cfg.objective == "verifier":
+        need(cfg.init_from != "scratch", "objective", "a verifier is a head on a pretrained model: set init_from")
+        need(cfg.verifier_backbone in ("frozen", "lora", "full"), "verifier_backbone", "must be frozen, lora or full")
+        need((cfg.verifier_backbone == "lora") == (cfg.lora_rank > 0), "verifier_backbone",
+             "lora goes with lora_rank > 0, frozen and full with lora_rank = 0")
+        need(cfg.eval_samples == 0, "eval_samples", "must be 0 for a verifier (it is judged by AUROC on held-out "
+             "samples, not by generating)")
+        need(not cfg.fsdp, "fsdp", "a verifier trains with DDP or on one GPU (not FSDP yet)")
     if cfg.lora_rank:
         need(cfg.init_from != "scratch", "lora_rank", "LoRA adapts a pretrained model: set init_from")
         need(finite(cfg.lora_alpha) and cfg.lora_alpha > 0, "lora_alpha", "must be > 0")
@@ -279,10 +291,16 @@ def build_model(cfg, device, dtype="float32"):
         base = os.path.abspath(info["path"])
     if tok.n_vocab > model.config.vocab_size:
         raise SystemExit(f"tokenizer has {tok.n_vocab} tokens but the model only {model.config.vocab_size}")
-    if cfg.lora_rank:
+    frozen = cfg.objective == "verifier" and cfg.verifier_backbone == "frozen"
+    if cfg.lora_rank or frozen:
         model.to(getattr(torch, dtype))  # the frozen base needs no fp32 master copy
-        torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.lora_rank:
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets.split(","))
+    if frozen:
+        model.requires_grad_(False)
+    if cfg.objective == "verifier":
+        model.add_value_head()
     return model, tok, base
 
 
@@ -306,6 +324,7 @@ def evaluate_loss(model, ds, ctx, device, batch_size):
             b = ds.batch(start, min(batch_size, n - start), pad_to=batch_size)
             with ctx:
                 loss = model(b["idx"].to(device), b["targets"].to(device), pos=b["pos"].to(device),
+                             value_targets=b["value_targets"].to(device) if "value_targets" in b else None,
                              doc=b["doc"].to(device), reduction="sum", loss_index=b["loss_index"].to(device))
             total += loss.item()
             count += len(b["loss_index"])
@@ -347,7 +366,8 @@ def forward_backward(model, micro, ctx, scaler, device, world=1):
         with _accumulating(model) if world > 1 and i < len(micro) - 1 else nullcontext():
             with ctx:
                 loss = model(to("idx"), to("targets"), pos=to("pos"), doc=to("doc"), reduction="sum",
-                             loss_index=to("loss_index")) * (world / max(1, n_sup))
+                             loss_index=to("loss_index"),
+                             value_targets=to("value_targets") if "value_targets" in b else None) * (world / max(1, n_sup))
             (scaler.scale(loss) if scaler else loss).backward()
         loss_acc += loss.detach() / world
     if world > 1:
@@ -411,16 +431,19 @@ def train(cfg):
                          f"--resume=auto, replace it with --overwrite=true, or choose another out_dir")
 
     model, tok, base = build_model(cfg, device, dtype)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    partial = len(trained) < len(list(model.parameters()))  # LoRA or a frozen verifier backbone
     if ckpt:
-        bad = model.load_state_dict(ckpt["model"], strict=not cfg.lora_rank)
-        if cfg.lora_rank and (bad.unexpected_keys or any("lora_" in k for k in bad.missing_keys)):
-            raise SystemExit(f"{cfg.resume}: its adapters do not fit this model's ({bad})")
+        bad = model.load_state_dict(ckpt["model"], strict=not partial)
+        if partial and (bad.unexpected_keys or trained & set(bad.missing_keys)):
+            raise SystemExit(f"{cfg.resume}: its trained parameters do not fit this model ({bad})")
     model.grad_checkpointing = cfg.grad_checkpointing
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"model: {model.num_params() / 1e6:.1f}M parameters ({n_train / 1e6:.2f}M trained), {model.config}")
 
     train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
-                                           cfg.max_samples, cfg.val_size, cfg.system_prompt)
+                                           cfg.max_samples, cfg.val_size, cfg.system_prompt,
+                                           value=cfg.objective == "verifier")
     st = train_ds.stats()
     say(f"train data: {st['examples']} examples -> {st['rows_per_epoch']} rows of {cfg.seq_len} tokens per epoch "
           f"({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
@@ -493,17 +516,21 @@ def train(cfg):
         return get_model_state_dict(raw_model, options=full_sd) if fsdp else raw_model.state_dict()
 
     def checkpoint(name, full=True):
-        # every rank calls it (FSDP gathers); rank 0 writes. A LoRA run stores its adapters only (small) and the
-        # base they belong to. The optimizer state is keyed by parameter name, so any sharding can resume it.
+        # every rank calls it (FSDP gathers); rank 0 writes. A run that trains part of the model (LoRA adapters,
+        # a verifier's head) stores only that part (small) and the base it belongs to. The optimizer state is keyed
+        # by parameter name, so any sharding can resume it.
         sd = model_state()
         osd = get_optimizer_state_dict(raw_model, opt, options=full_sd) if full else None
         if master:
-            state = {"model": {k: v for k, v in sd.items() if "lora_" in k} if cfg.lora_rank else sd,
+            state = {"model": {k: v for k, v in sd.items() if k in trained} if partial else sd,
                      "model_config": dataclasses.asdict(raw_model.config), "config": dataclasses.asdict(cfg),
-                     "step": step, "best": best, "tokenizer_dir": "tokenizer", "world_size": world}
+                     "step": step, "best": best, "tokenizer_dir": "tokenizer", "world_size": world,
+                     "value_head": raw_model.value_head is not None}
+            if partial:
+                state["base"] = base
             if cfg.lora_rank:
-                state.update(base=base, lora={"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
-                                              "dropout": cfg.lora_dropout, "targets": cfg.lora_targets})
+                state["lora"] = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                                 "targets": cfg.lora_targets}
             if full:
                 state.update(optimizer=osd, optimizer_format="fqn", scaler=scaler.state_dict() if scaler else None,
                              rng=rng_state())
@@ -536,6 +563,10 @@ def train(cfg):
         rec = {"step": step}
         if val_ds:
             rec["val_loss"] = evaluate_loss(raw_model, val_ds, ctx, device, cfg.batch_size)
+        if cfg.objective == "verifier" and val_ds and master:
+            scores = score_examples(raw_model, val_ds.examples, ctx, cfg.batch_size)
+            m = verifier_metrics(scores, [ex["label"] for ex in val_ds.examples])
+            rec.update({f"verifier_{k}": v for k, v in m.items()})
         gen_model = raw_model
         if eval_problems and fsdp:
             sd = model_state()
@@ -555,8 +586,10 @@ def train(cfg):
             say(sample_table(records, n=3))
         say(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
         log(rec)
-        # best.pt follows answer accuracy when generation eval is on, else validation loss (rank 0 decides)
-        metric = rec.get("eval_accuracy", -rec["val_loss"] if "val_loss" in rec else None)
+        # best.pt follows answer accuracy when generation eval is on, a verifier's held-out AUROC, else validation
+        # loss (rank 0 decides)
+        metric = rec.get("eval_accuracy", rec.get("verifier_auroc", -rec["val_loss"] if "val_loss" in rec else None))
+        metric = None if metric is not None and math.isnan(metric) else metric
         improved = [metric is not None and (best is None or metric > best)]
         if world > 1:
             dist.broadcast_object_list(improved)
