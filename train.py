@@ -262,7 +262,7 @@ def lr_at(step, cfg, total_steps):
 # global batch on a different number of GPUs resumes the same run)
 RESUME_KEYS = ("init_from", "model_preset", "n_layer", "n_embd", "n_head", "tokenizer", "datasets", "prompt_format",
                "system_prompt", "seq_len", "pack", "max_samples", "val_size", "seed", "lora_rank", "lora_alpha",
-               "lora_targets")
+               "lora_targets", "objective", "verifier_backbone")
 
 
 class TrainingError(RuntimeError):
@@ -381,7 +381,7 @@ def train(cfg):
     that cannot continue (too many non-finite steps) raises TrainingError."""
     t_start = time.time()
     check_config(cfg)
-    # several processes under torchrun: DDP, one GPU (or CPU process, gloo) each; rank 0 writes, logs and evals
+    # several processes under torchrun (DDP or FSDP2): one GPU (or CPU process, gloo) each; rank 0 writes and logs
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     use_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
     started_dist = world > 1 and not dist.is_initialized()
@@ -446,9 +446,9 @@ def train(cfg):
                                            value=cfg.objective == "verifier")
     st = train_ds.stats()
     say(f"train data: {st['examples']} examples -> {st['rows_per_epoch']} rows of {cfg.seq_len} tokens per epoch "
-          f"({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
-          f"({st['supervised_tokens_cut']} supervised tokens cut, {st['examples_without_answer_tokens']} examples "
-          f"left with no answer token)")
+        f"({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
+        f"({st['supervised_tokens_cut']} supervised tokens cut, {st['examples_without_answer_tokens']} examples "
+        f"left with no answer token)")
     rows_per_step = cfg.batch_size * cfg.grad_accum * world  # the global batch
     total_steps = cfg.max_iters or train_ds.total_rows(cfg.epochs) // rows_per_step
     if total_steps <= 0:
