@@ -150,6 +150,8 @@ def load_config(argv):
             exec(compile(src, arg, "exec"), ns)
         except (FileNotFoundError, IsADirectoryError):
             raise SystemExit(f"config file not found: {arg}") from None
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"{arg}: not UTF-8 text (byte {e.start})") from None
         except SyntaxError as e:
             raise SystemExit(f"{arg}:{e.lineno}: {e.msg}") from None
         except Exception as e:  # the user's file raised: say where, without our traceback
