@@ -415,10 +415,11 @@ def save_pretrained(model, out_dir, max_shard_bytes=2**31) -> None:
                 atomic_write(out / fn, lambda f, fn=fn: f.write((pathlib.Path(src) / fn).read_bytes()))
 
 
-def save_tokenizer(tok, out_dir):
-    """The tokenizer's own files (tokenizer.json / math_tokenizer.json and their side files), byte for byte."""
+def save_tokenizer(tok, out_dir, hf=False):
+    """The tokenizer's own files (tokenizer.json / math_tokenizer.json and their side files), byte for byte; with
+    hf=True also its Hugging Face form (for the math tokenizer, so AutoTokenizer loads the folder)."""
     os.makedirs(out_dir, exist_ok=True)
-    for fname, raw in tok.files.items():
+    for fname, raw in {**(tok.hf_files() if hf else {}), **tok.files}.items():
         atomic_write(os.path.join(out_dir, fname), lambda f, raw=raw: f.write(raw))
 
 
@@ -426,10 +427,7 @@ def export_hf(model, tok, out_dir):
     """A Hugging Face checkpoint folder: config.json + safetensors (save_pretrained), the tokenizer files, and a
     generation_config.json naming our stop tokens if the source did not bring one."""
     save_pretrained(model, out_dir)
-    save_tokenizer(tok, out_dir)
-    for fname, raw in tok.hf_files().items():  # for the math tokenizer: its HF form, so AutoTokenizer loads it
-        if fname not in tok.files:
-            atomic_write(os.path.join(out_dir, fname), lambda f, raw=raw: f.write(raw))
+    save_tokenizer(tok, out_dir, hf=True)
     gen = os.path.join(out_dir, "generation_config.json")
     if not os.path.isfile(gen):
         cfg = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id, "do_sample": False}

@@ -440,7 +440,7 @@ def train(cfg):
         if partial and (bad.unexpected_keys or trained & set(bad.missing_keys)):
             raise SystemExit(f"{cfg.resume}: its trained parameters do not fit this model ({bad})")
     model.grad_checkpointing = cfg.grad_checkpointing
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_train = sum(p.numel() for n, p in model.named_parameters() if n in trained)
     say(f"model: {model.num_params() / 1e6:.1f}M parameters ({n_train / 1e6:.2f}M trained), {model.config}")
 
     train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
