@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# On the GPU machine, after shared/real_model's device_convert.sh: issue 14 on the real Qwen2.5-Coder-0.5B-Instruct,
+# one stage per call (each fits the device tool's 10-minute limit; files live in $HOME while the machine is warm).
+#   bash notes/gpu/rft_verifier.sh sample a|b   8 samples at T=0.8 for each GSM8K training problem (in two halves)
+#   bash notes/gpu/rft_verifier.sh rft          train configs/gsm8k_qwen05b_rft.py on them, then the GSM8K test eval
+#   bash notes/gpu/rft_verifier.sh verifier     train configs/gsm8k_qwen05b_verifier.py on the graded samples
+#   bash notes/gpu/rft_verifier.sh bo16         GSM8K test, 16 samples: pass@16, maj@16, the verifier's pick
+# SAMPLE_ARGS / TRAIN_ARGS add flags (a CPU smoke run of this script uses them to shrink everything).
+set -o pipefail
+export PYTHONUNBUFFERED=1
+now() { date +%s.%N; }
+since() { python3 -c "import sys, time; print(f'wall {time.time() - float(sys.argv[1]):.1f} s')" $1; }
+M=${M:-$HOME/real_model/qwen2.5-coder-0.5b-instruct}
+H=${H:-$HOME/rft}; mkdir -p $H
+BS=${BS:-512}
+quiet() { grep -v "Warn\|generate:\|^id \|^\.\.\.\|^data/\|^tr_.\.jsonl:"; }
+case $1 in
+sample)  # the two halves of the training set are sampled in two calls; the problems keep distinct ids (file:line)
+  [ -f $H/tr_b.jsonl ] || { head -n 3737 data/gsm8k/train.jsonl > $H/tr_a.jsonl; tail -n +3738 data/gsm8k/train.jsonl > $H/tr_b.jsonl; }
+  t0=$(now)
+  python3 sample.py --ckpt $M --eval $H/tr_$2.jsonl --num-samples 8 --temperature 0.8 --batch-size $BS --overwrite \
+    --out $H/samples_$2.jsonl --rft-out $H/rft_$2.jsonl $SAMPLE_ARGS 2>&1 | quiet | tee $OUT/sample_$2.log
+  since $t0 | tee -a $OUT/sample_$2.log
+  gzip -9 -c $H/samples_$2.jsonl > $OUT/samples_$2.jsonl.gz
+  cp $H/samples_$2.summary.json $OUT/ ;;
+rft)
+  cat $H/rft_a.jsonl $H/rft_b.jsonl > $H/rft.jsonl
+  wc -l $H/rft.jsonl | tee $OUT/rft_train.log
+  t0=$(now)
+  python3 train.py configs/gsm8k_qwen05b_rft.py --init_from=$M --out_dir=$HOME/rft_run --datasets=gsm8k:1,$H/rft.jsonl:1 \
+    --save_interval=100000 $TRAIN_ARGS 2>&1 | grep -v '^ "\|^{\|^}' | quiet | tee -a $OUT/rft_train.log
+  since $t0 | tee -a $OUT/rft_train.log
+  cp $HOME/rft_run/metrics.jsonl $OUT/rft_metrics.jsonl
+  for ck in best $(basename $(ls $HOME/rft_run/ckpt-*.pt | tail -1) .pt); do
+    t0=$(now)
+    python3 sample.py --ckpt $HOME/rft_run/$ck.pt --eval gsm8k --overwrite $SAMPLE_ARGS 2>&1 | quiet | tee -a $OUT/rft_eval.log
+    since $t0 | tee -a $OUT/rft_eval.log
+    cp $HOME/rft_run/eval-$ck-gsm8k-test.summary.json $OUT/rft_$ck.summary.json
+  done ;;
+verifier)
+  cat $H/samples_a.jsonl $H/samples_b.jsonl > $H/samples.jsonl
+  t0=$(now)
+  python3 train.py configs/gsm8k_qwen05b_verifier.py --init_from=$M --out_dir=$HOME/ver --datasets=$H/samples.jsonl \
+    $TRAIN_ARGS 2>&1 | grep -v '^ "\|^{\|^}' | quiet | tee $OUT/verifier_train.log
+  since $t0 | tee -a $OUT/verifier_train.log
+  cp $HOME/ver/metrics.jsonl $OUT/verifier_metrics.jsonl ;;
+bo16)
+  t0=$(now)
+  python3 sample.py --ckpt $M --eval gsm8k --num-samples 16 --temperature 0.8 --batch-size $BS --overwrite \
+    --verifier $HOME/ver/best.pt --out $H/bo16.jsonl $SAMPLE_ARGS 2>&1 | quiet | tee $OUT/bo16.log
+  since $t0 | tee -a $OUT/bo16.log
+  cp $H/bo16.summary.json $OUT/
+  gzip -9 -c $H/bo16.jsonl > $OUT/bo16.jsonl.gz ;;
+*) echo "usage: $0 sample a|b | rft | verifier | bo16"; exit 1 ;;
+esac
