@@ -441,21 +441,32 @@ class Dataset:
 
 def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_samples=0, val_size=0,
                    system_prompt=SYSTEM_PROMPT, value=False):
-    """Train and validation Datasets from a mixture spec ('gsm8k:1,math:0.5'). Each dataset is shuffled with a
-    fixed seed; the validation examples are held out from the front of that order (val_size split across datasets
-    in proportion to their sizes) and max_samples (if > 0) caps each dataset's training examples. Held out means
-    held out: a training example whose problem text equals a validation problem's (datasets repeat problems:
-    generated arithmetic often does) is dropped, so the eval that picks best.pt never grades a trained-on problem."""
+    """Train and validation Datasets from a mixture spec ('gsm8k:1,math:0.5'). val_size *problems* (distinct
+    problem texts) are held out, drawn from each dataset's fixed-seed order in proportion to the problems it adds
+    to the mixture. Problems, not rows: a dataset that repeats a problem (generated arithmetic; a file of 8 graded
+    samples per problem; a file of the model's own solutions) would otherwise be drawn in proportion to its rows,
+    and a file of rejection-sampled solutions holds only the problems the model could already solve, so its rows
+    would make the held-out eval easier than the task. The validation rows are every distinct row of a held-out
+    problem in the dataset it was drawn from (a verifier is judged on all samples of its held-out problems); every
+    row of a held-out problem, in any dataset, leaves training, so the eval that picks best.pt never grades a
+    trained-on problem. max_samples (if > 0) caps each dataset's training examples."""
     train, val, ranges = [], [], []
     parts = [(name, w, load_dataset(name, "train")) for name, w in parse_mixture(spec)]
-    total = sum(len(rows) for _, _, rows in parts)
-    orders = []
+    orders, new = [], []  # per dataset: its rows in a fixed-seed order; the problems it adds, in that order
+    seen = set()
     for name, w, rows in parts:
         order = np.random.default_rng([seed, 7]).permutation(len(rows))
-        n_val = math.ceil(val_size * len(rows) / total) if val_size else 0
-        val += [rows[i] for i in order[:n_val]]
-        orders.append(order[n_val:])
-    held = {ex["prompt"] for ex in val}
+        orders.append(order)
+        fresh = list(dict.fromkeys(rows[i]["prompt"] for i in order if rows[i]["prompt"] not in seen))
+        new.append(fresh)
+        seen.update(fresh)
+    held = set()
+    for (name, w, rows), order, fresh in zip(parts, orders, new):
+        n_val = math.ceil(val_size * len(fresh) / max(1, len(seen))) if val_size else 0
+        mine = set(fresh[:n_val])
+        held |= mine
+        val += list({(rows[i]["prompt"], rows[i]["response"]): rows[i] for i in order
+                     if rows[i]["prompt"] in mine}.values())
     for (name, w, rows), order in zip(parts, orders):
         tr = [rows[i] for i in order if rows[i]["prompt"] not in held]
         if max_samples:
@@ -464,8 +475,8 @@ def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_sam
         train += tr
     if not train:
         raise ValueError(f"datasets='{spec}': no training examples" + (
-            f" left: the {len(val)} held-out examples' problems are all the problems there are (rows repeating a "
-            f"held-out problem are dropped); lower val_size" if val else ""))
+            f" left: the {len(held)} held-out problems are all the problems there are (every row of a held-out "
+            f"problem leaves training); lower val_size" if held else ""))
     if value:  # a verifier learns labelled solutions: every example needs its 'correct'
         unlabelled = next((ex["id"] for ex in train + val if "label" not in ex), None)
         if unlabelled:

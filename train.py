@@ -54,7 +54,7 @@ class Config:
     seq_len: int = 128                   # every row has exactly this many tokens (static shapes)
     pack: bool = True                    # pack several examples per row; False = one example per row, padded
     max_samples: int = 0                 # cap on training examples per dataset (0 = all)
-    val_size: int = 200                  # examples held out of training: validation loss and the eval
+    val_size: int = 200                  # problems held out of training: validation loss and the eval
     seed: int = 1337
     # optimisation
     batch_size: int = 16                 # rows per micro-batch
@@ -462,7 +462,11 @@ def train(cfg):
     eval_problems = None
     if cfg.eval_samples:
         pool = data.load_dataset(cfg.eval_dataset) if cfg.eval_dataset else (val_ds.examples if val_ds else [])
-        eval_problems = [p for p in pool if p.get("answer") is not None][:cfg.eval_samples]
+        problems = {}  # each problem once (a held-out problem can have several rows)
+        for p in pool:
+            if p.get("answer") is not None:
+                problems.setdefault(p["prompt"], p)
+        eval_problems = list(problems.values())[:cfg.eval_samples]
         if not eval_problems:
             raise SystemExit(f"config: eval_samples={cfg.eval_samples}, but the "
                              f"{'eval_dataset' if cfg.eval_dataset else 'held-out examples'} have no gold answers to "

@@ -4,7 +4,8 @@
 #       --out out/rft/samples.jsonl --rft-out out/rft/rft.jsonl
 #   python train.py configs/gsm8k_qwen05b_rft.py
 # Another round (expert iteration): sample again from out/gsm8k_qwen05b_rft/best.pt into a new file, add it here.
-# The held-out problems (val_size) are dropped from both datasets, so best.pt is picked on problems no file taught.
+# The held-out problems (val_size) are drawn from all GSM8K training problems, not from the easier ones the model
+# solved, and dropped from both datasets: best.pt is picked on problems no file taught.
 import os
 exec(open(os.path.join(os.path.dirname(__file__), "gsm8k_qwen05b.py")).read())  # the SFT recipe, then:
 out_dir = "out/gsm8k_qwen05b_rft"

@@ -7,7 +7,7 @@
 #       --verifier out/gsm8k_qwen05b_verifier/best.pt          # best-of-16 by the verifier, next to pass@ and maj@
 # The head is trained on every solution token (its target is the solution's correctness, the denser signal Cobbe et
 # al. found better than the last token alone) and scores a solution by its value at the closing end token.
-# best.pt follows AUROC on held-out problems (val_size samples; every sample of a held-out problem is held out).
+# best.pt follows AUROC on the samples of held-out problems (val_size problems, all their samples).
 import os
 exec(open(os.path.join(os.path.dirname(__file__), "gsm8k_qwen05b.py")).read())  # the SFT recipe, then:
 out_dir = "out/gsm8k_qwen05b_verifier"
@@ -18,5 +18,5 @@ lora_rank = 16
 lora_alpha = 32.0
 lr = 1e-4
 epochs = 1.0
-val_size = 800                # graded samples held out, with every other sample of their problems
+val_size = 100                # problems held out, with all their samples (800 at 8 per problem)
 eval_samples = 0              # a verifier is judged by AUROC, not by generating

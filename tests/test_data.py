@@ -178,5 +178,26 @@ def test_build_datasets_val_is_held_out_and_max_samples():
     tr, va = data.build_datasets("arith2", tok, 64, "plain", val_size=200)
     rows = data.load_dataset("arith2", "train")
     held = {e["prompt"] for e in va.examples}
-    assert len(va.examples) == 200 and not held & {e["prompt"] for e in tr.examples}
+    assert len(va.examples) == 200 and len(held) == 200 and not held & {e["prompt"] for e in tr.examples}
     assert len(tr.examples) < len(rows) - 200  # the repeats of held-out problems really were dropped
+
+
+def test_held_out_problems_are_drawn_by_problem_not_by_row(tmp_path):
+    """A file of the model's own solutions (several rows per problem, only the problems it solved) must not pull
+    the held-out eval towards its easy problems, and a file of k graded samples per problem is held out whole."""
+    tok = ByteTok()
+    ref, own, graded = tmp_path / "ref.jsonl", tmp_path / "own.jsonl", tmp_path / "graded.jsonl"
+    ref.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"step {i}\n#### {i}"}) + "\n" for i in range(40)))
+    own.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"way {j}: {i}", "answer": str(i)}) + "\n"
+                           for i in range(10) for j in range(3)))  # 3 solutions each of the 10 easy problems
+    tr, va = data.build_datasets(f"{ref}:1,{own}:1", tok, 64, "plain", val_size=8)
+    held = {e["prompt"] for e in va.examples}
+    assert len(held) == 8 and len(va.examples) == 8  # 8 problems, drawn from all 40 (the reference file's rows)
+    assert all("ref.jsonl:" in e["id"] for e in va.examples)
+    assert not held & {e["prompt"] for e in tr.examples}  # in neither file's training rows
+    assert len(tr.examples) == 40 + 30 - 8 - 3 * len(held & {f"q{i}" for i in range(10)})
+    # with a row-proportional draw, 30 of the 70 rows would have put ~3.4 of the 8 in the 10 easy problems
+    graded.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"try {j}", "correct": j % 2 == 0}) + "\n"
+                              for i in range(10) for j in range(4)))
+    tr, va = data.build_datasets(str(graded), tok, 64, "plain", val_size=2, value=True)
+    assert len({e["prompt"] for e in va.examples}) == 2 and len(va.examples) == 8 and len(tr.examples) == 32

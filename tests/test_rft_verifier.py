@@ -91,7 +91,7 @@ def test_verifier_trains_saves_and_picks_best_of_n(pipeline):
     out = d / "verifier"
     train.train(train.load_config(TINY + [f"--out_dir={out}", f"--datasets={d}/graded.jsonl", "--objective=verifier",
                                           f"--init_from={d}/sft/ckpt-000120.pt", "--max_iters=20", "--lr=3e-3",
-                                          "--eval_interval=10", "--save_interval=10", "--val_size=6"]))
+                                          "--eval_interval=10", "--save_interval=10", "--val_size=2"]))
     m = [json.loads(line) for line in open(out / "metrics.jsonl") if "verifier_auroc" in line]
     assert [r["step"] for r in m] == [10, 20] and all(0 <= r["verifier_auroc"] <= 1 for r in m)
     ck = C.load_checkpoint(str(out / "ckpt-000020.pt"))
