@@ -5,6 +5,8 @@
 #   bash notes/gpu/rft_verifier.sh rft          train configs/gsm8k_qwen05b_rft.py on them, then the GSM8K test eval
 #   bash notes/gpu/rft_verifier.sh verifier     train configs/gsm8k_qwen05b_verifier.py on the graded samples
 #   bash notes/gpu/rft_verifier.sh bo16         GSM8K test, 16 samples: pass@16, maj@16, the verifier's pick
+#   bash notes/gpu/rft_verifier.sh unpack       on a fresh machine: the samples of an earlier machine, carried in
+#                                               .rft_data/ (samples_a/b.jsonl.gz, rft.jsonl.gz), instead of sampling
 # SAMPLE_ARGS / TRAIN_ARGS add flags (a CPU smoke run of this script uses them to shrink everything).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -23,8 +25,11 @@ sample)  # the two halves of the training set are sampled in two calls; the prob
   since $t0 | tee -a $OUT/sample_$2.log
   gzip -9 -c $H/samples_$2.jsonl > $OUT/samples_$2.jsonl.gz
   cp $H/samples_$2.summary.json $OUT/ ;;
+unpack)
+  for f in samples_a samples_b rft; do gunzip -c .rft_data/$f.jsonl.gz > $H/$f.jsonl; done
+  wc -l $H/*.jsonl ;;
 rft)
-  cat $H/rft_a.jsonl $H/rft_b.jsonl > $H/rft.jsonl
+  [ -f $H/rft_a.jsonl ] && cat $H/rft_a.jsonl $H/rft_b.jsonl > $H/rft.jsonl
   wc -l $H/rft.jsonl | tee $OUT/rft_train.log
   t0=$(now)
   python3 train.py configs/gsm8k_qwen05b_rft.py --init_from=$M --out_dir=$HOME/rft_run --datasets=gsm8k:1,$H/rft.jsonl:1 \
@@ -51,5 +56,5 @@ bo16)
   since $t0 | tee -a $OUT/bo16.log
   cp $H/bo16.summary.json $OUT/
   gzip -9 -c $H/bo16.jsonl > $OUT/bo16.jsonl.gz ;;
-*) echo "usage: $0 sample a|b | rft | verifier | bo16"; exit 1 ;;
+*) echo "usage: $0 sample a|b | unpack | rft | verifier | bo16"; exit 1 ;;
 esac
