@@ -104,6 +104,9 @@ def main(argv=None):
                     "samples as a jsonl train.py trains on (rejection-sampling fine-tuning)")
     ap.add_argument("--rft-max-per-problem", type=int, default=0, help="distinct solutions kept per problem "
                     "(0 = all)")
+    ap.add_argument("--rft-with", metavar="FILE", action="append", default=[], help="with --rft-out: graded "
+                    "samples of an earlier round (its --out file, same --eval problems); their solutions come first "
+                    "and the new round adds only distinct ones (expert iteration; repeatable)")
     ap.error = lambda msg: sys.exit(f"sample.py: {msg} (python sample.py -h lists the options)")  # one line, exit 1
     args = ap.parse_args(argv)
 
@@ -124,12 +127,26 @@ def main(argv=None):
         ap.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if (args.verifier or args.rft_out) and not args.eval:
         ap.error("--verifier and --rft-out go with --eval (they need graded samples)")
+    if args.rft_with and not args.rft_out:
+        ap.error("--rft-with goes with --rft-out (it merges earlier rounds into that file)")
     if args.batch_size < 0 or args.max_samples < 0 or args.rft_max_per_problem < 0:
         ap.error("--batch-size, --max-samples and --rft-max-per-problem must be >= 0 (0 = the default / all)")
     try:
         return _main(args, ap)
     except (ValueError, OSError) as e:  # bad input (checkpoint, prompts, device): one line, no traceback
         raise SystemExit(f"error: {e}")
+
+
+def _graded_samples(path):
+    """The records of an earlier `--eval --out` file, checked: what rft_rows reads of each."""
+    rows = data.read_jsonl(path, required=("id", "prompt", "response"), lines=True)
+    for n, r in rows:
+        bad = next((k for k in ("correct", "formatted", "truncated") if not isinstance(r.get(k), bool)), None)
+        if bad:
+            raise ValueError(f"{path}:{n}: '{bad}' must be true or false (expected the --out file of sample.py "
+                             f"--eval), got {r.get(bad)!r}")
+        r.setdefault("gold", None)
+    return [r for _, r in rows]
 
 
 def _eval_out_path(args, info):
@@ -171,6 +188,7 @@ def _main(args, ap):
         existing = [p for p in (out, summary_path, args.rft_out) if p and os.path.exists(p)]
         if existing and not args.overwrite:
             ap.error(f"{existing[0]} exists: pass --overwrite to replace it, or --out for another name")
+        earlier = [r for f in args.rft_with for r in _graded_samples(f)]  # checked before hours of sampling
         problems = data.load_dataset(args.eval, args.split)  # a file is used as it is (no split)
         if args.eval not in EVAL_MAX_NEW_TOKENS and any(p["answer"] is None for p in problems):
             ap.error(f"--eval {args.eval}: every problem needs an answer to grade against")
@@ -193,9 +211,10 @@ def _main(args, ap):
                                     entropy=args.entropy, verifier=verifier)
         write_text(out, "".join(json.dumps(r) + "\n" for r in records))
         if args.rft_out:
-            rows = data.rft_rows(records, args.rft_max_per_problem)
+            rows = data.rft_rows(earlier + records, args.rft_max_per_problem)
             write_text(args.rft_out, "".join(json.dumps(r) + "\n" for r in rows))
-            print(f"rejection sampling: {sum(r['correct'] for r in records)} correct samples -> {len(rows)} distinct "
+            print(f"rejection sampling: {sum(r['correct'] for r in earlier + records)} correct samples"
+                  f"{f' (with {len(earlier)} of earlier rounds)' if earlier else ''} -> {len(rows)} distinct "
                   f"solutions of {len({r['id'] for r in rows})} problems in {args.rft_out}", file=sys.stderr)
         settings = {"dataset": args.eval, "split": args.split, "ckpt": info["path"], "prompt_format": fmt,
                     "system_prompt": system, "max_new_tokens": max_new, "temperature": args.temperature,

@@ -1,9 +1,9 @@
 # Rejection-sampling fine-tuning (Yuan et al. 2023) on GSM8K: the model's own correct, distinct solutions, mixed with
-# the reference solutions. The two-command loop (README "Beyond SFT"):
+# the reference solutions. Round 1, two commands (README "Beyond SFT"):
 #   python sample.py --ckpt Qwen/Qwen2.5-0.5B-Instruct --eval gsm8k --split train --num-samples 8 --temperature 0.8 \
 #       --out out/rft/samples.jsonl --rft-out out/rft/rft.jsonl
 #   python train.py configs/gsm8k_qwen05b_rft.py
-# Another round (expert iteration): sample again from out/gsm8k_qwen05b_rft/best.pt into a new file, add it here.
+# Round 2 (expert iteration): configs/gsm8k_qwen05b_rft2.py.
 # The held-out problems (val_size) are drawn from all GSM8K training problems, not from the easier ones the model
 # solved, and dropped from both datasets: best.pt is picked on problems no file taught.
 import os

@@ -217,6 +217,12 @@ def test_sample_bad_options_are_one_line(run_dir):
     fails(S.main, ["--ckpt", ck, "--prompts", str(run_dir / "nope.txt")], match="nope.txt: file not found")
     fails(S.main, ["--ckpt", ck, "--prompts", str(run_dir / "tokenizer")], match="tokenizer: cannot be read")
     fails(S.main, ["--ckpt", ck, "--top-p", "0"], match="top_p")
+    fails(S.main, ["--ckpt", ck, "--prompt", "x", "--rft-out", "r.jsonl"], match="go with --eval")
+    fails(S.main, ["--ckpt", ck, "--eval", "arith2", "--rft-with", "a.jsonl"], match="--rft-with goes with --rft-out")
+    out = run_dir / "rft.jsonl"
+    fails(S.main, ["--ckpt", ck, "--eval", "arith2", "--rft-out", str(out), "--rft-with", str(run_dir / "nope.jsonl")],
+          match="nope.jsonl: file not found")
+    assert not out.exists()  # checked before sampling; nothing written
 
 
 def test_sample_empty_stdin_is_one_line(run_dir, monkeypatch):

@@ -84,6 +84,27 @@ def test_sample_grade_jsonl_train_end_to_end(pipeline):
     assert s["step"] == 3 and s["loss"] > 0
 
 
+def test_a_second_round_adds_only_new_distinct_solutions(pipeline, tmp_path):
+    # expert iteration: round 2 (another seed) merged with round 1's graded samples
+    d, probs = pipeline
+    args = ["--ckpt", f"{d}/sft/ckpt-000120.pt", "--eval", str(probs), "--max-samples", "6", "--num-samples", "6",
+            "--temperature", "1.0", "--max-new-tokens", "24", "--seed", "7", "--out", f"{tmp_path}/r2.jsonl"]
+    S.main(args + ["--rft-out", f"{tmp_path}/r2_alone.jsonl"])
+    S.main(args + ["--overwrite", "--rft-out", f"{tmp_path}/both.jsonl", "--rft-with", f"{d}/graded.jsonl"])
+    r1, r2, both = ([json.loads(line) for line in open(f)] for f in (d / "rft.jsonl", tmp_path / "r2_alone.jsonl",
+                                                                    tmp_path / "both.jsonl"))
+    r1_graded = [json.loads(line) for line in open(d / "graded.jsonl")]
+    r2_graded = [json.loads(line) for line in open(tmp_path / "r2.jsonl")]
+    assert both == data.rft_rows(r1_graded + r2_graded) and both[:len(r1)] == r1  # round 1 first, then what is new
+    assert max(len(r1), len(r2)) <= len(both) <= len(r1) + len(r2)
+    keys = [(r["id"], data.solution_signature(r["response"])) for r in both]
+    assert len(keys) == len(set(keys))  # distinct across rounds
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**r1_graded[0], "correct": "yes"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: 'correct' must be true or false"):
+        S._graded_samples(str(bad))
+
+
 def test_verifier_trains_saves_and_picks_best_of_n(pipeline):
     d, probs = pipeline
     graded = [json.loads(line) for line in open(d / "graded.jsonl")]

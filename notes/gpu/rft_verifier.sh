@@ -5,6 +5,9 @@
 #   bash notes/gpu/rft_verifier.sh rft          train configs/gsm8k_qwen05b_rft.py on them, then the GSM8K test eval
 #   bash notes/gpu/rft_verifier.sh verifier     train configs/gsm8k_qwen05b_verifier.py on the graded samples
 #   bash notes/gpu/rft_verifier.sh bo16         GSM8K test, 16 samples: pass@16, maj@16, the verifier's pick
+#   bash notes/gpu/rft_verifier.sh round2       expert iteration: 8 more samples per problem from the round-1 model,
+#                                               the distinct correct ones of both rounds -> rft2.jsonl
+#   bash notes/gpu/rft_verifier.sh rft2         train from the base model on gsm8k + rft2.jsonl, then the test eval
 #   bash notes/gpu/rft_verifier.sh unpack       on a fresh machine: the samples of an earlier machine, carried in
 #                                               .rft_data/ (samples_a/b.jsonl.gz, rft.jsonl.gz), instead of sampling
 # SAMPLE_ARGS / TRAIN_ARGS add flags (a CPU smoke run of this script uses them to shrink everything).
@@ -42,6 +45,34 @@ rft)
     since $t0 | tee -a $OUT/rft_eval.log
     cp $HOME/rft_run/eval-$ck-gsm8k-test.summary.json $OUT/rft_$ck.summary.json
   done ;;
+round2)
+  [ -f $H/tr_b.jsonl ] || { head -n 3737 data/gsm8k/train.jsonl > $H/tr_a.jsonl; tail -n +3738 data/gsm8k/train.jsonl > $H/tr_b.jsonl; }
+  for h in a b; do
+    t0=$(now)
+    python3 sample.py --ckpt $HOME/rft_run/best.pt --eval $H/tr_$h.jsonl --num-samples 8 --temperature 0.8 \
+      --batch-size $BS --overwrite --out $H/r2_samples_$h.jsonl $SAMPLE_ARGS 2>&1 | quiet | tail -2 | tee -a $OUT/round2.log
+    since $t0 | tee -a $OUT/round2.log
+  done
+  python3 -c "
+import json, sys, data
+recs = [json.loads(l) for f in sys.argv[2:] for l in open(f)]  # round 1 first: its solutions are kept first
+rows = data.rft_rows(recs)
+open(sys.argv[1], 'w').write(''.join(json.dumps(r) + '\\n' for r in rows))
+print(f'{sum(r[\"correct\"] for r in recs)} correct of {len(recs)} samples (2 rounds) -> {len(rows)} distinct solutions '
+      f'of {len({r[\"id\"] for r in rows})} problems')" $H/rft2.jsonl $H/samples_a.jsonl $H/samples_b.jsonl \
+    $H/r2_samples_a.jsonl $H/r2_samples_b.jsonl | tee -a $OUT/round2.log
+  gzip -9 -c $H/rft2.jsonl > $OUT/rft2.jsonl.gz ;;
+rft2)
+  t0=$(now)
+  python3 train.py configs/gsm8k_qwen05b_rft.py --init_from=$M --out_dir=$HOME/rft2_run --datasets=gsm8k:1,$H/rft2.jsonl:1 \
+    --save_interval=100000 $TRAIN_ARGS 2>&1 | grep -v '^ "\|^{\|^}' | quiet | tee $OUT/rft2_train.log
+  since $t0 | tee -a $OUT/rft2_train.log
+  cp $HOME/rft2_run/metrics.jsonl $OUT/rft2_metrics.jsonl
+  for ck in best $(basename $(ls $HOME/rft2_run/ckpt-*.pt | tail -1) .pt); do
+    t0=$(now)
+    python3 sample.py --ckpt $HOME/rft2_run/$ck.pt --eval gsm8k --overwrite $SAMPLE_ARGS 2>&1 | quiet | tee -a $OUT/rft2_eval.log
+    since $t0 | tee -a $OUT/rft2_eval.log
+  done ;;
 verifier)
   cat $H/samples_a.jsonl $H/samples_b.jsonl > $H/samples.jsonl
   t0=$(now)
@@ -56,5 +87,5 @@ bo16)
   since $t0 | tee -a $OUT/bo16.log
   cp $H/bo16.summary.json $OUT/
   gzip -9 -c $H/bo16.jsonl > $OUT/bo16.jsonl.gz ;;
-*) echo "usage: $0 sample a|b | unpack | rft | verifier | bo16"; exit 1 ;;
+*) echo "usage: $0 sample a|b | unpack | rft | round2 | rft2 | verifier | bo16"; exit 1 ;;
 esac
