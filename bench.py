@@ -186,10 +186,6 @@ def matmul_peak():
     return 20 * 2 * 8192**3 / (e0.elapsed_time(e1) / 1e3)
 
 
-def real_tokens(ds, rows):
-    return sum(min(ds.lengths[i], ds.seq_len) for r in rows for i in r)
-
-
 def ours_train(args, folder, steps):
     """Our training step, timed: -> dict of results."""
     if args.config:  # an experiment's own settings (data, rows, batch, checkpointing), on the model given here
@@ -213,8 +209,7 @@ def ours_train(args, folder, steps):
     rows_per_step = cfg.batch_size * cfg.grad_accum
     micro = lambda step: [train_ds.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size)  # noqa: E731
                           for m in range(cfg.grad_accum)]
-    step_tokens = lambda step: real_tokens(train_ds, [train_ds.row(step * rows_per_step + r)  # noqa: E731
-                                                      for r in range(rows_per_step)])
+    step_tokens = lambda step: train_ds.real_tokens(step * rows_per_step, rows_per_step)  # noqa: E731
     check = None
     if cfg.compile and cuda:
         # the same bf16 batch through the eager path (boolean-mask SDPA) and the compiled one (flex attention)

@@ -431,6 +431,10 @@ class Dataset:
         b["example_ids"] = [[self.examples[i]["id"] for i in r] for r in rows]
         return b
 
+    def real_tokens(self, start, n):
+        """Tokens that are not padding in the n rows starting at global row `start` (what tokens/s counts)."""
+        return sum(min(self.lengths[i], self.seq_len) for k in range(start, start + n) for i in self.row(k))
+
     def stats(self):
         n_tok = sum(min(n, self.seq_len) for n in self.lengths)
         rows = self.rows_per_epoch(0)

@@ -661,7 +661,7 @@ def train(cfg):
                     opt.step()
                 opt.zero_grad(set_to_none=True)
                 last = {"step": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm_v, "n_sup": n_sup}
-            tokens_since += rows_per_step * cfg.seq_len
+            tokens_since += train_ds.real_tokens((step - 1) * rows_per_step, rows_per_step)  # not padding (nor MFU)
 
             if step % cfg.log_interval == 0 or step == total_steps:
                 if device.startswith("cuda"):

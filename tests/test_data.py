@@ -4,6 +4,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
@@ -158,6 +159,18 @@ def test_padding_mode_one_example_per_row():
     tok = ByteTok()
     ds = data.Dataset(examples(20), tok, seq_len=64, prompt_format="plain", pack=False)
     assert ds.rows_per_epoch(0) == 20 and all(len(r) == 1 for r in ds.plan(0))
+
+
+def test_real_tokens_count_what_is_not_padding():
+    # tokens/s in the training log and bench.py: a padded position (its own document, after the row's examples)
+    # is not a token; truncated examples count up to seq_len; rows run on across the epoch boundary
+    tok = ByteTok()
+    for pack, seq_len in ((True, 512), (False, 64), (False, 40)):
+        ds = data.Dataset(examples(50), tok, seq_len=seq_len, prompt_format="plain", pack=pack)
+        for start, n in ((0, 4), (3, 7), (ds.rows_per_epoch(0) - 2, 5)):
+            b = ds.batch(start, n)
+            n_docs = torch.tensor([len(ds.row(k)) for k in range(start, start + n)])[:, None]
+            assert ds.real_tokens(start, n) == int((b["doc"] < n_docs).sum()) > 0
 
 
 def test_mixture_weights_set_examples_per_epoch():
