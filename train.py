@@ -515,7 +515,8 @@ def train(cfg):
         set_rng_state(ckpt["rng"])
         del ckpt
     if world > 1 and not fsdp:
-        model = DDP(model, device_ids=[local] if use_cuda else None)
+        # gradients as views into DDP's all-reduce buckets: one copy of them in memory, not two
+        model = DDP(model, device_ids=[local] if use_cuda else None, gradient_as_bucket_view=True)
 
     def model_state():
         # the full state dict: under FSDP gathered from the shards (a collective: every rank calls this)
