@@ -7,7 +7,7 @@
 #   bash notes/gpu/rft_verifier.sh bo16         GSM8K test, 16 samples: pass@16, maj@16, the verifier's pick
 #   bash notes/gpu/rft_verifier.sh round2       expert iteration: 8 more samples per problem from the round-1 model,
 #                                               the distinct correct ones of both rounds -> rft2.jsonl
-#   bash notes/gpu/rft_verifier.sh rft2         train from the base model on gsm8k + rft2.jsonl, then the test eval
+#   bash notes/gpu/rft_verifier.sh rft2         configs/gsm8k_qwen05b_rft2.py (base model, gsm8k + rft2.jsonl), test eval
 #   bash notes/gpu/rft_verifier.sh unpack       on a fresh machine: the samples of an earlier machine, carried in
 #                                               .rft_data/ (samples_a/b.jsonl.gz, rft.jsonl.gz), instead of sampling
 # SAMPLE_ARGS / TRAIN_ARGS add flags (a CPU smoke run of this script uses them to shrink everything).
@@ -19,6 +19,19 @@ M=${M:-$HOME/real_model/qwen2.5-coder-0.5b-instruct}
 H=${H:-$HOME/rft}; mkdir -p $H
 BS=${BS:-512}
 quiet() { grep -v "Warn\|generate:\|^id \|^\.\.\.\|^data/\|^tr_.\.jsonl:"; }
+train_eval() {  # $1 name, $2 config, $3 datasets: train from the base model, then GSM8K test on best.pt and the last step
+  t0=$(now)
+  python3 train.py $2 --init_from=$M --out_dir=$HOME/$1_run --datasets=$3 --save_interval=100000 $TRAIN_ARGS 2>&1 \
+    | grep -v '^ "\|^{\|^}' | quiet | tee -a $OUT/$1_train.log
+  since $t0 | tee -a $OUT/$1_train.log
+  cp $HOME/$1_run/metrics.jsonl $OUT/$1_metrics.jsonl
+  for ck in best $(basename $(ls $HOME/$1_run/ckpt-*.pt | tail -1) .pt); do
+    t0=$(now)
+    python3 sample.py --ckpt $HOME/$1_run/$ck.pt --eval gsm8k --overwrite $SAMPLE_ARGS 2>&1 | quiet | tee -a $OUT/$1_eval.log
+    since $t0 | tee -a $OUT/$1_eval.log
+    cp $HOME/$1_run/eval-$ck-gsm8k-test.summary.json $OUT/$1_$ck.summary.json
+  done
+}
 case $1 in
 sample)  # the two halves of the training set are sampled in two calls; the problems keep distinct ids (file:line)
   [ -f $H/tr_b.jsonl ] || { head -n 3737 data/gsm8k/train.jsonl > $H/tr_a.jsonl; tail -n +3738 data/gsm8k/train.jsonl > $H/tr_b.jsonl; }
@@ -34,17 +47,7 @@ unpack)
 rft)
   [ -f $H/rft_a.jsonl ] && cat $H/rft_a.jsonl $H/rft_b.jsonl > $H/rft.jsonl
   wc -l $H/rft.jsonl | tee $OUT/rft_train.log
-  t0=$(now)
-  python3 train.py configs/gsm8k_qwen05b_rft.py --init_from=$M --out_dir=$HOME/rft_run --datasets=gsm8k:1,$H/rft.jsonl:1 \
-    --save_interval=100000 $TRAIN_ARGS 2>&1 | grep -v '^ "\|^{\|^}' | quiet | tee -a $OUT/rft_train.log
-  since $t0 | tee -a $OUT/rft_train.log
-  cp $HOME/rft_run/metrics.jsonl $OUT/rft_metrics.jsonl
-  for ck in best $(basename $(ls $HOME/rft_run/ckpt-*.pt | tail -1) .pt); do
-    t0=$(now)
-    python3 sample.py --ckpt $HOME/rft_run/$ck.pt --eval gsm8k --overwrite $SAMPLE_ARGS 2>&1 | quiet | tee -a $OUT/rft_eval.log
-    since $t0 | tee -a $OUT/rft_eval.log
-    cp $HOME/rft_run/eval-$ck-gsm8k-test.summary.json $OUT/rft_$ck.summary.json
-  done ;;
+  train_eval rft configs/gsm8k_qwen05b_rft.py gsm8k:1,$H/rft.jsonl:1 ;;
 round2)
   [ -f $H/tr_b.jsonl ] || { head -n 3737 data/gsm8k/train.jsonl > $H/tr_a.jsonl; tail -n +3738 data/gsm8k/train.jsonl > $H/tr_b.jsonl; }
   for h in a b; do
@@ -63,16 +66,7 @@ print(f'{sum(r[\"correct\"] for r in recs)} correct of {len(recs)} samples (2 ro
     $H/r2_samples_a.jsonl $H/r2_samples_b.jsonl | tee -a $OUT/round2.log
   gzip -9 -c $H/rft2.jsonl > $OUT/rft2.jsonl.gz ;;
 rft2)
-  t0=$(now)
-  python3 train.py configs/gsm8k_qwen05b_rft.py --init_from=$M --out_dir=$HOME/rft2_run --datasets=gsm8k:1,$H/rft2.jsonl:1 \
-    --save_interval=100000 $TRAIN_ARGS 2>&1 | grep -v '^ "\|^{\|^}' | quiet | tee $OUT/rft2_train.log
-  since $t0 | tee -a $OUT/rft2_train.log
-  cp $HOME/rft2_run/metrics.jsonl $OUT/rft2_metrics.jsonl
-  for ck in best $(basename $(ls $HOME/rft2_run/ckpt-*.pt | tail -1) .pt); do
-    t0=$(now)
-    python3 sample.py --ckpt $HOME/rft2_run/$ck.pt --eval gsm8k --overwrite $SAMPLE_ARGS 2>&1 | quiet | tee -a $OUT/rft2_eval.log
-    since $t0 | tee -a $OUT/rft2_eval.log
-  done ;;
+  train_eval rft2 configs/gsm8k_qwen05b_rft2.py gsm8k:1,$H/rft2.jsonl:1 ;;
 verifier)
   cat $H/samples_a.jsonl $H/samples_b.jsonl > $H/samples.jsonl
   t0=$(now)
