@@ -8,9 +8,9 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 python3 -c "import sys, torch; sys.path.insert(0, '.'); import bench; bench.get_model('0.5b', 'cuda', torch.bfloat16, '/dev/shm/r05')" >/dev/null 2>&1
 A="--init_from=/dev/shm/r05 --datasets=gsm8k --prompt_format=chat --seq_len=1024 --max_iters=40 --lr=1e-5 --warmup_iters=10 --log_interval=10 --eval_interval=1000 --eval_samples=0 --save_interval=1000 --val_size=200 --keep_last=1"
 F="^step [0-9]*/\|done\|x 2 processes"
-run() { name=$1; shift; echo "== $name: $*" | tee $OUT/$name.log
-  timeout 240 "$@" $A --out_dir=/dev/shm/$name 2>&1 | grep "$F" | tee -a $OUT/$name.log
-  cp /dev/shm/$name/metrics.jsonl $OUT/metrics_$name.jsonl; rm -rf /dev/shm/$name; }
+run() { name=$1; shift; echo "== $name: $*" | tee -a $OUT/ddp2.log  # two files back: the device returns at most 8
+  timeout 240 "$@" $A --out_dir=/dev/shm/$name 2>&1 | grep "$F" | tee -a $OUT/ddp2.log
+  sed "s/^{/{\"run\": \"$name\", /" /dev/shm/$name/metrics.jsonl >> $OUT/ddp2_metrics.jsonl; rm -rf /dev/shm/$name; }
 run g1b8 python3 train.py --batch_size=8
 run g2b8 torchrun --nproc_per_node=2 train.py --batch_size=8
 run g1b16 python3 train.py --batch_size=16
