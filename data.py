@@ -435,6 +435,20 @@ class Dataset:
         """Tokens that are not padding in the n rows starting at global row `start` (what tokens/s counts)."""
         return sum(min(self.lengths[i], self.seq_len) for k in range(start, start + n) for i in self.row(k))
 
+    def supervised_tokens(self, start, n):
+        """The supervised targets in the n rows starting at global row `start`, i.e. len(batch(start, n)["loss_index"]),
+        counted without building the rows: each DDP rank learns the global batch's count from it, with no collective
+        (and no host sync) per step."""
+        total = 0
+        for k in range(start, start + n):
+            t = 0
+            for i in self.row(k):
+                m = min(self.lengths[i], self.seq_len - t)  # the tokens of example i that fit in the row
+                mask = self.examples[i]["mask"]
+                total += sum(mask[:m]) if self.value else sum(mask[1:m])  # as collate: target j is token j+1
+                t += m
+        return total
+
     def stats(self):
         n_tok = sum(min(n, self.seq_len) for n in self.lengths)
         rows = self.rows_per_epoch(0)

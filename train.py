@@ -306,13 +306,13 @@ def build_model(cfg, device, dtype="float32"):
     return model, tok, base
 
 
-def make_optimizer(model, cfg, device, fused=True):
-    """AdamW with decay on matrices only (not norms, biases); fused on CUDA. -> (optimizer, trained params)."""
+def make_optimizer(model, cfg):
+    """AdamW with decay on matrices only (not norms, biases), fused: one kernel for all parameters, and the only
+    form that can skip a non-finite step on the device (apply_update). -> (optimizer, trained params)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = fused and device.startswith("cuda")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused), params
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True), params
 
 
 def evaluate_loss(model, ds, ctx, device, batch_size):
@@ -348,19 +348,19 @@ def _accumulating(model):
             model.set_requires_gradient_sync(True)
 
 
-def forward_backward(model, micro, ctx, scaler, device, world=1):
+def forward_backward(model, micro, ctx, scaler, device, world=1, n_sup=None):
     """Accumulate the gradients of one optimizer step over its micro-batches. The loss is the sum over answer
     tokens divided by the answer tokens of the WHOLE accumulated batch (not a mean of per-micro-batch means, which
     over-weights short answers), so N micro-batches of 1 row give exactly the gradient of one batch of N rows.
-    Across `world` DDP ranks the same holds for the global batch: the answer-token count is summed over ranks
-    first, and DDP's mean of the ranks' gradients is undone by scaling by world. Within the micro-batch loop there
-    is no host sync: the answer positions were found on the CPU when the batch was built.
+    Across `world` DDP ranks the same holds for the global batch: n_sup is then the answer-token count of the
+    global batch (Dataset.supervised_tokens, counted on the CPU: no collective), and DDP's mean of the ranks'
+    gradients is undone by scaling by world. There is no host sync: the answer positions were found on the CPU
+    when the batch was built.
     Returns (loss of the global batch as a 0-dim tensor, number of supervised tokens in it)."""
-    n_sup = sum(len(b["loss_index"]) for b in micro)
-    if world > 1:
-        t = torch.tensor([float(n_sup)], device=device)
-        dist.all_reduce(t)
-        n_sup = int(t.item())
+    if n_sup is None:
+        if world > 1:
+            raise ValueError("with several processes, pass n_sup: the global batch's supervised tokens")
+        n_sup = sum(len(b["loss_index"]) for b in micro)
     loss_acc = torch.zeros((), device=device)
     for i, b in enumerate(micro):
         to = lambda k: b[k].to(device, non_blocking=True)  # noqa: E731
@@ -375,6 +375,25 @@ def forward_backward(model, micro, ctx, scaler, device, world=1):
     if world > 1:
         dist.all_reduce(loss_acc)
     return loss_acc, n_sup
+
+
+def apply_update(opt, params, loss, grad_clip, scaler=None):
+    """Clip the gradients and take the optimizer step, without waiting for the GPU. The non-finite guard decides on
+    the device: fused AdamW skips the whole update (weights, moments and step count) where found_inf is 1, the
+    mechanism the fp16 GradScaler uses, which decides by itself. The gradients are cleared.
+    -> (2,) fp32 tensor on the device: [loss, gradient norm], for the host to read when it is ready."""
+    if scaler:
+        scaler.unscale_(opt)
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a sharded norm
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.found_inf = (~(torch.isfinite(loss) & torch.isfinite(gnorm))).float()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return torch.stack([loss.float(), gnorm.float()])
 
 
 def train(cfg):
@@ -500,7 +519,7 @@ def train(cfg):
         fully_shard(model, mp_policy=mp)
     elif cfg.compile and device.startswith("cuda"):
         model.compile_blocks()
-    opt, params = make_optimizer(model, cfg, device, fused=not fsdp)
+    opt, params = make_optimizer(model, cfg)
     full_sd = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU
 
     step, best = 0, None
@@ -615,6 +634,37 @@ def train(cfg):
     flops_per_token = raw_model.flops_per_token(cfg.seq_len)
     peak_flops = gpu_peak_flops(device, dtype)  # MFU is printed only where the peak is known
     stop_reason = "max_iters" if cfg.max_iters else "epochs"
+    # A step's loss and gradient norm reach the host a step late: copied into pinned memory behind an event, read
+    # once the next step is queued. So the CPU never waits for the GPU inside the loop (a wait per step left the GPU
+    # idle while the next batch and its first kernels were prepared: 17% of the step time at the 0.5B shape). The
+    # guard against a non-finite step acts on the GPU (apply_update); settle() reports it when the values arrive.
+    cuda = device.startswith("cuda")
+    host = torch.empty(2, pin_memory=cuda)
+    pending = None  # (step, lr, n_sup, example ids, event) of the step whose values are on their way to `host`
+
+    def settle():
+        nonlocal pending, bad_in_a_row, last
+        if pending is None:
+            return
+        s, lr, n_sup, ids, event = pending
+        pending = None
+        if event is not None:
+            event.synchronize()
+        loss_v, gnorm_v = host.tolist()
+        # (with fp16 an inf gradient is the GradScaler's business: it skips the step and lowers the scale itself)
+        if not math.isfinite(loss_v) or (not math.isfinite(gnorm_v) and not scaler):
+            bad_in_a_row += 1
+            say(f"step {s}: non-finite loss {loss_v} / grad norm {gnorm_v}: update skipped ({bad_in_a_row} in a "
+                f"row); examples in this batch: {ids}")
+            log({"step": s, "event": "skipped_nonfinite", "loss": loss_v, "grad_norm": gnorm_v, "example_ids": ids})
+            if bad_in_a_row >= cfg.max_bad_steps:
+                raise TrainingError(f"{bad_in_a_row} non-finite steps in a row (last at step {s}); stopping "
+                                    f"without applying any of them. See metrics.jsonl for the example ids; try a "
+                                    f"lower lr, dtype=float32 to rule out precision, or check those examples.")
+        else:
+            bad_in_a_row = 0
+            last = {"step": s, "loss": loss_v, "lr": lr, "grad_norm": gnorm_v, "n_sup": n_sup}
+
     try:
         while step < total_steps:
             out_of_time = bool(cfg.max_time) and time.time() - t_start > cfg.max_time
@@ -625,48 +675,27 @@ def train(cfg):
             if out_of_time:
                 stop_reason = "max_time"
                 break
+            lr = lr_at(step, cfg, total_steps)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg, total_steps)
+                g["lr"] = lr
             # rank r's m-th micro-batch: rows (step * grad_accum + m) * world + r of the global order, so the ranks
             # together see each row once and a step covers the rows one process would with a world-times batch
             micro = [train_ds.batch(((step * cfg.grad_accum + m) * world + rank) * cfg.batch_size, cfg.batch_size)
                      for m in range(cfg.grad_accum)]
-            loss_acc, n_sup = forward_backward(model, micro, ctx, scaler, device, world)
-            if scaler:
-                scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a sharded norm
-            loss_v, gnorm_v = loss_acc.item(), gnorm.item()
-            # the guard: never apply an update computed from a non-finite loss or gradient. (With fp16 an inf
-            # gradient is the GradScaler's business: it skips the step and lowers the scale by itself.)
+            n_sup = train_ds.supervised_tokens(step * rows_per_step, rows_per_step)  # of all ranks' rows
+            loss_acc, _ = forward_backward(model, micro, ctx, scaler, device, world, n_sup)
+            values = apply_update(opt, params, loss_acc, cfg.grad_clip, scaler)
             step += 1  # steps are counted from 1 in logs and checkpoint names: ckpt-000010.pt has taken 10 steps
-            if not math.isfinite(loss_v) or (not math.isfinite(gnorm_v) and not scaler):
-                bad_in_a_row += 1
-                ids = [i for b in micro for row in b["example_ids"] for i in row]
-                say(f"step {step}: non-finite loss {loss_v} / grad norm {gnorm_v}: update skipped "
-                      f"({bad_in_a_row} in a row); examples in this batch: {ids}")
-                log({"step": step, "event": "skipped_nonfinite", "loss": loss_v, "grad_norm": gnorm_v, "example_ids": ids})
-                opt.zero_grad(set_to_none=True)
-                if scaler:
-                    scaler.update()
-                if bad_in_a_row >= cfg.max_bad_steps:
-                    raise TrainingError(f"{bad_in_a_row} non-finite steps in a row (last at step {step}); stopping "
-                                        f"without applying any of them. See metrics.jsonl for the example ids; try a "
-                                        f"lower lr, dtype=float32 to rule out precision, or check those examples.")
-            else:
-                bad_in_a_row = 0
-                if scaler:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-                last = {"step": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm_v, "n_sup": n_sup}
+            settle()  # the previous step's values: ready by now, ahead of this step's work on the GPU
+            host.copy_(values, non_blocking=cuda)
+            event = torch.cuda.Event() if cuda else None
+            if event is not None:
+                event.record()
+            pending = (step, lr, n_sup, [i for b in micro for row in b["example_ids"] for i in row], event)
             tokens_since += train_ds.real_tokens((step - 1) * rows_per_step, rows_per_step)  # not padding (nor MFU)
 
             if step % cfg.log_interval == 0 or step == total_steps:
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
+                settle()  # waits for this step: the time below covers all the work queued so far
                 dt = time.time() - t_log
                 tps = tokens_since / dt
                 eta = (total_steps - step) * dt / max(1, min(cfg.log_interval, step))
@@ -681,12 +710,15 @@ def train(cfg):
                 log(rec)
                 t_log, tokens_since = time.time(), 0
             if step % cfg.eval_interval == 0 or step == total_steps:
+                settle()
                 run_eval()
             if step % cfg.save_interval == 0 and step != total_steps:
+                settle()
                 checkpoint(f"ckpt-{step:06d}.pt")
     except KeyboardInterrupt:
         stop_reason = "interrupted"
         say("interrupted: saving a checkpoint before exiting")
+    settle()
     if step == 0 or not os.path.exists(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt")):
         checkpoint(f"ckpt-{step:06d}.pt")
     summary = {"step": step, "stop_reason": stop_reason, "best": best, "time": time.time() - t_start, **last}

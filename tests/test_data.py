@@ -173,6 +173,21 @@ def test_real_tokens_count_what_is_not_padding():
             assert ds.real_tokens(start, n) == int((b["doc"] < n_docs).sum()) > 0
 
 
+def test_supervised_tokens_count_the_loss_index_without_building_rows():
+    # DDP ranks normalise the loss by the global batch's count from this; it must equal what collate supervises,
+    # with truncated examples (seq_len 80), unpacked rows, the epoch boundary, and a verifier's value targets
+    tok = ByteTok()
+    for pack, seq_len, value in ((True, 512, False), (False, 64, False), (True, 80, False), (True, 64, True)):
+        exs = examples(50)
+        for j, ex in enumerate(exs):
+            ex["label"] = j % 2
+        ds = data.Dataset(exs, tok, seq_len=seq_len, prompt_format="plain", pack=pack, value=value)
+        counts = [ds.supervised_tokens(start, n) for start, n in ((0, 4), (3, 7), (ds.rows_per_epoch(0) - 2, 5))]
+        assert counts == [len(ds.batch(start, n)["loss_index"]) for start, n in ((0, 4), (3, 7),
+                                                                                 (ds.rows_per_epoch(0) - 2, 5))]
+        assert sum(counts) > 0
+
+
 def test_mixture_weights_set_examples_per_epoch():
     tok = ByteTok()
     a, b = examples(100, seed=1), examples(40, seed=2)
