@@ -218,7 +218,7 @@ def ours_train(args, folder, steps):
         for compiled in (False, True):
             model.uncompile()
             if compiled:
-                model.compile_blocks()
+                model.compile_blocks(activation_budget=cfg.activation_budget)
             model.zero_grad(set_to_none=True)
             loss, _ = train.forward_backward(model, b, ctx, scaler, device)
             g = torch.cat([p.grad.float().flatten() for p in params if p.grad is not None])

@@ -76,6 +76,7 @@ class Config:
     dtype: str = "auto"                  # auto = bf16 on GPUs that have it, else fp16 (+GradScaler); fp32 on mps/cpu
     compile: bool = True                 # torch.compile each block, flex attention for packed rows (CUDA only)
     grad_checkpointing: int = 0          # blocks whose activations are recomputed in backward: 0 none, n first n, -1 all
+    activation_budget: float = 0.7       # compiled blocks keep this fraction of their activations, recompute cheap ops
     # LoRA: adapters on the listed projections, the rest frozen in the compute dtype (lr ~1e-4 vs ~1e-5 full)
     lora_rank: int = 0                   # 0 = full fine-tuning
     lora_alpha: float = 16.0             # the adapter's update is scaled by lora_alpha / lora_rank
@@ -210,6 +211,7 @@ def check_config(cfg):
         need(finite(getattr(cfg, k)) and 0 <= getattr(cfg, k) < 1, k, "must be in [0, 1)")
     need(finite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
     need(cfg.grad_checkpointing >= -1, "grad_checkpointing", "must be -1 (all blocks), 0 (none) or a number of blocks")
+    need(finite(cfg.activation_budget) and 0 < cfg.activation_budget <= 1, "activation_budget", "must be in (0, 1]")
     need(cfg.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = full fine-tuning)")
     need(cfg.objective in ("sft", "verifier"), "objective", "must be sft or verifier")
     if cfg.objective == "verifier":
@@ -518,7 +520,7 @@ def train(cfg):
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
     elif cfg.compile and device.startswith("cuda"):
-        model.compile_blocks()
+        model.compile_blocks(activation_budget=cfg.activation_budget)
     opt, params = make_optimizer(model, cfg)
     full_sd = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU
 
