@@ -10,7 +10,9 @@ attention, eager chunked loss, one host sync per step for the non-finite guard):
     cg       the blocks compiled with mode="reduce-overhead" (CUDA graphs: no per-kernel launch cost)
     cpp      Inductor's C++ wrapper (cheaper launches than its Python wrapper)
     bs16     16 rows per step instead of 8
-    ckpt16   the first 16 of the 24 blocks recomputed in backward
+    ckptN    the first N of the 24 blocks recomputed in backward (ckpt16: 16 of them)
+    mbN      torch._functorch.config.activation_memory_budget = N/100: the compiled blocks' partitioner recomputes
+             cheap ops (not whole blocks) in backward to keep that fraction of the activations
 Each variant runs in its own process (clean compile caches and memory) and prints ms/step, real tokens/s, peak
 memory and its loss curve (curves of variants with the same batch must agree within bf16 noise).
 
@@ -34,7 +36,11 @@ import data  # noqa: E402
 import train  # noqa: E402
 from model import setup_numerics  # noqa: E402
 
-FEATURES = {"base", "master", "ce", "nosync", "cg", "cpp", "bs16", "ckpt16"}
+FEATURES = {"base", "master", "ce", "nosync", "cg", "cpp", "bs16"}
+
+
+def known(f):
+    return f in FEATURES or (f[:4] == "ckpt" and f[4:].isdigit()) or (f[:2] == "mb" and f[2:].isdigit())
 
 
 def run(feats, args, folder):
@@ -42,6 +48,10 @@ def run(feats, args, folder):
     if "cpp" in feats:
         import torch._inductor.config as ic
         ic.cpp_wrapper = True
+    for f in feats:
+        if f.startswith("mb"):
+            import torch._functorch.config as fc
+            fc.activation_memory_budget = int(f[2:]) / 100
     device, ctx, scaler, _ = setup_numerics("cuda" if cuda else "cpu", "bfloat16" if cuda else "float32")
     bs = 16 if "bs16" in feats else args.batch_size
     cfg = train.Config(init_from=folder, datasets="gsm8k", prompt_format="chat", seq_len=args.seq_len,
@@ -50,7 +60,7 @@ def run(feats, args, folder):
     t0 = time.time()
     model, tok, _ = train.build_model(cfg, device, "bfloat16")
     ds, _ = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, True, cfg.seed, val_size=200)
-    model.grad_checkpointing = 16 if "ckpt16" in feats else 0
+    model.grad_checkpointing = max([int(f[4:]) for f in feats if f.startswith("ckpt")] or [0])
     masters = None
     if "master" in feats:
         model.to(torch.bfloat16 if cuda else torch.float32)
@@ -137,7 +147,7 @@ def main():
     ap.add_argument("--folder", help=argparse.SUPPRESS)  # set for the child processes
     args = ap.parse_args()
     for v in args.variants:
-        if not set(v.split(",")) <= FEATURES:
+        if not all(known(f) for f in v.split(",")):
             sys.exit(f"unknown feature in {v!r}; features: {sorted(FEATURES)}")
     if args.tiny:
         bench.SHAPES["0.5b"] = dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)
