@@ -195,7 +195,7 @@ def ours_train(args, folder, steps):
         cfg = train.Config(init_from=folder, datasets="gsm8k", prompt_format="chat", seq_len=args.seq_len,
                            batch_size=args.batch_size, grad_accum=args.grad_accum, lr=1e-5, weight_decay=0.0,
                            beta2=0.95, compile=not args.no_compile, grad_checkpointing=args.grad_checkpointing,
-                           eval_samples=0)
+                           activation_budget=args.activation_budget, eval_samples=0)
     cuda = torch.cuda.is_available()
     device, ctx, scaler, _ = setup_numerics("cuda" if cuda else "cpu", "bfloat16")
     if cuda:
@@ -225,7 +225,7 @@ def ours_train(args, folder, steps):
             res.append((loss.item(), g))
         (l0, g0), (l1, g1) = res
         check = (abs(l1 - l0) / abs(l0), ((g1 - g0).norm() / g0.norm()).item())
-        del res, g0, g1  # two fp32 copies of every gradient: 3.7 GiB at 0.5B that the peak below must not count
+        del res, g, g0, g1  # two fp32 copies of every gradient: 3.7 GiB at 0.5B that the peak below must not count
         model.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.reset_peak_memory_stats()  # the training steps' peak, not the check's eager pass
@@ -333,7 +333,7 @@ def bench_train(args):
         print(f"model: {label}; {cfg.datasets} train, {cfg.prompt_format} format, loss on answers; ours"
               f"{' (' + args.config + ')' if args.config else ''}: {'packed ' if cfg.pack else ''}rows of "
               f"{cfg.seq_len} ({ours['fill']:.1%} real tokens), batch {cfg.batch_size} x accumulation "
-              f"{cfg.grad_accum}, compile {cfg.compile}, grad checkpointing {cfg.grad_checkpointing}; "
+              f"{cfg.grad_accum}, compile {cfg.compile}, grad checkpointing {cfg.grad_checkpointing}, activation budget {cfg.activation_budget}; "
               f"HF: batches of {args.hf_batch_size}; {args.steps} steps, the first {args.warmup} not timed")
         rows = [ours]
         if args.hf_steps and cuda and importlib.util.find_spec("transformers") is not None:
@@ -373,6 +373,7 @@ def main(argv=None):
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--grad-checkpointing", type=int, default=0)
+    t.add_argument("--activation-budget", type=float, default=train.Config.activation_budget)
     t.add_argument("--no-compile", action="store_true")
     t.add_argument("--steps", type=int, default=40)
     t.add_argument("--warmup", type=int, default=5, help="steps not timed (compilation, allocator warm-up)")

@@ -296,6 +296,21 @@ def test_flex_attention_path_equals_bool_mask_path_and_examples_alone(tiny_setup
             t += ids.size(1)
 
 
+def test_activation_budget_is_off_when_every_block_is_recomputed(tiny_setup):
+    # the budget makes the compiled backward recompute part of a block; under full checkpointing that would
+    # recompute the recomputation, for no memory saved
+    model = tiny_setup[0]
+    try:
+        for ckpt, want in ((0, 0.7), (1, 0.7), (-1, 1.0), (model.config.n_layer, 1.0)):
+            model.grad_checkpointing = ckpt
+            model.compile_blocks(compile=False, activation_budget=0.7)
+            assert torch._functorch.config.activation_memory_budget == want
+    finally:
+        model.grad_checkpointing = 0
+        model.uncompile()
+        torch._functorch.config.activation_memory_budget = 1.0
+
+
 def test_partial_grad_checkpointing_gives_the_same_gradients(tiny_setup):
     model, _, ds = tiny_setup
     b = ds.batch(0, 2)
