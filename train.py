@@ -76,7 +76,8 @@ class Config:
     dtype: str = "auto"                  # auto = bf16 on GPUs that have it, else fp16 (+GradScaler); fp32 on mps/cpu
     compile: bool = True                 # torch.compile each block, flex attention for packed rows (CUDA only)
     grad_checkpointing: int = 0          # blocks whose activations are recomputed in backward: 0 none, n first n, -1 all
-    activation_budget: float = 0.7       # compiled blocks keep this fraction of their activations, recompute cheap ops
+    activation_budget: float = 1.0       # < 1: compiled blocks keep this fraction of their activations, recompute
+                                         # cheap ops (model.compile_blocks); configs/gsm8k_qwen05b.py uses 0.7
     # LoRA: adapters on the listed projections, the rest frozen in the compute dtype (lr ~1e-4 vs ~1e-5 full)
     lora_rank: int = 0                   # 0 = full fine-tuning
     lora_alpha: float = 16.0             # the adapter's update is scaled by lora_alpha / lora_rank

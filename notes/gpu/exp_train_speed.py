@@ -48,10 +48,7 @@ def run(feats, args, folder):
     if "cpp" in feats:
         import torch._inductor.config as ic
         ic.cpp_wrapper = True
-    for f in feats:
-        if f.startswith("mb"):
-            import torch._functorch.config as fc
-            fc.activation_memory_budget = int(f[2:]) / 100
+    budget = min([int(f[2:]) / 100 for f in feats if f.startswith("mb")] or [1.0])
     device, ctx, scaler, _ = setup_numerics("cuda" if cuda else "cpu", "bfloat16" if cuda else "float32")
     bs = 16 if "bs16" in feats else args.batch_size
     cfg = train.Config(init_from=folder, datasets="gsm8k", prompt_format="chat", seq_len=args.seq_len,
@@ -74,7 +71,7 @@ def run(feats, args, folder):
         opt = torch.optim.AdamW([{"params": params, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                 fused=True)
     if cuda:
-        model.compile_blocks()  # which now compiles the loss's cross-entropy too: "ce" says whether to keep that
+        model.compile_blocks(activation_budget=budget)  # compiles the loss's cross-entropy too: "ce" keeps it
         if "cg" in feats:
             model.compiled_blocks = [torch.compile(b, dynamic=False, mode="reduce-overhead") for b in model.layers]
     if "ce" not in feats:
