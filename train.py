@@ -61,7 +61,7 @@ class Config:
     grad_accum: int = 1                  # micro-batches per optimizer step
     epochs: float = 1.0                  # run length in epochs, unless max_iters > 0
     max_iters: int = 3000                # optimizer steps (0 = from epochs)
-    max_time: float = 0.0                # wall-clock budget in seconds (0 = none); saves before it exits
+    max_time: float = 0.0                # wall-clock budget in seconds (0 = none; torchrun: checked at log steps)
     lr: float = 3e-3
     min_lr_ratio: float = 0.1            # the decay ends at lr * min_lr_ratio
     schedule: str = "cosine"             # cosine | linear | constant (each after a linear warmup)
@@ -671,10 +671,15 @@ def train(cfg):
     try:
         while step < total_steps:
             out_of_time = bool(cfg.max_time) and time.time() - t_start > cfg.max_time
-            if cfg.max_time and world > 1:  # the ranks' clocks differ: stop when any of them is out of time
-                flag = torch.tensor([float(out_of_time)], device=device)
-                dist.all_reduce(flag)
-                out_of_time = flag.item() > 0
+            if cfg.max_time and world > 1:
+                # the ranks' clocks differ: stop when any of them is out of time. They agree at log steps only,
+                # where the loop waits for the GPU anyway: reading a collective every step would stall the queue
+                if step % cfg.log_interval == 0:
+                    flag = torch.tensor([float(out_of_time)], device=device)
+                    dist.all_reduce(flag)
+                    out_of_time = flag.item() > 0
+                else:
+                    out_of_time = False
             if out_of_time:
                 stop_reason = "max_time"
                 break

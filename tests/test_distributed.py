@@ -87,3 +87,12 @@ def test_fsdp_equals_one_process_and_resumes_in_one(runs, tmp_path):
     out = tmp_path / "from_fsdp"
     run(out, 1, "--batch_size=4", "--grad_accum=2", "--max_iters=4", f"--resume={d}/fsdp/ckpt-000002.pt")
     assert losses(out) == pytest.approx({k: v for k, v in losses(d / "one").items() if k > 2}, rel=1e-5)
+
+
+def test_time_budget_stops_every_rank_at_the_same_log_step(tmp_path):
+    # the ranks agree on stopping at log steps only (no collective read per step); all stop, once, and save
+    r = run(tmp_path, 2, "--batch_size=2", "--max_iters=100000", "--max_time=2", "--log_interval=3",
+            "--eval_interval=100000", "--save_interval=100000")
+    assert r.stdout.count("done: max_time at step") == 1
+    step = int(r.stdout.split("done: max_time at step ")[1].split()[0])
+    assert step > 0 and step % 3 == 0 and os.path.exists(tmp_path / f"ckpt-{step:06d}.pt")
