@@ -61,7 +61,7 @@ class Config:
     grad_accum: int = 1                  # micro-batches per optimizer step
     epochs: float = 1.0                  # run length in epochs, unless max_iters > 0
     max_iters: int = 3000                # optimizer steps (0 = from epochs)
-    max_time: float = 0.0                # wall-clock budget in seconds (0 = none; torchrun: checked at log steps)
+    max_time: float = 0.0                # wall-clock seconds, then save and stop (0 = none; torchrun: at log steps)
     lr: float = 3e-3
     min_lr_ratio: float = 0.1            # the decay ends at lr * min_lr_ratio
     schedule: str = "cosine"             # cosine | linear | constant (each after a linear warmup)
