@@ -229,9 +229,8 @@ def ours_train(args, folder, steps):
         model.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.reset_peak_memory_stats()  # the training steps' peak, not the check's eager pass
-    t_setup = time.time() - t0
     # train.py's step: no host sync inside (the loss is read a step late), so time a window of steps, not each one
-    toks, t_first = 0, None
+    toks = 0
     for step in range(steps):
         if step == args.warmup:
             sync()
@@ -333,7 +332,8 @@ def bench_train(args):
         print(f"model: {label}; {cfg.datasets} train, {cfg.prompt_format} format, loss on answers; ours"
               f"{' (' + args.config + ')' if args.config else ''}: {'packed ' if cfg.pack else ''}rows of "
               f"{cfg.seq_len} ({ours['fill']:.1%} real tokens), batch {cfg.batch_size} x accumulation "
-              f"{cfg.grad_accum}, compile {cfg.compile}, grad checkpointing {cfg.grad_checkpointing}, activation budget {cfg.activation_budget}; "
+              f"{cfg.grad_accum}, compile {cfg.compile}, grad checkpointing {cfg.grad_checkpointing}, "
+              f"activation budget {cfg.activation_budget}; "
               f"HF: batches of {args.hf_batch_size}; {args.steps} steps, the first {args.warmup} not timed")
         rows = [ours]
         if args.hf_steps and cuda and importlib.util.find_spec("transformers") is not None:

@@ -182,9 +182,9 @@ def test_supervised_tokens_count_the_loss_index_without_building_rows():
         for j, ex in enumerate(exs):
             ex["label"] = j % 2
         ds = data.Dataset(exs, tok, seq_len=seq_len, prompt_format="plain", pack=pack, value=value)
-        counts = [ds.supervised_tokens(start, n) for start, n in ((0, 4), (3, 7), (ds.rows_per_epoch(0) - 2, 5))]
-        assert counts == [len(ds.batch(start, n)["loss_index"]) for start, n in ((0, 4), (3, 7),
-                                                                                 (ds.rows_per_epoch(0) - 2, 5))]
+        spans = ((0, 4), (3, 7), (ds.rows_per_epoch(0) - 2, 5))
+        counts = [ds.supervised_tokens(start, n) for start, n in spans]
+        assert counts == [len(ds.batch(start, n)["loss_index"]) for start, n in spans]
         assert sum(counts) > 0
 
 
