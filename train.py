@@ -365,8 +365,12 @@ def forward_backward(model, micro, ctx, scaler, device, world=1, n_sup=None):
             raise ValueError("with several processes, pass n_sup: the global batch's supervised tokens")
         n_sup = sum(len(b["loss_index"]) for b in micro)
     loss_acc = torch.zeros((), device=device)
+    pin = str(device).startswith("cuda")
     for i, b in enumerate(micro):
-        to = lambda k: b[k].to(device, non_blocking=True)  # noqa: E731
+        # from pinned memory the copy is queued behind the previous step's kernels; from pageable memory the host
+        # would wait for them (measured: 23 ms of a 136 ms step on an H200, then the GPU idled while the host
+        # built the next step's mask and launched its first kernels)
+        to = lambda k: (b[k].pin_memory() if pin else b[k]).to(device, non_blocking=True)  # noqa: E731
         # DDP / FSDP reduce gradients across ranks in the last micro-batch's backward only
         with _accumulating(model) if world > 1 and i < len(micro) - 1 else nullcontext():
             with ctx:

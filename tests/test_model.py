@@ -261,3 +261,28 @@ def test_import_pulls_only_torch_numpy_stdlib():
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
+
+
+@pytest.mark.parametrize("T", [1024, 300, 128, 77])
+def test_doc_block_mask_equals_create_block_mask(T):
+    # doc_block_mask builds the packed rows' BlockMask from the dense mask in a few tensor ops instead of
+    # create_block_mask's vmap over the mask function; the blocks it lists (partial and full, by kv and by q for the
+    # backward) must be the same sets, rows cut inside a block (T=300, 77) and one-document rows included
+    from torch.nn.attention.flex_attention import create_block_mask
+    g = torch.Generator().manual_seed(T)
+    doc = torch.sort(torch.randint(0, 5, (3, T), generator=g), dim=1).values
+    doc[2] = 0  # a single document: causal only, whole blocks full
+    ours = M.doc_block_mask(doc)
+    ref = create_block_mask(lambda b, h, q, k: (doc[b, q] == doc[b, k]) & (k <= q), 3, None, T, T, device="cpu")
+    assert ours.seq_lengths == ref.seq_lengths and ours.BLOCK_SIZE == ref.BLOCK_SIZE
+    for num, ind in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices"),
+                     ("q_num_blocks", "q_indices"), ("full_q_num_blocks", "full_q_indices")):
+        n = getattr(ours, num)
+        assert torch.equal(n, getattr(ref, num)), num
+        assert n.sum() > 0 or num.startswith("full"), num
+        for b in range(3):
+            for i in range(n.shape[-1]):
+                k = int(n[b, 0, i])
+                got, want = getattr(ours, ind)[b, 0, i, :k], getattr(ref, ind)[b, 0, i, :k]
+                assert torch.equal(got.sort().values, want.sort().values), (ind, b, i)
+    assert ours.full_kv_num_blocks.sum() > 0 or T <= 128  # full blocks are tested wherever there can be any

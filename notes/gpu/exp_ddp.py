@@ -7,7 +7,8 @@ on every rank; then a torch.profiler trace of 3 steps on rank 0: GPU busy time, 
     python notes/gpu/exp_ddp.py --batch-size 16 default        # one GPU: the reference (no DDP)
     torchrun --nproc_per_node=2 notes/gpu/exp_ddp.py --tiny --steps 3 --warmup 1 default static   # CPU smoke run
 
-Variants: default (train.py's DDP: gradient_as_bucket_view), static (static_graph=True), bucketN (bucket_cap_mb=N).
+Variants: default (train.py's DDP: gradient_as_bucket_view), static (static_graph=True), bucketN (bucket_cap_mb=N),
+bf16hook (gradients all-reduced in bf16 by DDP's bf16_compress_hook).
 """
 import argparse
 import os
@@ -44,6 +45,9 @@ def run(variant, args, folder, rank, world, local, cuda):
         elif variant.startswith("bucket"):
             kw["bucket_cap_mb"] = int(variant[6:])
         model = DDP(model, device_ids=[local] if cuda else None, **kw)
+        if variant == "bf16hook":  # PyTorch's own hook: all-reduce the gradients in bf16, half the bytes
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+            model.register_comm_hook(None, default_hooks.bf16_compress_hook)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     rows = args.batch_size * world
@@ -86,6 +90,10 @@ def run(variant, args, folder, rank, world, local, cuda):
                   f"of which NCCL {nccl:.0f} ms (NCCL overlaps compute on its own stream)", flush=True)
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60),
                   flush=True)
+            if args.trace:
+                path = os.path.join(args.trace, f"trace_{variant}_{world}.json")
+                prof.export_chrome_trace(path)
+                os.system(f"gzip -f {path}")
     del model, opt
     if cuda:
         torch.cuda.empty_cache()
@@ -99,11 +107,12 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16, help="rows per GPU")
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--profile", action="store_true", help="profile 3 more steps of each variant on rank 0")
+    ap.add_argument("--trace", default="", help="with --profile: write rank 0's chrome trace into this folder")
     ap.add_argument("--tiny", action="store_true", help="a 2-block model (CPU smoke run)")
     args = ap.parse_args()
     for v in args.variants:
-        if not (v in ("default", "static") or (v.startswith("bucket") and v[6:].isdigit())):
-            sys.exit(f"unknown variant {v!r}: default, static or bucketN")
+        if not (v in ("default", "static", "bf16hook") or (v.startswith("bucket") and v[6:].isdigit())):
+            sys.exit(f"unknown variant {v!r}: default, static, bf16hook or bucketN")
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     cuda = torch.cuda.is_available()
     if world > 1:
