@@ -8,7 +8,8 @@ on every rank; then a torch.profiler trace of 3 steps on rank 0: GPU busy time, 
     torchrun --nproc_per_node=2 notes/gpu/exp_ddp.py --tiny --steps 3 --warmup 1 default static   # CPU smoke run
 
 Variants: default (train.py's DDP: gradient_as_bucket_view), static (static_graph=True), bucketN (bucket_cap_mb=N),
-bf16hook (gradients all-reduced in bf16 by DDP's bf16_compress_hook).
+bf16hook (gradients all-reduced in bf16 by DDP's bf16_compress_hook), old (default as it was before 2026-11-22:
+the BlockMask from create_block_mask's vmap, batches copied from pageable memory, which made the host wait).
 """
 import argparse
 import os
@@ -24,11 +25,30 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import bench  # noqa: E402
 import data  # noqa: E402
+import model as model_module  # noqa: E402
 import train  # noqa: E402
 from model import setup_numerics  # noqa: E402
 
 
+def old_mask(doc):
+    """The BlockMask as model.py built it before 2026-11-22: create_block_mask's vmap over the mask function."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    B, T = doc.shape
+    return create_block_mask(lambda b, h, q, k: (doc[b, q] == doc[b, k]) & (k <= q), B, None, T, T, device=doc.device)
+
+
 def run(variant, args, folder, rank, world, local, cuda):
+    if variant == "old":  # the step before 2026-11-22: vmap-built mask, batches copied from pageable memory
+        saved = model_module.doc_block_mask, torch.Tensor.pin_memory
+        model_module.doc_block_mask, torch.Tensor.pin_memory = old_mask, lambda self, *a, **k: self
+        try:
+            return run_("default", args, folder, rank, world, local, cuda, label="old")
+        finally:
+            model_module.doc_block_mask, torch.Tensor.pin_memory = saved
+    return run_(variant, args, folder, rank, world, local, cuda)
+
+
+def run_(variant, args, folder, rank, world, local, cuda, label=None):
     device, ctx, scaler, _ = setup_numerics(f"cuda:{local}" if cuda else "cpu", "bfloat16" if cuda else "float32")
     cfg = train.Config(init_from=folder, datasets="gsm8k", prompt_format="chat", seq_len=args.seq_len,
                        batch_size=args.batch_size, lr=1e-5, weight_decay=0.0, beta2=0.95, compile=cuda, eval_samples=0)
@@ -70,7 +90,7 @@ def run(variant, args, folder, rank, world, local, cuda):
     loss = values[0].item()
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     if rank == 0:
-        print(f"{variant:10s} | {world} x batch {args.batch_size} | {dt / (args.steps - args.warmup) * 1e3:6.1f} ms/step | "
+        print(f"{label or variant:10s} | {world} x batch {args.batch_size} | {dt / (args.steps - args.warmup) * 1e3:6.1f} ms/step | "
               f"{toks / dt / 1e3:6.1f}k real tokens/s (all ranks) | peak {mem:5.1f} GiB | loss at step {args.steps} "
               f"{loss:.4f}", flush=True)
     if args.profile and cuda:
@@ -86,12 +106,12 @@ def run(variant, args, folder, rank, world, local, cuda):
             ev = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
             busy = sum(e.self_device_time_total for e in ev) / 1e3
             nccl = sum(e.self_device_time_total for e in ev if "nccl" in e.key.lower()) / 1e3
-            print(f"{variant:10s} | profile of 3 steps: wall {wall * 1e3:.0f} ms (profiler on), kernels {busy:.0f} ms "
+            print(f"{label or variant:10s} | profile of 3 steps: wall {wall * 1e3:.0f} ms (profiler on), kernels {busy:.0f} ms "
                   f"of which NCCL {nccl:.0f} ms (NCCL overlaps compute on its own stream)", flush=True)
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60),
                   flush=True)
             if args.trace:
-                path = os.path.join(args.trace, f"trace_{variant}_{world}.json")
+                path = os.path.join(args.trace, f"trace_{label or variant}_{world}.json")
                 prof.export_chrome_trace(path)
                 os.system(f"gzip -f {path}")
     del model, opt
@@ -111,8 +131,8 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="a 2-block model (CPU smoke run)")
     args = ap.parse_args()
     for v in args.variants:
-        if not (v in ("default", "static", "bf16hook") or (v.startswith("bucket") and v[6:].isdigit())):
-            sys.exit(f"unknown variant {v!r}: default, static, bf16hook or bucketN")
+        if not (v in ("default", "static", "bf16hook", "old") or (v.startswith("bucket") and v[6:].isdigit())):
+            sys.exit(f"unknown variant {v!r}: default, old, static, bf16hook or bucketN")
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     cuda = torch.cuda.is_available()
     if world > 1:
