@@ -184,6 +184,13 @@ def test_chunked_loss_matches_cross_entropy():
         assert torch.allclose(p.grad, ref_grads[k], atol=1e-6), k
     ref_sum = F.cross_entropy(logits.float().view(-1, 96), targets.view(-1), ignore_index=-100, reduction="sum")
     assert abs(m(idx, targets, reduction="sum").item() - ref_sum.item()) <= 1e-4
+    # a frozen vocab projection (LoRA): the hidden states still get their gradient, the weight none
+    m.zero_grad()
+    m.lm_head.weight.requires_grad_(False)
+    m(idx, targets).backward()
+    assert m.lm_head.weight.grad is None
+    assert torch.allclose(m.layers[0].mlp.down_proj.weight.grad, ref_grads["layers.0.mlp.down_proj.weight"], atol=1e-6)
+    m.lm_head.weight.requires_grad_(True)
     # nothing supervised: 0, not NaN, in both modes, and backward still works
     none = torch.full_like(targets, -100)
     for red in ("sum", "mean"):
@@ -286,3 +293,20 @@ def test_doc_block_mask_equals_create_block_mask(T):
                 got, want = getattr(ours, ind)[b, 0, i, :k], getattr(ref, ind)[b, 0, i, :k]
                 assert torch.equal(got.sort().values, want.sort().values), (ind, b, i)
     assert ours.full_kv_num_blocks.sum() > 0 or T <= 128  # full blocks are tested wherever there can be any
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunk_ce_gradient_is_softmax_minus_one_hot(dtype):
+    # the loss's per-chunk kernel returns d loss / d logits itself (LinearCrossEntropy uses it in the forward
+    # pass): it must equal autograd's gradient of the fp32 cross-entropy, and the loss its value
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(13, 50, generator=g) * 4).to(dtype)
+    t = torch.randint(0, 50, (13,), generator=g)
+    ref_in = logits.float().requires_grad_()
+    ref = F.cross_entropy(ref_in, t, reduction="sum")
+    ref.backward()
+    loss, grad = M.Transformer._chunk_ce(logits, t)
+    assert grad.dtype == dtype and loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(grad.float(), ref_in.grad, rtol=0, atol=1e-6 if dtype == torch.float32 else 4e-3)
+    assert M.Transformer._chunk_ce(logits, t, False)[1] is None
