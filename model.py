@@ -221,7 +221,10 @@ class LinearCrossEntropy(torch.autograd.Function):
     (V, C) and targets t (N,), in chunks of `chunk` rows, with the gradients computed in the forward pass chunk by
     chunk (cf. Liger-Kernel's fused linear cross-entropy): the (chunk, V) logits exist for one chunk at a time and
     are not recomputed in backward, and weight's gradient accumulates over the chunks in fp32. ce(logits, t) ->
-    (summed loss, d loss / d logits) is Transformer._chunk_ce. Backward only scales the stored gradients."""
+    (summed loss, d loss / d logits) is Transformer._chunk_ce. Backward only scales the stored gradients.
+    Against checkpointed per-chunk autocast cross-entropy (H100, 4,500 rows of width 896, vocab 151,936): 12.3 ms
+    instead of 18.3 per forward + backward, and the weight gradient's error against fp32 1.2e-5 instead of 1.6e-3
+    (notes/gpu/check_linear_ce.py)."""
 
     @staticmethod
     def forward(ctx, h, weight, t, chunk, ce):
@@ -236,13 +239,11 @@ class LinearCrossEntropy(torch.autograd.Function):
                 l, g = ce(hc @ w.T, t[i:i + chunk])  # g (n, V) in h's dtype
                 loss += l
                 torch.mm(g, w, out=dh[i:i + chunk])
-                if dw is None:
-                    pass
-                elif g.dtype == torch.float32:
+                if dw is not None and g.dtype == torch.float32:
                     dw.addmm_(g.T, hc)
-                elif h.is_cuda:  # bf16 / fp16 products summed into the fp32 gradient by the matmul itself
+                elif dw is not None and h.is_cuda:  # bf16 / fp16 products summed into fp32 by the matmul itself
                     torch.addmm(dw, g.T, hc, out_dtype=torch.float32, out=dw)
-                else:  # no mixed-dtype matmul on this device: in fp32
+                elif dw is not None:  # no mixed-dtype matmul on this device: in fp32
                     dw.addmm_(g.T.float(), hc.float())
         ctx.save_for_backward(dh, dw)
         ctx.weight_dtype = weight.dtype
