@@ -36,8 +36,9 @@ import torch
 import data
 import grade as G
 import train
+import training
 from checkpoint import load_model, save_pretrained, save_tokenizer
-from engine import EVAL_MAX_NEW_TOKENS, evaluate
+from engine import Sampling, evaluate
 from model import LoRALinear, ModelConfig, Transformer, gpu_peak_flops, setup_numerics
 from tokenizer import load_tokenizer
 
@@ -121,19 +122,18 @@ def _bench_gen(args, device, dtype, tmp):
     model.eval()
     problems = data.load_dataset(args.dataset, args.split)
     problems = problems[:args.n] if args.n else problems
-    max_new = args.max_new_tokens or EVAL_MAX_NEW_TOKENS[args.dataset]
+    max_new = args.max_new_tokens or data.DATASETS[args.dataset].max_new_tokens
     fmt = "chat" if tok.has_chat_template else "plain"
     print(f"machine: {machine()}")
     print(f"model: {label} ({model.num_params() / 1e6:.0f}M parameters, {args.dtype}), loaded in {load_s:.1f}s")
     print(f"data: {args.dataset}/{args.split}, {len(problems)} problems, {fmt} prompts, greedy, <= {max_new} new "
           f"tokens; ours: {args.batch_size} slots; reference: batches of {args.hf_batch_size}")
-    kw = dict(max_new_tokens=max_new, batch_size=args.batch_size)
-    evaluate(model, tok, problems[:4], fmt, data.SYSTEM_PROMPT, max_new_tokens=8)  # warm-up (cuBLAS, kernels)
+    evaluate(model, tok, problems[:4], Sampling(8), fmt)  # warm-up (cuBLAS, kernels)
     rows = []
 
     def ours(probs, what):
         torch.cuda.reset_peak_memory_stats() if device == "cuda" else None
-        s, recs = evaluate(model, tok, probs, fmt, data.SYSTEM_PROMPT, **kw)
+        s, recs = evaluate(model, tok, probs, Sampling(max_new), fmt, batch_size=args.batch_size)
         mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
         rows.append((what, len(probs), s["generate_s"] + s["grade_s"], s["generate_s"], sum(r["n_tokens"] for r in recs),
                      s["accuracy"], mem))
@@ -201,11 +201,11 @@ def ours_train(args, folder, steps):
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
-    model, tok, _ = train.build_model(cfg, device, "bfloat16" if cuda else "float32")
+    model, tok, _ = training.build_model(cfg, device, "bfloat16" if cuda else "float32")
     train_ds, _ = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
                                       val_size=cfg.val_size, system_prompt=cfg.system_prompt)
     model.grad_checkpointing = cfg.grad_checkpointing
-    opt, params = train.make_optimizer(model, cfg)
+    opt, params = training.make_optimizer(model, cfg)
     rows_per_step = cfg.batch_size * cfg.grad_accum
     micro = lambda step: [train_ds.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size)  # noqa: E731
                           for m in range(cfg.grad_accum)]
@@ -225,7 +225,7 @@ def ours_train(args, folder, steps):
             if compiled:
                 model.compile_blocks(activation_budget=cfg.activation_budget)
             model.zero_grad(set_to_none=True)
-            loss, _ = train.forward_backward(model, b, ctx, scaler, device)
+            loss, _ = training.forward_backward(model, b, ctx, scaler, device)
             g = torch.cat([p.grad.float().flatten() for p in params if p.grad is not None])
             res.append((loss.item(), g))
         for m, p in lora:
@@ -242,8 +242,8 @@ def ours_train(args, folder, steps):
         if step == args.warmup:
             sync()
             t_steady = time.time()
-        loss, _ = train.forward_backward(model, micro(step + 1), ctx, scaler, device)
-        train.apply_update(opt, params, loss, 1.0, scaler)
+        loss, _ = training.forward_backward(model, micro(step + 1), ctx, scaler, device)
+        training.apply_update(opt, params, loss, 1.0, scaler)
         if step == 0:
             sync()
             t_first = time.time() - t0  # from building the model, compilation included
@@ -259,8 +259,8 @@ def ours_train(args, folder, steps):
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for step in range(3):
-                loss, _ = train.forward_backward(model, micro(steps + step), ctx, scaler, device)
-                train.apply_update(opt, params, loss, 1.0, scaler)
+                loss, _ = training.forward_backward(model, micro(steps + step), ctx, scaler, device)
+                training.apply_update(opt, params, loss, 1.0, scaler)
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
     del model, opt
@@ -365,7 +365,7 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="what", required=True)
     g = sub.add_parser("gen", help="generation: our engine vs Hugging Face generate")
     g.add_argument("--model", default="0.5b", help="0.5b, 1.5b (random weights at that shape) or a checkpoint path")
-    g.add_argument("--dataset", default="gsm8k", choices=sorted(EVAL_MAX_NEW_TOKENS))
+    g.add_argument("--dataset", default="gsm8k", choices=sorted(data.DATASETS))
     g.add_argument("--split", default="test")
     g.add_argument("--n", type=int, default=0, help="problems for our engine (0 = all)")
     g.add_argument("--hf-n", type=int, default=256, help="problems for the head-to-head (0 = no reference run)")

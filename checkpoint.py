@@ -22,6 +22,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
 import data
 from model import ModelConfig, Transformer, apply_lora, merge_lora
@@ -434,9 +435,80 @@ def export_hf(model, tok, out_dir):
         write_text(gen, json.dumps(cfg, indent=2) + "\n")
 
 # -----------------------------------------------------------------------------
-# training checkpoints: one format, one resume path. A dict with "model" (state_dict), "model_config" (ModelConfig
-# as a dict), "config" (train.Config as a dict), "step", "best", "tokenizer_dir" (relative to the file's folder);
-# ckpt-*.pt files add "optimizer", "scaler" and "rng" (best.pt is weights only).
+# training checkpoints: one format, one resume path, owned here. A run writes ckpt-NNNNNN.pt (everything to continue
+# it) and best.pt (weights only) as a dict:
+#   model          state_dict; a run that trains part of the model (LoRA adapters, a verifier's head on a frozen
+#                  backbone) stores only that part, plus "base": the checkpoint it was put on
+#   model_config   ModelConfig as a dict       config       the run's config as a dict (train.Config, rl.Config)
+#   step, best     steps taken, best eval metric so far      global_batch   rows (or rollouts) per optimizer step
+#   world_size     processes that wrote it     tokenizer_dir  relative to the file's folder
+#   lora           {"rank", "alpha", "dropout", "targets"} or absent       value_head   a verifier's head
+#   optimizer      keyed by parameter name ("optimizer_format": "fqn"), so any sharding resumes it
+#   scaler, rng    the fp16 GradScaler's state and every random generator (resume is bit for bit)
+# ckpt-*.pt only: optimizer, optimizer_format, scaler, rng.
+
+
+def save_training_checkpoint(path, model_state, model_config, config, *, step, best, global_batch, world_size=1,
+                             base=None, lora=None, value_head=False, optimizer=None, scaler=None, keep_last=0):
+    """Write one training checkpoint (the layout above) atomically. model_state: the model's whole state_dict, or
+    only its trained part with `base` naming the checkpoint it goes on. With `optimizer` (its state dict, keyed by
+    parameter name) it is a ckpt-*.pt: the RNG state is taken here, and keep_last > 0 deletes all but the newest
+    keep_last ckpt-*.pt of the folder. Callers hand it plain dicts: gathering them from shards is theirs."""
+    state = {"model": model_state, "model_config": model_config, "config": config, "step": step, "best": best,
+             "tokenizer_dir": "tokenizer", "world_size": world_size, "global_batch": global_batch,
+             "value_head": value_head}
+    if base is not None:
+        state["base"] = base
+    if lora:
+        state["lora"] = lora
+    if optimizer is not None:
+        state.update(optimizer=optimizer, optimizer_format="fqn", scaler=scaler, rng=rng_state())
+    save_checkpoint(state, path)
+    if optimizer is not None and keep_last > 0:
+        for old in list_checkpoints(os.path.dirname(path))[:-keep_last]:
+            os.remove(old)
+
+
+def resume_path(resume, out_dir):
+    """The checkpoint `resume` names: "" none, "auto" the latest ckpt-*.pt in out_dir (none if there is none),
+    else the path itself."""
+    if resume == "auto":
+        found = list_checkpoints(out_dir)
+        return found[-1] if found else ""
+    return resume
+
+
+def load_for_resume(path, config, keys, global_batch, batch_name, batch_now):
+    """A ckpt-*.pt to continue from: loaded, verified, and checked against the run about to continue it. `keys`:
+    the config fields the data order and the model depend on, which must be as in the run that wrote it (run
+    length, intervals and the output folder may change); the global batch must be the same too (on any number of
+    processes): global_batch rows now, which batch_now spells out in the units of batch_name ("batch_size x
+    grad_accum x processes", "8 x 1 x 1"). A ValueError names every difference."""
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt:
+        raise ValueError(f"{path} holds weights only (best.pt); resume from a ckpt-*.pt file")
+    was_cfg = ckpt["config"]
+    diff = [f"{k}: checkpoint {was_cfg.get(k)!r}, now {config[k]!r}" for k in keys if was_cfg.get(k) != config[k]]
+    was = ckpt.get("global_batch") or was_cfg["batch_size"] * was_cfg["grad_accum"] * ckpt.get("world_size", 1)
+    if was != global_batch:
+        diff.append(f"global batch ({batch_name}): checkpoint {was} rows, now {batch_now}")
+    if diff:
+        raise ValueError(f"cannot resume from {path}: these settings differ from the run that wrote it, and the "
+                         f"data order or the model depends on them: " + "; ".join(diff))
+    return ckpt
+
+
+def restore_training_state(ckpt, model, opt, scaler=None):
+    """Load a ckpt-*.pt's optimizer state (by parameter name, under any sharding of `model`), its GradScaler state
+    and its RNG state: what remains after its weights are in the model. -> (step, best)."""
+    if ckpt.get("optimizer_format") == "fqn":
+        set_optimizer_state_dict(model, opt, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
+    else:  # written before optimizer states were keyed by name
+        opt.load_state_dict(ckpt["optimizer"])
+    if scaler and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return ckpt["step"], ckpt.get("best")
 
 
 def _digest(state):
@@ -534,6 +606,20 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
+def attach_trained_parts(model, lora=None, value_head=False, freeze=False):
+    """Put on a base model the parts a run trains besides (or instead of) its weights, the one place they are
+    assembled (training builds its model with it, model_from_checkpoint rebuilds a checkpoint's): LoRA adapters,
+    lora = {"rank", "alpha", "dropout", "targets": "q,k,..."}, which freeze the rest; freeze=True freezes the
+    whole base; and a verifier's value head (trainable)."""
+    if lora:
+        apply_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"].split(","))
+    if freeze:
+        model.requires_grad_(False)
+    if value_head:
+        model.add_value_head()
+    return model
+
+
 def model_from_checkpoint(ckpt, device="cpu", dtype=None):
     """The model of a training checkpoint. A LoRA checkpoint holds adapters only: they are put on its base model
     (loaded from the path it names) and merged into the weights, so what comes back is a plain model."""
@@ -543,19 +629,13 @@ def model_from_checkpoint(ckpt, device="cpu", dtype=None):
         except FileNotFoundError:
             raise FileNotFoundError(f"this checkpoint holds trained parts of the base model {ckpt['base']!r}, which "
                                     f"is not there any more (or pass a merged export)") from None
-        if ckpt.get("lora"):
-            lora = ckpt["lora"]
-            apply_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"].split(","))
-        if ckpt.get("value_head"):
-            model.add_value_head()
+        attach_trained_parts(model, ckpt.get("lora"), ckpt.get("value_head"))
         bad = model.load_state_dict(ckpt["model"], strict=False)
         if bad.unexpected_keys or any("lora_" in k or "value_head" in k for k in bad.missing_keys):
             raise ValueError(f"the trained parameters do not fit their base model {ckpt['base']!r}: {bad}")
         return (merge_lora(model) if ckpt.get("lora") else model).to(device=device, dtype=dtype)
     with torch.device("meta"):
-        model = Transformer(ModelConfig(**ckpt["model_config"]))
-    if ckpt.get("value_head"):
-        model.add_value_head()
+        model = attach_trained_parts(Transformer(ModelConfig(**ckpt["model_config"])), None, ckpt.get("value_head"))
     model.load_state_dict(ckpt["model"], assign=True)
     return model.to(device=device, dtype=dtype)
 

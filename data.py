@@ -9,11 +9,13 @@ exactly `seq_len` tokens; each keeps its own positions (restarting at 0) and its
 attends only within an example (see model.py `doc=`). The whole epoch plan (which examples land in which row) is a
 pure function of (seed, epoch), so resuming at row k replays exactly the rows an uninterrupted run would have seen.
 """
+import functools
 import json
 import math
 import os
 import random
 import re
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -226,27 +228,45 @@ def make_arith(n, seed, max_digits=3, exclude=()):
     return out
 
 
+def load_arith(digits, split):
+    """The embedded example's problems: operands of up to `digits` digits; no test problem appears in train."""
+    test = make_arith(500, seed=1, max_digits=digits)
+    if split == "test":
+        return test
+    return make_arith(20000, seed=0, max_digits=digits, exclude=[t["prompt"] for t in test])
+
+
+class Named(NamedTuple):
+    splits: tuple        # the splits it has
+    max_new_tokens: int  # the evaluation protocol's budget of new tokens (engine.evaluate, sample.py --eval)
+    load: object         # split -> examples {"id", "prompt", "response", "answer"}, the gold answer extracted
+
+
+# Every named dataset, registered once: train.py, sample.py, engine.py and bench.py read this table. The answers
+# are extracted by grade.py's gsm8k_gold / math_gold inside the loaders. A file of your own needs no entry:
+# load_dataset reads any .jsonl (GSM8K, MATH or prompt/response layout) or MATH folder by its path.
+DATASETS = {
+    "gsm8k": Named(("train", "test"), 512, lambda s: load_gsm8k(os.path.join(DATA_DIR, "gsm8k", f"{s}.jsonl"))),
+    "math": Named(("train", "test"), 1024, lambda s: load_math(os.path.join(DATA_DIR, "math", f"{s}.jsonl"))),
+    "math500": Named(("test",), 1024, lambda s: load_math(os.path.join(DATA_DIR, "math500", "test.jsonl"))),
+    # generated arithmetic for from-scratch models: arith = operands of up to 3 digits, arithN = up to N
+    "arith": Named(("train", "test"), 48, functools.partial(load_arith, 3)),
+    **{f"arith{d}": Named(("train", "test"), max(48, 16 * d), functools.partial(load_arith, d)) for d in range(1, 10)},
+}
+
+
 def load_dataset(name, split="train"):
-    """A named vendored dataset (gsm8k, math, math500, arith[N]) or a path: a .jsonl with question/answer (GSM8K
-    layout), problem/solution (MATH layout) or prompt/response keys, or a MATH directory tree."""
-    if name == "gsm8k":
-        return load_gsm8k(os.path.join(DATA_DIR, "gsm8k", f"{split}.jsonl"))
-    if name == "math":
-        return load_math(os.path.join(DATA_DIR, "math", f"{split}.jsonl"))
-    if name == "math500":
-        if split != "test":
-            raise ValueError("math500 has only a test split")
-        return load_math(os.path.join(DATA_DIR, "math500", "test.jsonl"))
-    m = re.fullmatch(r"arith(\d?)", name)
-    if m:  # arith = operands of up to 3 digits, arithN = up to N; no test problem appears in train
-        digits = int(m.group(1) or 3)
-        test = make_arith(500, seed=1, max_digits=digits)
-        return test if split == "test" else make_arith(20000, seed=0, max_digits=digits, exclude=[t["prompt"] for t in test])
+    """A named dataset (DATASETS) or a path: a .jsonl with question/answer (GSM8K layout), problem/solution (MATH
+    layout) or prompt/response keys, or a MATH directory tree (a path has no splits: the file is used whole)."""
+    if name in DATASETS:
+        if split not in DATASETS[name].splits:
+            raise ValueError(f"{name} has no {split!r} split (it has {', '.join(DATASETS[name].splits)})")
+        return DATASETS[name].load(split)
     if os.path.isdir(name):
         return load_math(name)
     if not os.path.isfile(name):
-        raise FileNotFoundError(f"dataset '{name}': not a known name (gsm8k, math, math500, arith[N]) nor a file "
-                                f"or folder")
+        raise FileNotFoundError(f"dataset '{name}': not a known name ({', '.join(list(DATASETS)[:5])}, arith1-9) "
+                                f"nor a file or folder")
     rows = read_jsonl(name)
     if not rows:
         raise ValueError(f"{name}: the dataset file has no rows")
@@ -262,19 +282,26 @@ def load_dataset(name, split="train"):
 
 def parse_mixture(spec):
     """'gsm8k:1,math:0.5' -> [('gsm8k', 1.0), ('math', 0.5)]. A weight w means each epoch takes round(w * len) of
-    that dataset's examples: w < 1 subsamples, w > 1 repeats."""
+    that dataset's examples: w < 1 subsamples, w > 1 repeats. A ValueError names a bad entry and why."""
     out = []
     for part in spec.split(","):
         name, w = part.strip(), 1.0
         head, sep, tail = name.rpartition(":")
-        if sep and re.fullmatch(r"[0-9.eE+-]+", tail):
+        if sep and not os.path.exists(name):  # name:weight (a file whose own name has a colon is taken whole)
+            where = f"datasets='{spec}': the weight of '{head}'"
             try:
                 name, w = head, float(tail)
             except ValueError:
-                raise ValueError(f"datasets='{spec}': weight '{tail}' of '{head}' is not a number") from None
-        if not name or w < 0:
-            raise ValueError(f"datasets='{spec}': bad entry '{part}'")
+                raise ValueError(f"{where}, {tail!r}, is not a number") from None
+            if not math.isfinite(w):
+                raise ValueError(f"{where} is {tail}: it must be a finite number >= 0")
+            if w < 0:
+                raise ValueError(f"{where} is {tail}: it must be >= 0 (0 leaves the dataset out of training)")
+        if not name:
+            raise ValueError(f"datasets='{spec}': entry '{part}' names no dataset")
         out.append((name, w))
+    if not any(w > 0 for _, w in out):
+        raise ValueError(f"datasets='{spec}': every weight is 0, so there is nothing to train on")
     return out
 
 # -----------------------------------------------------------------------------
@@ -328,17 +355,18 @@ def pack_rows(lengths, order, seq_len, open_rows=64):
     return rows
 
 
-def collate(rows, examples, seq_len, pad_id, value=False):
+def collate(rows, examples, seq_len, pad_id):
     """Rows of example indices -> tensors, all (B, T=seq_len):
     idx: token ids; targets: next token where it is a supervised response token else -100; pos: position within
     its own example; doc: document id within the row (pads get their own id, so they attend only to pads).
-    Plus loss_index (N,): the flat positions of the supervised targets. value=True (a verifier): no next-token
-    targets; value_targets (B, T) float holds the example's label (1 correct, 0 not) at every response token and
-    -1 elsewhere, and loss_index points at those."""
+    Plus loss_index (N,): the flat positions of the supervised targets, found here on the CPU, not on the GPU.
+    Examples with a "label" (graded samples: 1 correct, 0 not) also give labels (M,) float, their label at each
+    of their response tokens, and label_index (M,), those tokens' flat positions (a verifier's value head learns
+    there whether the solution it has read so far ends correct)."""
     B, T = len(rows), seq_len
     idx = np.full((B, T), pad_id, dtype=np.int64)
     tgt = np.full((B, T), -100, dtype=np.int64)
-    vt = np.full((B, T), -1.0, dtype=np.float32)
+    lab = np.full((B, T), -1.0, dtype=np.float32)
     pos = np.zeros((B, T), dtype=np.int64)
     doc = np.zeros((B, T), dtype=np.int64)
     for b, row in enumerate(rows):
@@ -347,21 +375,19 @@ def collate(rows, examples, seq_len, pad_id, value=False):
             ids, mask = examples[i]["ids"], examples[i]["mask"]
             n = min(len(ids), T - t)
             idx[b, t:t + n] = ids[:n]
-            if value:  # the value at a response token predicts whether the finished answer is correct
-                vt[b, t:t + n] = np.where(np.asarray(mask[:n], dtype=bool), examples[i]["label"], -1.0)
-            else:  # target at position j is token j+1, if that token is supervised
-                m = np.asarray(mask[1:n], dtype=bool)
-                tgt[b, t:t + n - 1] = np.where(m, np.asarray(ids[1:n]), -100)
+            m = np.asarray(mask[1:n], dtype=bool)  # target at position j is token j+1, if that one is supervised
+            tgt[b, t:t + n - 1] = np.where(m, np.asarray(ids[1:n]), -100)
+            if "label" in examples[i]:
+                lab[b, t:t + n] = np.where(np.asarray(mask[:n], dtype=bool), examples[i]["label"], -1.0)
             pos[b, t:t + n] = np.arange(n)
             doc[b, t:t + n] = d
             t += n
         pos[b, t:] = np.arange(T - t)
         doc[b, t:] = len(row)
     out = {k: torch.from_numpy(v) for k, v in (("idx", idx), ("targets", tgt), ("pos", pos), ("doc", doc))}
-    supervised = vt >= 0 if value else tgt != -100
-    out["loss_index"] = torch.from_numpy(np.flatnonzero(supervised.reshape(-1)))  # (N,) found here, not on the GPU
-    if value:
-        out["value_targets"] = torch.from_numpy(vt)
+    out["loss_index"] = torch.from_numpy(np.flatnonzero(tgt.reshape(-1) != -100))  # (N,)
+    out["label_index"] = torch.from_numpy(np.flatnonzero(lab.reshape(-1) >= 0))  # (M,)
+    out["labels"] = torch.from_numpy(lab.reshape(-1)[out["label_index"].numpy()])  # (M,)
     return out
 
 
@@ -371,9 +397,9 @@ class Dataset:
     rows(k) gives the k-th training row of the whole run (epochs laid end to end), so the data position to resume
     from is a single integer: the number of rows consumed."""
 
-    def __init__(self, examples, tok, seq_len, prompt_format, pack=True, seed=0, weights=None, system_prompt=SYSTEM_PROMPT,
-                 value=False):
-        self.seq_len, self.pack, self.seed, self.pad_id, self.value = seq_len, pack, seed, tok.pad_id, value
+    def __init__(self, examples, tok, seq_len, prompt_format, pack=True, seed=0, weights=None,
+                 system_prompt=SYSTEM_PROMPT):
+        self.seq_len, self.pack, self.seed, self.pad_id = seq_len, pack, seed, tok.pad_id
         self.examples = examples
         self.source = weights  # list of (start, end, weight) ranges into examples, one per dataset
         for ex in examples:
@@ -427,7 +453,7 @@ class Dataset:
         """The n rows starting at global row `start`, as tensors, plus the ids of the examples in them; with pad_to,
         empty rows (no tokens, no targets) make up the batch to pad_to rows."""
         rows = [self.row(k) for k in range(start, start + n)] + [[]] * max(0, pad_to - n)
-        b = collate(rows, self.examples, self.seq_len, self.pad_id, self.value)
+        b = collate(rows, self.examples, self.seq_len, self.pad_id)
         b["example_ids"] = [[self.examples[i]["id"] for i in r] for r in rows]
         return b
 
@@ -435,17 +461,20 @@ class Dataset:
         """Tokens that are not padding in the n rows starting at global row `start` (what tokens/s counts)."""
         return sum(min(self.lengths[i], self.seq_len) for k in range(start, start + n) for i in self.row(k))
 
-    def supervised_tokens(self, start, n):
-        """The supervised targets in the n rows starting at global row `start`, i.e. len(batch(start, n)["loss_index"]),
-        counted without building the rows: each DDP rank learns the global batch's count from it, with no collective
-        (and no host sync) per step."""
+    def supervised_tokens(self, start, n, key="loss_index"):
+        """len(batch(start, n)[key]) for the n rows starting at global row `start`, counted without building the
+        rows: the supervised targets ("loss_index") or the labelled response tokens ("label_index"). Each DDP
+        rank learns the global batch's count from it, with no collective (and no host sync) per step."""
         total = 0
         for k in range(start, start + n):
             t = 0
             for i in self.row(k):
                 m = min(self.lengths[i], self.seq_len - t)  # the tokens of example i that fit in the row
                 mask = self.examples[i]["mask"]
-                total += sum(mask[:m]) if self.value else sum(mask[1:m])  # as collate: target j is token j+1
+                if key == "loss_index":
+                    total += sum(mask[1:m])  # as collate: target j is token j+1
+                elif "label" in self.examples[i]:
+                    total += sum(mask[:m])
                 t += m
         return total
 
@@ -458,7 +487,7 @@ class Dataset:
 
 
 def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_samples=0, val_size=0,
-                   system_prompt=SYSTEM_PROMPT, value=False):
+                   system_prompt=SYSTEM_PROMPT):
     """Train and validation Datasets from a mixture spec ('gsm8k:1,math:0.5'). val_size *problems* (distinct
     problem texts) are held out, drawn from each dataset's fixed-seed order in proportion to the problems it adds
     to the mixture. Problems, not rows: a dataset that repeats a problem (generated arithmetic; a file of 8 graded
@@ -495,15 +524,10 @@ def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_sam
         raise ValueError(f"datasets='{spec}': no training examples" + (
             f" left: the {len(held)} held-out problems are all the problems there are (every row of a held-out "
             f"problem leaves training); lower val_size" if held else ""))
-    if value:  # a verifier learns labelled solutions: every example needs its 'correct'
-        unlabelled = next((ex["id"] for ex in train + val if "label" not in ex), None)
-        if unlabelled:
-            raise ValueError(f"datasets='{spec}': example {unlabelled} has no 'correct' label; a verifier trains on "
-                             f"graded samples (the jsonl sample.py --eval writes)")
-    train_ds = Dataset(train, tok, seq_len, prompt_format, pack, seed, ranges, system_prompt, value)
+    train_ds = Dataset(train, tok, seq_len, prompt_format, pack, seed, ranges, system_prompt)
     if train_ds.n_supervised == 0:
         raise ValueError(f"datasets='{spec}' with seq_len={seq_len}: no training example has an answer token within "
                          f"its first {seq_len} tokens, so there is nothing to learn; raise seq_len (the longest "
                          f"example has {max(train_ds.lengths)} tokens)")
-    val_ds = Dataset(val, tok, seq_len, prompt_format, pack, seed, None, system_prompt, value) if val else None
+    val_ds = Dataset(val, tok, seq_len, prompt_format, pack, seed, None, system_prompt) if val else None
     return train_ds, val_ds

@@ -2,8 +2,8 @@
 The generation engine: batched decoding with a static KV cache, and the one generate-and-grade loop that
 train.py's periodic eval, sample.py and any later tool share.
 
-    ids, ents = generate(model, prompts, max_new_tokens=256, temperature=0.7, stop_ids=tok.stop_ids, seed=0)
-    summary, records = evaluate(model, tok, problems, "chat", data.SYSTEM_PROMPT, max_new_tokens=512)
+    samples = generate(model, prompts, Sampling(256, temperature=0.7, stop_ids=tok.stop_ids, seed=0))
+    summary, records = evaluate(model, tok, problems, Sampling(512), "chat", data.SYSTEM_PROMPT)
 
 Evaluation protocol (sample.py --eval; the README quotes it). One setting per dataset, so numbers are comparable:
   - prompt: data.render_prompt(problem) in chat format (the model's ChatML template) with the system prompt
@@ -11,7 +11,7 @@ Evaluation protocol (sample.py --eval; the README quotes it). One setting per da
     checkpoint is prompted the way it was trained (its config's prompt_format / system_prompt), a Hugging Face
     model in chat format if its tokenizer has a chat template, else in plain format (data.PLAIN_TEMPLATE).
   - decoding: greedy, stopping at any of the tokenizer's end tokens (for Qwen both <|im_end|> and <|endoftext|>),
-    at most EVAL_MAX_NEW_TOKENS[dataset] new tokens (and never past the model's max_seq_len).
+    at most data.DATASETS[name].max_new_tokens new tokens (and never past the model's max_seq_len).
   - grading: grade.grade(response, gold): the answer in <answer> tags, else the last \\boxed{} (then "####", "the
     answer is", last number), compared by mathematical equivalence. accuracy = correct / n; format rate = share of
     responses whose answer came in a recognised form (not the last-number fallback).
@@ -19,6 +19,7 @@ Evaluation protocol (sample.py --eval; the README quotes it). One setting per da
     problems with at least one correct sample, maj@k the accuracy of the majority answer (answers grouped by
     grade.is_equiv, ties to the earliest).
 """
+import dataclasses
 import time
 from contextlib import nullcontext
 from typing import NamedTuple
@@ -30,18 +31,27 @@ from tqdm import tqdm
 import data
 import grade as G
 
-# the pinned generation budget of each evaluation dataset; arith, arith2: the embedded example's generated test
-# problems (data.make_arith), for from-scratch models
-EVAL_MAX_NEW_TOKENS = {"gsm8k": 512, "math": 1024, "math500": 1024, "arith": 48, "arith2": 48}
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How tokens are chosen: one object through generate, evaluate, sample.py and the evals during training."""
+    max_new_tokens: int = 256  # per sequence (and never past the model's max_seq_len)
+    temperature: float = 0.0   # 0 = greedy (argmax)
+    top_k: int = 0             # keep the k most likely tokens (0 = all)
+    top_p: float = 1.0         # keep the smallest set of tokens with this much mass (1 = all)
+    seed: int = 0              # a sequence's draws depend on (seed, its index) alone
+    stop_ids: tuple = ()       # a sequence ends at the first of these (evaluate: the tokenizer's when empty)
+
 
 # -----------------------------------------------------------------------------
 # decoding
 
 
-def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, u=None):
+def sample_next(logits, sampling, u=None):
     """logits (B, V) -> next token ids (B,). temperature 0 = greedy (argmax). Otherwise a draw from the
     temperature / top-k / top-p distribution by inverting its CDF at u (B,) uniforms in [0, 1): one cumulative sum
     and a binary search per row, static shapes, no host sync, so it runs inside the captured decode step."""
+    temperature, top_k, top_p = sampling.temperature, sampling.top_k, sampling.top_p
     if temperature <= 0.0:
         return logits.argmax(-1)
     logits = logits.float() / temperature  # (B, V)
@@ -90,7 +100,7 @@ def _emit(st, rows, logits, stop, sampling):
     """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it: kept unless it is
     a stop token or the slot was already done; done once stopped or out of budget. Static shapes, no sync."""
     n_out = st.n_out[rows]  # (n,)
-    nxt = sample_next(logits, *sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
+    nxt = sample_next(logits, sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
     active = ~st.done[rows]
     keep = active & ~(nxt[:, None] == stop).any(-1)
     st.out[rows, n_out] = torch.where(keep, nxt, st.out[rows, n_out])
@@ -104,10 +114,10 @@ def _emit(st, rows, logits, stop, sampling):
 
 
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, stop_ids=(), seed=0,
-             num_samples=1, batch_size=64, ctx=nullcontext(), stream=None, entropy=False, cuda_graph=None):
-    """Generate num_samples continuations of each prompt (a list of token ids) -> a list of Sample, prompt-major
-    (prompt 0's samples, then prompt 1's, ...).
+def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcontext(), stream=None, entropy=False,
+             cuda_graph=None):
+    """Generate num_samples continuations of each prompt (a list of token ids) under `sampling` (a Sampling)
+    -> a list of Sample, prompt-major (prompt 0's samples, then prompt 1's, ...).
 
     Continuous batching over batch_size slots of a static KV cache: when a sequence ends, the next waiting prompt
     is prefilled into its slot, so the batch never waits for its longest row. A prompt is prefilled once and its
@@ -129,6 +139,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0
         if len(p) >= max_seq:
             raise ValueError(f"prompt {i} has {len(p)} tokens, which leaves no room in the model's context of "
                              f"max_seq_len={max_seq} tokens")
+    max_new_tokens = sampling.max_new_tokens
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
@@ -138,8 +149,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0
     budgets = [min(max_new_tokens, max_seq - len(p)) for p in prompts]
     N = max(budgets)
     L = max(len(p) + b for p, b in zip(prompts, budgets))  # cache slots a sequence can need
-    sampling = (temperature, top_k, top_p)
-    stop = torch.tensor(sorted(stop_ids) or [-1], dtype=torch.long, device=device)  # (S,); -1 is never a token
+    stop = torch.tensor(sorted(sampling.stop_ids) or [-1], dtype=torch.long, device=device)  # (S,); -1: no token
     graph = device.type == "cuda" if cuda_graph is None else cuda_graph
     sync_every = 1 if stream is not None or not graph else 16
 
@@ -180,7 +190,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0
         if waiting and len(free) >= min(max(k, B // 8), waiting * k):
             m = min(len(free) // k, waiting)
             pids = order[next_prompt:next_prompt + m]
-            _admit(model, prompts, pids, k, free[:m * k], budgets, seed, cache, st, stop, sampling, ctx)
+            _admit(model, prompts, pids, k, free[:m * k], budgets, cache, st, stop, sampling, ctx)
             for j, b in enumerate(free[:m * k]):
                 slot_seq[b] = pids[j // k] * k + j % k
             next_prompt += m
@@ -197,7 +207,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0
     return results
 
 
-def _admit(model, prompts, pids, k, slots, budgets, seed, cache, st, stop, sampling, ctx):
+def _admit(model, prompts, pids, k, slots, budgets, cache, st, stop, sampling, ctx):
     """Prefill prompts `pids` into the cache (one right-padded batch, into the first of each prompt's k slots),
     copy each prompt's cache rows to its other k-1 slots, and emit every new sequence's first token."""
     device = st.tok.device
@@ -220,8 +230,8 @@ def _admit(model, prompts, pids, k, slots, budgets, seed, cache, st, stop, sampl
     st.n_out[rows] = 0
     st.done[rows] = False
     st.budget[rows] = torch.tensor([budgets[s // k] for s in seqs], device=device)
-    if sampling[0] > 0:  # uniforms for every step of each sequence, a function of (seed, sequence index) alone
-        u = np.stack([np.random.default_rng([seed, s]).random(st.u.size(1)) for s in seqs])
+    if sampling.temperature > 0:  # uniforms for every step of each sequence, a function of (seed, sequence index) alone
+        u = np.stack([np.random.default_rng([sampling.seed, s]).random(st.u.size(1)) for s in seqs])
         st.u[rows] = torch.from_numpy(u).to(device=device, dtype=st.u.dtype)
     _emit(st, rows, logits, stop, sampling)
 
@@ -272,10 +282,10 @@ def _majority(recs, weight=lambda r: 1):
 
 
 @torch.no_grad()
-def evaluate(model, tok, problems, prompt_format, system_prompt, max_new_tokens=512, batch_size=64,
-             ctx=nullcontext(), seed=0, temperature=0.0, top_k=0, top_p=1.0, num_samples=1, entropy=False,
-             verifier=None):
-    """Generate for each problem ({"id", "prompt", "answer", ...}) and grade it. Returns (summary, records):
+def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt=data.SYSTEM_PROMPT, num_samples=1,
+             batch_size=64, ctx=nullcontext(), entropy=False, verifier=None):
+    """Generate for each problem ({"id", "prompt", "answer", ...}) under `sampling` (a Sampling; with no stop ids,
+    the tokenizer's) and grade it. Returns (summary, records):
     summary {"accuracy", "format_rate", "answer_reward" (= accuracy), "format_reward" (= format_rate),
     "mean_length" (tokens), "tokens_per_s", "generate_s", "grade_s", "n"}, "mean_entropy" (per generated token)
     with entropy=True, and "pass@k" and "maj@k" when num_samples = k > 1; records, one per generation in problem
@@ -298,8 +308,9 @@ def evaluate(model, tok, problems, prompt_format, system_prompt, max_new_tokens=
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.time()
-        samples = generate(model, prompts, max_new_tokens, temperature, top_k, top_p, tok.stop_ids, seed,
-                           num_samples, batch_size, ctx, entropy=entropy)
+        if not sampling.stop_ids:
+            sampling = dataclasses.replace(sampling, stop_ids=tuple(sorted(tok.stop_ids)))
+        samples = generate(model, prompts, sampling, num_samples, batch_size, ctx, entropy=entropy)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.time()

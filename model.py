@@ -216,29 +216,47 @@ def doc_block_mask(doc, block=128):
                                     seq_lengths=(T, T))
 
 
-class LinearCrossEntropy(torch.autograd.Function):
-    """loss = sum over rows n of cross_entropy(h[n] @ weight.T, t[n]), for h (N, C) in the compute dtype, weight
-    (V, C) and targets t (N,), in chunks of `chunk` rows, with the gradients computed in the forward pass chunk by
-    chunk (cf. Liger-Kernel's fused linear cross-entropy): the (chunk, V) logits exist for one chunk at a time and
-    are not recomputed in backward, and weight's gradient accumulates over the chunks in fp32. ce(logits, t) ->
-    (summed loss, d loss / d logits) is Transformer._chunk_ce. Backward only scales the stored gradients.
-    Against checkpointed per-chunk autocast cross-entropy (H100, 4,500 rows of width 896, vocab 151,936): 12.3 ms
-    instead of 18.3 per forward + backward, and the weight gradient's error against fp32 1.2e-5 instead of 1.6e-3
-    (notes/gpu/check_linear_ce.py)."""
+class LinearTokenLoss(torch.autograd.Function):
+    """A loss over the log-probabilities of targets t (N,) under logits h @ weight.T, for h (N, C) in the compute
+    dtype and weight (V, C): loss = sum_n fn(logp_n), fn = -logp (cross-entropy) by default. In chunks of `chunk`
+    rows, with the gradients computed in the forward pass chunk by chunk (cf. Liger-Kernel's fused linear
+    cross-entropy): the (chunk, V) logits exist for one chunk at a time and are not recomputed in backward, and
+    weight's gradient accumulates over the chunks in fp32. ce(logits, t, grad, coef) -> (logp, d loss / d logits)
+    is Transformer._chunk_ce. Backward only scales the stored gradients.
+
+    fn(logp, sl) -> (n,) per-token losses of the chunk's log-probs logp (n,) fp32; sl is the chunk's slice of the
+    N positions, for per-token data such as advantages or old log-probs. It must be elementwise (token n's loss
+    depends on logp_n alone), which is what lets each chunk's gradient be known in the forward pass: the policy
+    gradient, PPO's clipped ratio and a KL penalty to a reference policy all are. Returns (loss, logp (N,)); logp
+    is detached. Against checkpointed per-chunk autocast cross-entropy (H100, 4,500 rows of width 896, vocab
+    151,936): 12.3 ms instead of 18.3 per forward + backward, and the weight gradient's error against fp32 1.2e-5
+    instead of 1.6e-3 (dev/README.md)."""
 
     @staticmethod
-    def forward(ctx, h, weight, t, chunk, ce):
+    def forward(ctx, h, weight, t, chunk, ce, fn):
         with torch.autocast(h.device.type, enabled=False):  # every cast below is explicit
             w = weight.to(h.dtype)  # (V, C): one cast per call
             dh = torch.empty_like(h)  # (N, C)
             dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] \
                 else None
             loss = torch.zeros((), dtype=torch.float32, device=h.device)
+            logp = torch.empty(h.size(0), dtype=torch.float32, device=h.device)  # (N,)
             for i in range(0, h.size(0), chunk):
-                hc = h[i:i + chunk]  # (n, C)
-                l, g = ce(hc @ w.T, t[i:i + chunk])  # g (n, V) in h's dtype
-                loss += l
-                torch.mm(g, w, out=dh[i:i + chunk])
+                hc, tc, sl = h[i:i + chunk], t[i:i + chunk], slice(i, i + chunk)  # (n, C), (n,)
+                logits = hc @ w.T  # (n, V)
+                if fn is None:  # cross-entropy: d loss / d logp = -1, the kernel's own gradient
+                    lp, g = ce(logits, tc)  # g (n, V) in h's dtype
+                    loss += (-lp).sum()
+                else:
+                    lp = ce(logits, tc, False)[0]
+                    with torch.enable_grad():  # d fn / d logp, elementwise: the chunk's gradient scale per row
+                        lp_ = lp.detach().requires_grad_()
+                        lt = fn(lp_, sl)  # (n,)
+                        dl, = torch.autograd.grad(lt.sum(), lp_)
+                    loss += lt.detach().sum()
+                    g = ce(logits, tc, True, -dl)[1]
+                logp[sl] = lp
+                torch.mm(g, w, out=dh[sl])
                 if dw is not None and g.dtype == torch.float32:
                     dw.addmm_(g.T, hc)
                 elif dw is not None and h.is_cuda:  # bf16 / fp16 products summed into fp32 by the matmul itself
@@ -247,14 +265,15 @@ class LinearCrossEntropy(torch.autograd.Function):
                     dw.addmm_(g.T.float(), hc.float())
         ctx.save_for_backward(dh, dw)
         ctx.weight_dtype = weight.dtype
-        return loss
+        ctx.mark_non_differentiable(logp)
+        return loss, logp
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, grad_logp):
         dh, dw = ctx.saved_tensors
         gh = (dh.float() * grad_loss).to(dh.dtype)
         gw = None if dw is None else (dw * grad_loss).to(ctx.weight_dtype)
-        return gh, gw, None, None, None
+        return gh, gw, None, None, None, None
 
 
 class KVCache:
@@ -397,29 +416,27 @@ class Transformer(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, *, pos=None, doc=None, cache=None, rows=None, lengths=None, last=None,
-                reduction="mean", loss_index=None, value_targets=None):
+                reduction="mean", loss_index=None, loss_fn=None):
         """idx (B, T) long token ids; pos, doc, cache, rows, lengths as in hidden().
 
-        targets (B, T) long with -100 = ignore: returns the fp32 cross-entropy, reduction "mean" (over
-            supervised tokens) or "sum" (0, not NaN, when nothing is supervised). Only supervised hidden states
-            are projected to the vocab, in chunks of self.loss_chunk rows, each chunk's loss and gradients computed
-            at once (LinearCrossEntropy), so fp32 logits for every position never exist.
+        loss_fn(model, x) -> loss: any objective, as a function of the final hidden states x (B, T, C); training.py
+            holds them (cross-entropy, a verifier's value loss, the policy gradient). Through forward, so that DDP
+            and FSDP see the call.
+        targets (B, T) long with -100 = ignore: returns the fp32 cross-entropy (token_loss), reduction "mean"
+            (over supervised tokens) or "sum" (0, not NaN, when nothing is supervised).
             loss_index (N,) long: the flat positions where targets != -100, if the caller has them (data.collate
             computes them on the CPU): then finding them costs no host sync.
-        value_targets (B, T) float, -1 = ignore (needs the value head): returns the fp32 binary cross-entropy of
-            the value head's logit against them, reduced like the LM loss.
         last (B,) long: return only the logits at position last[b] of each row, (B, V).
         Else returns logits (B, T, V) in the compute dtype.
         """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         x = self.hidden(idx, pos=pos, doc=doc, cache=cache, rows=rows, lengths=lengths)  # (B, T, C)
-        if value_targets is not None:
-            t = value_targets.reshape(-1)
-            index = (t >= 0).nonzero().squeeze(1) if loss_index is None else loss_index
-            v = self.value_head(x.reshape(-1, x.size(-1)).index_select(0, index)).float()  # (N,) logits
-            loss = F.binary_cross_entropy_with_logits(v, t.index_select(0, index), reduction="sum")
-            return loss / max(1, index.numel()) if reduction == "mean" else loss
+        if loss_fn is not None:
+            return loss_fn(self, x)
         if targets is not None:
-            return self.chunked_loss(x, targets, reduction, loss_index)
+            loss, logp = self.token_loss(x, targets, loss_index)
+            return loss / max(1, logp.numel()) if reduction == "mean" else loss
         if last is not None:
             x = x[torch.arange(x.size(0), device=x.device), last]  # (B, C)
         return self.lm_head(x)  # (B, T, V) or (B, V)
@@ -486,45 +503,49 @@ class Transformer(nn.Module):
                 x = block(x, cos, sin, mask)
         return self.norm(x)  # (B, T, C)
 
-    def chunked_loss(self, x, targets, reduction="mean", index=None):
-        """fp32 cross-entropy of hidden states x (B, T, C) against targets (B, T), -100 = ignore."""
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    def token_loss(self, x, targets, index=None, fn=None):
+        """A loss over the log-probabilities of the supervised targets: hidden states x (B, T, C), targets (B, T)
+        with -100 = ignore, index (N,) their flat positions if known (else found here: a host sync). Returns
+        (loss, logp): loss = sum over the N positions of fn(logp, sl) (LinearTokenLoss; default -logp, the summed
+        fp32 cross-entropy, 0 and not NaN when N = 0), logp (N,) fp32 the targets' log-probabilities, detached.
+        Only supervised hidden states are projected to the vocabulary, self.loss_chunk rows at a time, so fp32
+        logits for every position never exist; with gradients on, each chunk's are computed with its loss."""
         t = targets.reshape(-1)
         if index is None:
             index = (t != -100).nonzero().squeeze(1)  # (N,) a host sync: N varies with the batch
         h = x.reshape(-1, x.size(-1)).index_select(0, index)  # (N, C) supervised positions only
         t = t.index_select(0, index)  # (N,)
-        if h.size(0) == 0:
-            return x.reshape(-1)[:1].float().sum() * 0.0  # nothing supervised: 0 (not NaN), still in the graph
+        if h.size(0) == 0:  # nothing supervised: 0 (not NaN), still in the graph
+            return x.reshape(-1)[:1].float().sum() * 0.0, torch.zeros(0, device=x.device)
         # the vocab projection runs in the compute dtype (autocast's, else the weights'): the hidden states and the
         # weight are cast once here, not once per chunk (under autocast the weight's cast was ~2 ms a step at 0.5B)
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        h, w = h.to(dt), self.lm_head.weight
+        h, w, n = h.to(dt), self.lm_head.weight, self.loss_chunk
         if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad):
-            loss = LinearCrossEntropy.apply(h, w, t, self.loss_chunk, self.chunk_ce)
-        else:
-            w = w.to(dt)
-            loss = sum(self.chunk_ce(h[i:i + self.loss_chunk] @ w.T, t[i:i + self.loss_chunk], False)[0]
-                       for i in range(0, h.size(0), self.loss_chunk))
-        if reduction == "mean":
-            loss = loss / h.size(0)
-        return loss
+            return LinearTokenLoss.apply(h, w, t, n, self.chunk_ce, fn)
+        w = w.to(dt)
+        logp = [self.chunk_ce(h[i:i + n] @ w.T, t[i:i + n], False)[0] for i in range(0, h.size(0), n)]
+        fn = fn or (lambda lp, sl: -lp)
+        loss = sum(fn(lp, slice(i * n, i * n + lp.numel())).sum() for i, lp in enumerate(logp))
+        return loss, torch.cat(logp)
 
     @staticmethod
-    def _chunk_ce(logits, t, grad=True):
-        """Summed fp32 cross-entropy of logits (n, V) against targets t (n,), and with grad its gradient with
-        respect to the logits, softmax - one_hot(t), in the logits' dtype. compile_blocks() compiles it: then it is
-        one pass over the logits (the fp32 upcast, log-sum-exp, gather and gradient fused)."""
+    def _chunk_ce(logits, t, grad=True, coef=None):
+        """fp32 log-probabilities logp (n,) of targets t (n,) under logits (n, V), and with grad the gradient of
+        the cross-entropy -logp with respect to the logits, softmax - one_hot(t), in the logits' dtype, each row
+        scaled by coef (n,) if given. compile_blocks() compiles it: then it is one pass over the logits (the fp32
+        upcast, log-sum-exp, gather and gradient fused)."""
         x = logits.float()  # (n, V)
         lse = torch.logsumexp(x, dim=-1)  # (n,)
-        loss = (lse - x.gather(1, t[:, None]).squeeze(1)).sum()
+        logp = x.gather(1, t[:, None]).squeeze(1) - lse
         if not grad:
-            return loss, None
+            return logp, None
         g = torch.exp(x - lse[:, None])  # softmax
         g.scatter_add_(1, t[:, None], torch.full_like(lse[:, None], -1.0))
-        return loss, g.to(logits.dtype)
+        if coef is not None:
+            g = g * coef[:, None]
+        return logp, g.to(logits.dtype)
 
     def add_value_head(self):
         """A verifier's head (cf. Cobbe et al. 2021): an MLP on the final hidden state of every token, predicting

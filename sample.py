@@ -22,7 +22,7 @@ import torch
 
 import data
 from checkpoint import export_hf, load_model, write_text
-from engine import EVAL_MAX_NEW_TOKENS, evaluate, generate, sample_table
+from engine import Sampling, evaluate, generate, sample_table
 from model import setup_numerics
 
 
@@ -110,13 +110,13 @@ def main(argv=None):
     ap.error = lambda msg: sys.exit(f"sample.py: {msg} (python sample.py -h lists the options)")  # one line, exit 1
     args = ap.parse_args(argv)
 
-    named = args.eval in EVAL_MAX_NEW_TOKENS
+    named = data.DATASETS.get(args.eval)
     if args.eval is not None and not named and not os.path.isfile(args.eval):
-        ap.error(f"--eval: unknown dataset {args.eval!r}; choose from {', '.join(EVAL_MAX_NEW_TOKENS)} or give a "
+        ap.error(f"--eval: unknown dataset {args.eval!r}; choose from {', '.join(data.DATASETS)} or give a "
                  f".jsonl file of problems with answers")
-    if args.eval and named and args.split not in (("test",) if args.eval == "math500" else ("train", "test")):
-        ap.error(f"--split {args.split!r}: {args.eval} has " + ("only a test split" if args.eval == "math500" else
-                                                               "train and test splits"))
+    if named and args.split not in named.splits:
+        ap.error(f"--split {args.split!r}: {args.eval} has " + (f"only a {named.splits[0]} split" if len(named.splits)
+                                                               == 1 else f"the splits {', '.join(named.splits)}"))
     if args.num_samples < 1:
         ap.error("--num-samples must be >= 1")
     if args.num_samples > 1 and args.temperature <= 0:
@@ -154,7 +154,7 @@ def _eval_out_path(args, info):
     if args.out:
         return args.out
     stem = os.path.splitext(os.path.basename(info["path"].rstrip("/")))[0]
-    what = f"{args.eval}-{args.split}" if args.eval in EVAL_MAX_NEW_TOKENS else \
+    what = f"{args.eval}-{args.split}" if args.eval in data.DATASETS else \
         os.path.splitext(os.path.basename(args.eval))[0]
     name = f"eval-{stem}-{what}"
     name += f"-n{args.max_samples}" if args.max_samples else ""
@@ -180,7 +180,8 @@ def _main(args, ap):
     fmt = info["prompt_format"] if args.format == "auto" else args.format
     system = info["system_prompt"] if args.system_prompt is None else args.system_prompt
     if args.eval:
-        max_new = args.max_new_tokens or EVAL_MAX_NEW_TOKENS.get(args.eval, 512)
+        named = data.DATASETS.get(args.eval)
+        max_new = args.max_new_tokens or (named.max_new_tokens if named else 512)
         if fmt == "raw":
             ap.error("--eval needs a chat or plain prompt format")
         out = _eval_out_path(args, info)
@@ -190,7 +191,7 @@ def _main(args, ap):
             ap.error(f"{existing[0]} exists: pass --overwrite to replace it, or --out for another name")
         earlier = [r for f in args.rft_with for r in _graded_samples(f)]  # checked before hours of sampling
         problems = data.load_dataset(args.eval, args.split)  # a file is used as it is (no split)
-        if args.eval not in EVAL_MAX_NEW_TOKENS and any(p["answer"] is None for p in problems):
+        if not named and any(p["answer"] is None for p in problems):
             ap.error(f"--eval {args.eval}: every problem needs an answer to grade against")
         if args.max_samples:
             problems = problems[:args.max_samples]
@@ -201,13 +202,12 @@ def _main(args, ap):
                 ap.error(f"--verifier {args.verifier}: this checkpoint has no value head (train one with "
                          f"train.py objective=verifier)")
             verifier = (vm.eval(), vtok, vinfo["prompt_format"], vinfo["system_prompt"])
-        label = f"{args.eval}/{args.split}" if args.eval in EVAL_MAX_NEW_TOKENS else args.eval
+        label = f"{args.eval}/{args.split}" if named else args.eval
         print(f"eval {label}: {len(problems)} problems, prompt format {fmt}, system prompt "
               f"{system!r}, max_new_tokens {max_new}, temperature {args.temperature}, samples {args.num_samples}",
               file=sys.stderr)
-        summary, records = evaluate(model, tok, problems, fmt, system, max_new_tokens=max_new,
-                                    batch_size=batch_size, seed=args.seed, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
+        sampling = Sampling(max_new, args.temperature, args.top_k, args.top_p, args.seed)
+        summary, records = evaluate(model, tok, problems, sampling, fmt, system, args.num_samples, batch_size,
                                     entropy=args.entropy, verifier=verifier)
         write_text(out, "".join(json.dumps(r) + "\n" for r in records))
         if args.rft_out:
@@ -253,8 +253,8 @@ def _main(args, ap):
     single = len(prompts) * args.num_samples == 1
     stream = TextStream(tok) if single else None
     t0 = time.time()
-    samples = generate(model, prompts, max_new, args.temperature, args.top_k, args.top_p, tok.stop_ids, args.seed,
-                       args.num_samples, batch_size, stream=stream)
+    sampling = Sampling(max_new, args.temperature, args.top_k, args.top_p, args.seed, tuple(sorted(tok.stop_ids)))
+    samples = generate(model, prompts, sampling, args.num_samples, batch_size, stream=stream)
     dt = time.time() - t0
     outs = [smp.ids for smp in samples]
     if single:

@@ -181,10 +181,11 @@ def test_supervised_tokens_count_the_loss_index_without_building_rows():
         exs = examples(50)
         for j, ex in enumerate(exs):
             ex["label"] = j % 2
-        ds = data.Dataset(exs, tok, seq_len=seq_len, prompt_format="plain", pack=pack, value=value)
+        ds = data.Dataset(exs, tok, seq_len=seq_len, prompt_format="plain", pack=pack)
+        key = "label_index" if value else "loss_index"
         spans = ((0, 4), (3, 7), (ds.rows_per_epoch(0) - 2, 5))
-        counts = [ds.supervised_tokens(start, n) for start, n in spans]
-        assert counts == [len(ds.batch(start, n)["loss_index"]) for start, n in spans]
+        counts = [ds.supervised_tokens(start, n, key) for start, n in spans]
+        assert counts == [len(ds.batch(start, n)[key]) for start, n in spans]
         assert sum(counts) > 0
 
 
@@ -227,5 +228,5 @@ def test_held_out_problems_are_drawn_by_problem_not_by_row(tmp_path):
     # with a row-proportional draw, 30 of the 70 rows would have put ~3.4 of the 8 in the 10 easy problems
     graded.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"try {j}", "correct": j % 2 == 0}) + "\n"
                               for i in range(10) for j in range(4)))
-    tr, va = data.build_datasets(str(graded), tok, 64, "plain", val_size=2, value=True)
+    tr, va = data.build_datasets(str(graded), tok, 64, "plain", val_size=2)
     assert len({e["prompt"] for e in va.examples}) == 2 and len(va.examples) == 8 and len(tr.examples) == 32

@@ -54,12 +54,17 @@ class _Force:
 # decoding
 
 
+def generate(model, prompts, n, temperature=0.0, top_k=0, top_p=1.0, seed=0, stop_ids=(), **kw):
+    sampling = E.Sampling(n, temperature, top_k, top_p, seed, tuple(sorted(stop_ids)))
+    return E.generate(model, prompts, sampling, **kw)
+
+
 def gen(model, prompts, n, **kw):
-    return [smp.ids for smp in E.generate(model, prompts, n, **kw)]
+    return [smp.ids for smp in generate(model, prompts, n, **kw)]
 
 
 def test_cached_equals_uncached(model):
-    samples = E.generate(model, PROMPTS, 16, entropy=True)
+    samples = generate(model, PROMPTS, 16, entropy=True)
     for p, smp in zip(PROMPTS, samples):
         assert smp.ids == _greedy_uncached(model, p, 16) and not smp.stopped
         assert len(smp.entropy) == 16 and all(0 <= e <= torch.log(torch.tensor(128.0)) + 1e-4 for e in smp.entropy)
@@ -68,7 +73,7 @@ def test_cached_equals_uncached(model):
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([p + out]))[0, len(p) - 1:-1].float(), -1)
     assert torch.allclose(torch.tensor(samples[1].entropy), -(logp.exp() * logp).sum(-1), atol=1e-4)
-    assert E.generate(model, PROMPTS, 4)[0].entropy is None  # not computed unless asked
+    assert generate(model, PROMPTS, 4)[0].entropy is None  # not computed unless asked
 
 
 def test_continuous_batching_equals_one_prompt_at_a_time(model):
@@ -81,7 +86,7 @@ def test_continuous_batching_equals_one_prompt_at_a_time(model):
     want = [_greedy_uncached(model, p, 10, stop=stops) for p in prompts]
     assert len({len(w) for w in want}) > 2  # rows really end at different steps
     for bs in (1, 3, 5, 64):
-        samples = E.generate(model, prompts, 10, stop_ids=stops, batch_size=bs)
+        samples = generate(model, prompts, 10, stop_ids=stops, batch_size=bs)
         assert [smp.ids for smp in samples] == want, bs
         assert [smp.stopped for smp in samples] == [len(w) < 10 for w in want]
     # prompts of equal length but different content, and duplicates, come back in input order
@@ -119,7 +124,7 @@ def test_stops_at_each_stop_token(model, math_tok):
         for at in (0, 4):  # forced as the first token, and as the fifth
             h = m.lm_head.register_forward_hook(_Force([None] * at + [s]))
             try:
-                smp = E.generate(m, [[5, 6, 7]], 10, stop_ids=stops)[0]
+                smp = generate(m, [[5, 6, 7]], 10, stop_ids=stops)[0]
             finally:
                 h.remove()
             assert len(smp.ids) == at and s not in smp.ids and smp.stopped
@@ -132,9 +137,9 @@ def test_context_limit(model):
     assert [len(o) for o in out] == [6, 12]  # each row fills the context on its own, whatever its batch mates
     assert out[1] == gen(m, [[2] * 4], 50)[0]
     with pytest.raises(ValueError, match=r"prompt 1 has 16 tokens.*max_seq_len=16"):
-        E.generate(m, [[1], [1] * 16], 4)
+        generate(m, [[1], [1] * 16], 4)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
-        E.generate(m, [[1]], 0)
+        generate(m, [[1]], 0)
 
 
 def test_sampling_is_seeded_and_independent_of_the_batch(model):
@@ -153,7 +158,7 @@ def test_sampling_is_seeded_and_independent_of_the_batch(model):
 def test_sample_next_distribution():
     u = torch.rand(40000, generator=torch.Generator().manual_seed(0))
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(40000, 1)
-    freq = lambda **kw: torch.bincount(E.sample_next(logits, u=u, **kw), minlength=4) / 40000  # noqa: E731
+    freq = lambda **kw: torch.bincount(E.sample_next(logits, E.Sampling(**kw), u=u), minlength=4) / 40000  # noqa: E731
     assert torch.allclose(freq(temperature=1.0), torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.01)
     assert torch.allclose(freq(temperature=1.0, top_k=2), torch.tensor([0.625, 0.375, 0, 0]), atol=0.01)
     # top_p=0.7: 0.5 alone is below 0.7, so 0.3 is kept too; 0.15 is dropped (0.8 already before it)
@@ -162,12 +167,12 @@ def test_sample_next_distribution():
     assert torch.allclose(freq(temperature=0.5), p2, atol=0.01)
     # the same through the order the sort puts the vocabulary in (top-p), with a shuffled vocabulary
     perm = torch.tensor([2, 0, 3, 1])
-    got = torch.bincount(E.sample_next(logits[:, perm], 1.0, top_p=0.99, u=u), minlength=4) / 40000
+    got = torch.bincount(E.sample_next(logits[:, perm], E.Sampling(temperature=1.0, top_p=0.99), u=u), minlength=4) / 40000
     assert torch.allclose(got, torch.tensor([0.5, 0.3, 0.15, 0.05])[perm], atol=0.01)
-    assert E.sample_next(logits, 0.0).eq(0).all()  # greedy
+    assert E.sample_next(logits, E.Sampling()).eq(0).all()  # greedy
     # a -inf logit is never drawn, even at u just below 1
     masked = torch.tensor([[float("-inf"), 0.0, float("-inf"), 0.0, float("-inf")]]).repeat(4, 1)
-    assert E.sample_next(masked, 1.0, u=torch.tensor([0.0, 0.5, 0.51, 1 - 2**-24])).tolist() == [1, 1, 3, 3]
+    assert E.sample_next(masked, E.Sampling(temperature=1.0), u=torch.tensor([0.0, 0.5, 0.51, 1 - 2**-24])).tolist() == [1, 1, 3, 3]
 
 
 def test_stream_calls_back_every_kept_token(model):
@@ -187,8 +192,8 @@ def test_evaluate_grades_and_reports(math_tok):
     h = m.lm_head.register_forward_hook(_Force(answer + [stop]))
     m.train()
     try:
-        summary, records = E.evaluate(m, math_tok, probs, "plain", data.SYSTEM_PROMPT, max_new_tokens=20,
-                                      batch_size=2, ctx=torch.autocast("cpu", enabled=False), seed=0, entropy=True)
+        summary, records = E.evaluate(m, math_tok, probs, E.Sampling(20, seed=0), "plain", data.SYSTEM_PROMPT,
+                                      batch_size=2, ctx=torch.autocast("cpu", enabled=False), entropy=True)
     finally:
         h.remove()
     assert m.training  # mode restored
@@ -207,14 +212,14 @@ def test_evaluate_deterministic_and_samples(math_tok):
     m = _tiny(vocab=4096, seed=3)
     probs = data.load_dataset("arith", "test")[:3]
     timing = {"tokens_per_s": 0, "generate_s": 0, "grade_s": 0}
-    s1, r1 = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, batch_size=2, entropy=True)
-    s2, r2 = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, batch_size=2, entropy=True)
+    s1, r1 = E.evaluate(m, math_tok, probs, E.Sampling(6), "plain", "", batch_size=2, entropy=True)
+    s2, r2 = E.evaluate(m, math_tok, probs, E.Sampling(6), "plain", "", batch_size=2, entropy=True)
     assert r1 == r2 and {**s1, **timing} == {**s2, **timing}
-    s3, r3 = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, batch_size=3, entropy=True)
+    s3, r3 = E.evaluate(m, math_tok, probs, E.Sampling(6), "plain", "", batch_size=3, entropy=True)
     assert r3 == r1 and abs(s3["mean_entropy"] - s1["mean_entropy"]) < 1e-5
-    assert "mean_entropy" not in E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6)[0]
+    assert "mean_entropy" not in E.evaluate(m, math_tok, probs, E.Sampling(6), "plain", "")[0]
     assert not m.training
-    summary, records = E.evaluate(m, math_tok, probs, "plain", "", max_new_tokens=6, temperature=1.0, seed=0,
+    summary, records = E.evaluate(m, math_tok, probs, E.Sampling(6, temperature=1.0, seed=0), "plain", "",
                                   num_samples=3)
     assert len(records) == 9 and [r["sample"] for r in records[:3]] == [0, 1, 2]
     assert [r["id"] for r in records] == [p["id"] for p in probs for _ in range(3)]

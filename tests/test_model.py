@@ -13,7 +13,7 @@ import transformers
 import model as M
 from checkpoint import from_pretrained
 from conftest import PROMPTS
-from engine import generate
+from engine import Sampling, generate
 
 torch.set_num_threads(2)
 
@@ -98,7 +98,7 @@ def test_bf16_checkpoint(ckpts, fam):
 def test_greedy_kv_cache_matches_full_forward_and_hf_generate(ckpts, fam):
     ours = from_pretrained(ckpts[f"{fam}-fp32"])
     n = 32
-    cached = [s.ids for s in generate(ours, PROMPTS, n)]  # the engine: batched prefill, then a token per row per step
+    cached = [s.ids for s in generate(ours, PROMPTS, Sampling(n))]  # the engine: batched prefill, then a token per row per step
     hf = ckpts[fam]
     for i, p in enumerate(PROMPTS):
         full = _greedy_full(ours, p, n)
@@ -305,7 +305,8 @@ def test_chunk_ce_gradient_is_softmax_minus_one_hot(dtype):
     ref_in = logits.float().requires_grad_()
     ref = F.cross_entropy(ref_in, t, reduction="sum")
     ref.backward()
-    loss, grad = M.Transformer._chunk_ce(logits, t)
+    logp, grad = M.Transformer._chunk_ce(logits, t)
+    loss = -logp.sum()  # the cross-entropy, from the per-token log-probabilities
     assert grad.dtype == dtype and loss.dtype == torch.float32
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     torch.testing.assert_close(grad.float(), ref_in.grad, rtol=0, atol=1e-6 if dtype == torch.float32 else 4e-3)

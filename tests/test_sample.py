@@ -85,13 +85,13 @@ def test_cli_eval_writes_jsonl_and_summary(ckpt_dir, tmp_path, capsys):
     # the same generations as evaluate() on the checkpoint file itself (one path for CLI and train.py)
     model, tok, info = C.load_model(str(ckpt_dir / "best.pt"))
     assert info["kind"] == "nanomath" and info["prompt_format"] == "plain"
-    _, recs = E.evaluate(model, tok, probs, "plain", "", max_new_tokens=8)
+    _, recs = E.evaluate(model, tok, probs, E.Sampling(8), "plain", "")
     assert [r["response"] for r in recs] == [r["response"] for r in rows]
 
 
 def test_cli_prompts_and_stream(ckpt_dir, tmp_path, capsys, monkeypatch):
     model, tok, _ = C.load_model(str(ckpt_dir))
-    want = [tok.decode(E.generate(model, [data.render_prompt(tok, q, "plain")], 6, stop_ids=tok.stop_ids)[0].ids)
+    want = [tok.decode(E.generate(model, [data.render_prompt(tok, q, "plain")], E.Sampling(6, stop_ids=tok.stop_ids))[0].ids)
             for q in ("What is 2 + 3?", "What is 7 - 4?")]
     S.main(["--ckpt", str(ckpt_dir), "--prompt", "What is 2 + 3?", "--max-new-tokens", "6"])
     assert capsys.readouterr().out == want[0] + "\n"  # streamed
@@ -141,7 +141,7 @@ def test_export_hf_generates_identically(ckpt_dir, tmp_path):
     msgs = data.prompt_messages(q)
     theirs = hf_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
     assert list(theirs) == ours
-    ids = E.generate(m, [ours], 12, stop_ids=qtok.stop_ids)[0].ids
+    ids = E.generate(m, [ours], E.Sampling(12, stop_ids=qtok.stop_ids))[0].ids
     with torch.no_grad():
         g = hf.generate(torch.tensor([ours]), max_new_tokens=12, do_sample=False)[0, len(ours):].tolist()
     g = g[:next((k for k, t in enumerate(g) if t in qtok.stop_ids), len(g))]
@@ -150,7 +150,7 @@ def test_export_hf_generates_identically(ckpt_dir, tmp_path):
     # the exported folder loads back here as a chat model
     m2, tok2, info = C.load_model(str(out))
     assert info == {"kind": "hf", "path": str(out), "prompt_format": "chat", "system_prompt": data.SYSTEM_PROMPT}
-    assert E.generate(m2, [ours], 12, stop_ids=tok2.stop_ids)[0].ids == ids
+    assert E.generate(m2, [ours], E.Sampling(12, stop_ids=tok2.stop_ids))[0].ids == ids
     # and through the CLI, from a training checkpoint (math tokenizer: transformers loads the model part)
     S.main(["--ckpt", str(ckpt_dir), "--export-hf", str(tmp_path / "hf2")])
     hf2 = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf2")).eval()
@@ -159,7 +159,7 @@ def test_export_hf_generates_identically(ckpt_dir, tmp_path):
     p = data.render_prompt(tok3, "What is 2 + 3?", "plain")
     with torch.no_grad():
         g = hf2.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None)[0, len(p):]
-    assert E.generate(m3, [p], 10)[0].ids == g.tolist()
+    assert E.generate(m3, [p], E.Sampling(10))[0].ids == g.tolist()
     q = "What is 2 + 3?"
     assert hf2_tok.encode(data.PLAIN_TEMPLATE.format(problem=q), add_special_tokens=False) == p
     assert hf2_tok.decode(g) == tok3.decode(g.tolist())

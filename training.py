@@ -1,0 +1,610 @@
+"""
+The pieces of a training loop, shared by train.py (SFT, verifiers), rl.py (GRPO) and bench.py: plain functions and
+a few small objects, which a loop calls top to bottom. No Trainer class and no callbacks: the loop stays in the
+entry script, where it can be read and edited.
+
+    cfg = parse_config(Config, sys.argv[1:])           # defaults < config files < --key=value; -h lists the keys
+    env = setup(cfg.device, cfg.dtype)                 # torchrun processes, device, autocast, GradScaler
+    model, tok, part = build_model(cfg, env.device, env.dtype)   # scratch or any checkpoint, + LoRA / value head
+    step_model, fsdp = wrap_model(model, env, ...)     # FSDP2, compiled blocks or DDP
+    opt, params = make_optimizer(model, cfg)
+    loss, n = forward_backward(step_model, micro, env.ctx, env.scaler, env.device, env.world, n_tok, sft_loss)
+    late.push(step, apply_update(opt, params, loss, cfg.grad_clip, env.scaler), info)  # read one step later
+    save_run(path, model, opt, env, step, best, ...); log.write({...})
+
+Objectives are loss functions loss_fn(model, x, batch) -> summed loss over the final hidden states x (B, T, C) of
+a batch, computed inside the model's forward (so DDP and FSDP see the call): sft_loss, verifier_loss here, the
+policy gradient in rl.py. forward_backward divides by the tokens of the whole global batch.
+"""
+import dataclasses
+import difflib
+import functools
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import data
+from checkpoint import attach_trained_parts, atomic_write, load_model, save_training_checkpoint
+from engine import Sampling, evaluate, sample_table
+from model import PRESETS, ModelConfig, Transformer, setup_numerics
+from tokenizer import load_tokenizer
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (too many non-finite steps in a row)."""
+
+# -----------------------------------------------------------------------------
+# config: any dataclass, from defaults, experiment files and --key=value flags
+
+
+def config_help(cls, usage):
+    """Every field of the config dataclass cls with its default and its comment, read from its source (-h)."""
+    lines = [usage, ""]
+    for line in inspect.getsource(cls).splitlines()[2:]:
+        m = re.match(r"\s+(\w+): \w+ = .*?(?:\s+#\s*(.*))?$", line)
+        if m:
+            lines.append(f"  --{m.group(1)}={getattr(cls, m.group(1))!r}".ljust(44) + (m.group(2) or ""))
+        elif line.strip().startswith("#"):
+            lines.append(line.strip())
+    return "\n".join(lines)
+
+
+def parse_config(cls, argv, aliases=None, script="train.py"):
+    """An instance of the config dataclass cls: its defaults, then the experiment files given (their top-level
+    names), then --key=value flags, in that order wherever the flags stand on the command line. Unknown keys
+    are errors naming the closest valid key (or an alias's, {"learning_rate": "lr"}); values are checked
+    against the default's type. -h prints every key and exits."""
+    aliases = aliases or {}
+    if "-h" in argv or "--help" in argv:
+        print(config_help(cls, f"usage: python {script} [config.py ...] [--key=value ...]   (flags apply after "
+                               f"the config files)"))
+        raise SystemExit(0)
+    cfg = cls()
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for arg in [a for a in argv if not a.startswith("-")]:  # config files first ...
+        for key, value in _read_config_file(arg).items():
+            _set_key(cfg, fields, aliases, key, value, arg)
+    for arg in [a for a in argv if a.startswith("-")]:  # ... then the flags, whatever their position
+        key, eq, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("--") or not eq or not key:
+            raise SystemExit(f"command line: '{arg}' must be --key=value (python {script} -h lists the keys)")
+        _set_key(cfg, fields, aliases, key, value, "command line", from_cli=True)
+    return cfg
+
+
+def _read_config_file(path):
+    """The top-level names an experiment file sets (it is Python: it may compute them, or exec another)."""
+    ns = {"__file__": os.path.abspath(path)}  # so a config can build on another (configs/*_lora.py)
+    try:
+        with open(path, encoding="utf-8") as f:
+            src = f.read()
+        exec(compile(src, path, "exec"), ns)
+    except (FileNotFoundError, IsADirectoryError):
+        raise SystemExit(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except SyntaxError as e:
+        raise SystemExit(f"{path}:{e.lineno}: {e.msg}") from None
+    except Exception as e:  # the user's file raised: say where, without our traceback
+        line = next((fr.lineno for fr in reversed(traceback.extract_tb(e.__traceback__)) if fr.filename == path), "?")
+        raise SystemExit(f"{path}:{line}: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in ns.items() if not k.startswith("_") and not callable(v) and not hasattr(v, "__file__")}
+
+
+def _set_key(cfg, fields, aliases, key, value, where, from_cli=False):
+    if key not in fields:
+        close = [aliases[key]] if key in aliases else difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
+        raise SystemExit(f"{where}: unknown config key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+    default = getattr(type(cfg), key)
+    if from_cli and not isinstance(default, str):
+        try:
+            value = {"true": True, "false": False}[value.lower()] if isinstance(default, bool) else type(default)(value)
+        except (KeyError, ValueError):
+            raise SystemExit(f"{where}: {key}={value!r} is not a valid {type(default).__name__}") from None
+    if isinstance(default, float) and type(value) is int:
+        value = float(value)
+    if type(value) is not type(default):
+        raise SystemExit(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
+    setattr(cfg, key, value)
+
+# -----------------------------------------------------------------------------
+# processes and numerics
+
+
+@dataclasses.dataclass
+class Env:
+    """Where a run executes: its process among `world` (torchrun; rank 0 writes and logs), and the numerics
+    model.setup_numerics decided (device, autocast context, GradScaler for fp16 only, dtype name)."""
+    rank: int
+    world: int
+    local: int
+    device: str
+    ctx: object
+    scaler: object
+    dtype: str
+    started_dist: bool = False
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def say(self, *a, **k):
+        if self.master:
+            print(*a, **k)
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def torchrun_env():
+    """(rank, world, local) from torchrun's variables, checked: integers, consistent, and, with a rendezvous to
+    make, MASTER_ADDR and MASTER_PORT set. SystemExit naming the variable otherwise."""
+    vals = {}
+    for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        v = os.environ.get(k, str(d))
+        if not re.fullmatch(r"\d+", v.strip()):
+            raise SystemExit(f"environment: {k}={v!r} must be a whole number >= 0 (torchrun sets it)")
+        vals[k] = int(v)
+    rank, world, local = vals["RANK"], vals["WORLD_SIZE"], vals["LOCAL_RANK"]
+    if world < 1:
+        raise SystemExit(f"environment: WORLD_SIZE={world} must be >= 1")
+    if rank >= world:
+        raise SystemExit(f"environment: RANK={rank} is not a process of WORLD_SIZE={world} (ranks are 0 to "
+                         f"{world - 1})")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if os.environ.get("LOCAL_WORLD_SIZE", "").isdigit() \
+        else world
+    if local >= local_world:
+        raise SystemExit(f"environment: LOCAL_RANK={local} is not below LOCAL_WORLD_SIZE / WORLD_SIZE={local_world}")
+    if world > 1:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+        if missing:
+            raise SystemExit(f"environment: WORLD_SIZE={world} but {' and '.join(missing)} not set: start the "
+                             f"processes with torchrun, which sets them")
+    return rank, world, local
+
+
+def setup(device="auto", dtype="auto", dist_timeout=300.0):
+    """-> Env. Under torchrun (WORLD_SIZE > 1) starts the process group: one GPU per process (LOCAL_RANK), nccl on
+    CUDA, gloo on CPUs. If the processes do not all meet within dist_timeout seconds, the process says which
+    variables it used and exits, rather than hanging."""
+    rank, world, local = torchrun_env()
+    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if world > 1 and use_cuda and local >= torch.cuda.device_count():
+        raise SystemExit(f"environment: LOCAL_RANK={local}, but this machine shows {torch.cuda.device_count()} "
+                         f"GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    started = world > 1 and not dist.is_initialized()
+    if started:
+        if use_cuda:
+            torch.cuda.set_device(local)
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+
+        def give_up():  # runs on a timer thread: the main thread is stuck inside the rendezvous
+            print(f"error: rank {rank} of WORLD_SIZE={world} did not meet the other processes at MASTER_ADDR:"
+                  f"MASTER_PORT={where} within {dist_timeout:g}s (dist_timeout): are all {world} started, with "
+                  f"the same MASTER_ADDR and MASTER_PORT?", file=sys.stderr, flush=True)
+            os._exit(1)
+        timer = threading.Timer(dist_timeout, give_up)
+        timer.daemon = True
+        timer.start()
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.barrier()  # every process is there
+        timer.cancel()
+    try:
+        device, ctx, scaler, dtype = setup_numerics(f"cuda:{local}" if world > 1 and use_cuda else device, dtype)
+    except ValueError as e:
+        raise SystemExit(f"config: {e}")
+    return Env(rank, world, local, device, ctx, scaler, dtype, started)
+
+
+def teardown(env):
+    if env.started_dist:
+        dist.destroy_process_group()
+
+# -----------------------------------------------------------------------------
+# the model: built, given its trained parts, wrapped for the step
+
+
+def build_model(cfg, device, dtype="float32", value_head=False, freeze=False):
+    """-> (model, tok, part). The model to train: from scratch (cfg.model_preset with the n_layer / n_embd /
+    n_head overrides, cfg.tokenizer) or any checkpoint load_model reads (cfg.init_from), in fp32 master weights;
+    with cfg.lora_rank, adapters on the base, which is then frozen and kept in the compute dtype `dtype`; with
+    value_head a verifier's head, freeze=True freezing the rest (also kept in `dtype`). part describes what a
+    checkpoint of it holds: {"base": the base checkpoint's path (None from scratch), "lora": the adapters' spec
+    or None, "value_head": bool}."""
+    base = None
+    if cfg.init_from == "scratch":
+        tok = load_tokenizer(cfg.tokenizer)
+        if cfg.model_preset not in PRESETS:
+            raise SystemExit(f"model_preset '{cfg.model_preset}' is not one of {sorted(PRESETS)}")
+        mc = dataclasses.asdict(PRESETS[cfg.model_preset])
+        mc.update(vocab_size=-(-tok.n_vocab // 64) * 64, max_seq_len=cfg.seq_len)  # vocab padded to a multiple of 64
+        if cfg.n_layer or cfg.n_embd or cfg.n_head:  # overrides: plain multi-head attention, SwiGLU width ~8/3 C
+            mc.update({k: getattr(cfg, k) for k in ("n_layer", "n_embd", "n_head") if getattr(cfg, k)})
+            mc.update(n_kv_head=mc["n_head"], head_dim=0, intermediate_size=-(-8 * mc["n_embd"] // 3 // 32) * 32)
+        torch.manual_seed(cfg.seed)
+        model = Transformer(ModelConfig(**mc)).to(device)
+    else:
+        model, tok, info = load_model(cfg.init_from, device=device, dtype=torch.float32)  # fp32 master weights
+        base = os.path.abspath(info["path"])
+    if tok.n_vocab > model.config.vocab_size:
+        raise SystemExit(f"tokenizer has {tok.n_vocab} tokens but the model only {model.config.vocab_size}")
+    lora = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+            "targets": cfg.lora_targets} if cfg.lora_rank else None
+    if lora or freeze:
+        model.to(getattr(torch, dtype))  # a frozen base needs no fp32 master copy
+    torch.manual_seed(cfg.seed)
+    attach_trained_parts(model, lora, value_head, freeze)
+    return model, tok, {"base": base, "lora": lora, "value_head": value_head}
+
+
+def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0):
+    """The module the step calls, and whether it is sharded: under torchrun FSDP2 (each block, then the rest,
+    sharded across the ranks; gathered in the compute dtype for each block's forward and backward, gradients
+    reduced in fp32; blocks eager) or DDP (gradients as views into its all-reduce buckets: one copy in memory,
+    not two); on CUDA the blocks compiled (flex attention for packed rows). `model` itself stays the plain
+    module: compiled blocks, DDP and FSDP share its parameters, and its state_dict names are the checkpoint's."""
+    sharded = fsdp and env.world > 1
+    if sharded:
+        mp = MixedPrecisionPolicy(param_dtype=None if env.dtype == "float32" else getattr(torch, env.dtype),
+                                  reduce_dtype=torch.float32)
+        for block in model.layers:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model, True
+    if compile and env.device.startswith("cuda"):
+        model.compile_blocks(activation_budget=activation_budget)
+    if env.world > 1:
+        cuda = env.device.startswith("cuda")
+        return DDP(model, device_ids=[env.local] if cuda else None, gradient_as_bucket_view=True), False
+    return model, False
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU
+
+
+def model_state(model, fsdp):
+    """The whole state dict; under FSDP gathered from the shards (a collective: every rank calls it)."""
+    return get_model_state_dict(model, options=_FULL) if fsdp else model.state_dict()
+
+
+def whole_model(model, fsdp, env):
+    """The model as one module on rank 0, for generation: itself, or under FSDP a copy gathered from the shards
+    (every rank calls it; others get None)."""
+    if not fsdp:
+        return model if env.master else None
+    sd = model_state(model, fsdp)
+    if not env.master:
+        return None
+    with torch.device("meta"):
+        whole = Transformer(model.config)
+    whole.load_state_dict(sd, assign=True)
+    return whole.to(env.device)
+
+
+def save_run(path, model, opt, env, step, best, fsdp, part, config, global_batch, keep_last=0, full=True):
+    """One training checkpoint of `model` (the plain module): ckpt-*.pt with the optimizer state (full), or
+    best.pt with the weights only. Every rank calls it (FSDP gathers); rank 0 writes. A run that trains part of
+    the model (LoRA adapters, a verifier's head on a frozen backbone) stores only that part and its base."""
+    sd = model_state(model, fsdp)
+    osd = get_optimizer_state_dict(model, opt, options=_FULL) if full else None  # keyed by parameter name
+    if env.master:
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        partial = len(trained) < len(list(model.parameters()))
+        save_training_checkpoint(path, {k: v for k, v in sd.items() if k in trained} if partial else sd,
+                                 dataclasses.asdict(model.config), config, step=step, best=best,
+                                 global_batch=global_batch, world_size=env.world,
+                                 base=part["base"] if partial else None, lora=part["lora"],
+                                 value_head=part["value_head"], optimizer=osd,
+                                 scaler=env.scaler.state_dict() if full and env.scaler else None, keep_last=keep_last)
+    env.barrier()
+
+# -----------------------------------------------------------------------------
+# optimizer and schedule
+
+
+def make_optimizer(model, cfg):
+    """AdamW with decay on matrices only (not norms, biases), fused: one kernel for all parameters, and the only
+    form that can skip a non-finite step on the device (apply_update). -> (optimizer, trained params)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True), params
+
+
+def lr_at(step, cfg, total_steps):
+    """Linear warmup to cfg.lr over warmup_iters, then cosine / linear decay to lr*min_lr_ratio, or constant."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    if cfg.schedule == "constant":
+        return cfg.lr
+    frac = min(1.0, (step - cfg.warmup_iters) / max(1, total_steps - cfg.warmup_iters))
+    decay = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
+
+# -----------------------------------------------------------------------------
+# objectives: loss functions over a batch's final hidden states x (B, T, C), summed over their tokens
+
+
+def sft_loss(model, x, batch):
+    """Cross-entropy of the supervised (answer) tokens, summed: the fused chunked loss (model.token_loss)."""
+    return model.token_loss(x, batch["targets"], batch["loss_index"])[0]
+
+
+def verifier_loss(model, x, batch):
+    """A verifier's value head (cf. Cobbe et al. 2021): binary cross-entropy of its logit at every labelled
+    response token against the solution's label (1 correct, 0 not), summed. Normalised by label_index's count."""
+    h = x.reshape(-1, x.size(-1)).index_select(0, batch["label_index"])  # (M, C)
+    v = model.value_head(h).float()  # (M,) logits
+    return F.binary_cross_entropy_with_logits(v, batch["labels"], reduction="sum")
+
+# -----------------------------------------------------------------------------
+# one optimizer step: accumulate, then guard, clip and update, without the host waiting for the GPU
+
+
+@contextmanager
+def _accumulating(model):
+    """Gradients stay on each rank for this micro-batch: DDP's no_sync, FSDP2's set_requires_gradient_sync."""
+    if hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    else:
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+
+def forward_backward(model, micro, ctx, scaler, device, world=1, n_tok=None, loss_fn=sft_loss):
+    """Accumulate the gradients of one optimizer step over its micro-batches (dicts of CPU tensors, data.collate).
+    loss_fn(model, x, batch) gives each micro-batch's summed loss; the step's loss is their sum divided by n_tok,
+    the tokens of the WHOLE accumulated batch (not a mean of per-micro-batch means, which over-weights short
+    answers), so N micro-batches of 1 row give exactly the gradient of one batch of N rows. Across `world` DDP
+    ranks the same holds for the global batch: n_tok is then its count (Dataset.supervised_tokens, counted on the
+    CPU: no collective), and DDP's mean of the ranks' gradients is undone by scaling by world. Default n_tok: the
+    micro-batches' supervised targets (one process). No host sync: the positions were found on the CPU.
+    Returns (loss of the global batch as a 0-dim tensor, n_tok)."""
+    if n_tok is None:
+        if world > 1:
+            raise ValueError("with several processes, pass n_tok: the global batch's supervised tokens")
+        n_tok = sum(len(b["loss_index"]) for b in micro)
+    loss_acc = torch.zeros((), device=device)
+    pin = str(device).startswith("cuda")
+    for i, b in enumerate(micro):
+        # from pinned memory the copy is queued behind the previous step's kernels; from pageable memory the host
+        # would wait for them (measured: 23 ms of a 136 ms step on an H200, then the GPU idled while the host
+        # built the next step's mask and launched its first kernels)
+        b = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in b.items()
+             if isinstance(v, torch.Tensor)}
+        # DDP / FSDP reduce gradients across ranks in the last micro-batch's backward only
+        with _accumulating(model) if world > 1 and i < len(micro) - 1 else nullcontext():
+            with ctx:
+                loss = model(b["idx"], pos=b["pos"], doc=b["doc"], loss_fn=functools.partial(loss_fn, batch=b))
+                loss = loss * (world / max(1, n_tok))
+            (scaler.scale(loss) if scaler else loss).backward()
+        loss_acc += loss.detach() / world
+    if world > 1:
+        dist.all_reduce(loss_acc)
+    return loss_acc, n_tok
+
+
+def apply_update(opt, params, loss, grad_clip, scaler=None):
+    """Clip the gradients and take the optimizer step, without waiting for the GPU. The non-finite guard decides on
+    the device: fused AdamW skips the whole update (weights, moments and step count) where found_inf is 1, the
+    mechanism the fp16 GradScaler uses, which decides by itself. The gradients are cleared.
+    -> (2,) fp32 tensor on the device: [loss, gradient norm], for the host to read when it is ready."""
+    if scaler:
+        scaler.unscale_(opt)
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a sharded norm
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.found_inf = (~(torch.isfinite(loss) & torch.isfinite(gnorm))).float()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return torch.stack([loss.float(), gnorm.float()])
+
+
+class LateValues:
+    """A step's loss and gradient norm, read by the host one step late: copied into pinned memory behind an
+    event, read once the next step is queued (push), or when the loop must wait anyway (settle: before a log
+    line, an eval, a checkpoint). So the host never waits for the GPU inside the loop (a wait per step left the
+    GPU idle while the next batch and its first kernels were prepared: 17% of the step time at the 0.5B shape).
+    The guard against a non-finite step acts on the GPU (apply_update); settle reports it when the values arrive,
+    and raises TrainingError after max_bad_steps in a row. `last` holds the latest applied step's values."""
+
+    def __init__(self, device, log, max_bad_steps, scaler=None):
+        self.cuda = str(device).startswith("cuda")
+        self.host = torch.empty(2, pin_memory=self.cuda)
+        self.pending = None  # (step, info, event) of the step whose values are on their way to `host`
+        self.log, self.max_bad_steps, self.scaler = log, max_bad_steps, scaler
+        self.bad_in_a_row = 0
+        self.last = {"loss": float("nan"), "lr": 0.0, "grad_norm": float("nan")}  # until the first applied update
+
+    def push(self, step, values, info):
+        """values: apply_update's (2,) tensor for `step`; info: what to log with them ({"lr", "n_sup", "ids"})."""
+        self.settle()  # the previous step's values: ready by now, ahead of this step's work on the GPU
+        self.host.copy_(values, non_blocking=self.cuda)
+        event = torch.cuda.Event() if self.cuda else None
+        if event is not None:
+            event.record()
+        self.pending = (step, info, event)
+
+    def settle(self):
+        if self.pending is None:
+            return
+        step, info, event = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        loss, gnorm = self.host.tolist()
+        # (with fp16 an inf gradient is the GradScaler's business: it skips the step and lowers the scale itself)
+        if not math.isfinite(loss) or (not math.isfinite(gnorm) and not self.scaler):
+            self.bad_in_a_row += 1
+            ids = info.get("ids")
+            self.log.say(f"step {step}: non-finite loss {loss} / grad norm {gnorm}: update skipped "
+                         f"({self.bad_in_a_row} in a row); examples in this batch: {ids}")
+            self.log.write({"step": step, "event": "skipped_nonfinite", "loss": loss, "grad_norm": gnorm,
+                            "example_ids": ids})
+            if self.bad_in_a_row >= self.max_bad_steps:
+                raise TrainingError(f"{self.bad_in_a_row} non-finite steps in a row (last at step {step}); "
+                                    f"stopping without applying any of them. See metrics.jsonl for the example "
+                                    f"ids; try a lower lr, dtype=float32 to rule out precision, or check those "
+                                    f"examples.")
+        else:
+            self.bad_in_a_row = 0
+            self.last = {"step": step, "loss": loss, "lr": info["lr"], "grad_norm": gnorm,
+                         **{k: v for k, v in info.items() if k not in ("lr", "ids")}}
+
+
+def out_of_time(t_start, max_time, step, log_interval, env):
+    """max_time (seconds, 0 = none) has passed. Under torchrun the ranks' clocks differ, so they stop when any of
+    them is out of time, agreeing at log steps only, where the loop waits for the GPU anyway: reading a
+    collective every step would stall the queue."""
+    late = bool(max_time) and time.time() - t_start > max_time
+    if not max_time or env.world == 1:
+        return late
+    if step % log_interval:
+        return False
+    flag = torch.tensor([float(late)], device=env.device)
+    dist.all_reduce(flag)
+    return flag.item() > 0
+
+# -----------------------------------------------------------------------------
+# evaluation during training: held-out data only (never a test split)
+
+
+def evaluate_loss(model, ds, ctx, device, batch_size, loss_fn=sft_loss, key="loss_index"):
+    """Mean loss per token (loss_fn's, normalised by the batches' `key` positions) over every row of a dataset's
+    first epoch. The last batch is padded with empty rows to batch_size, so a compiled model sees one shape here
+    (no recompile for a short batch)."""
+    model.eval()
+    total, count = 0.0, 0
+    n = ds.rows_per_epoch(0)
+    with torch.no_grad():
+        for start in tqdm(range(0, n, batch_size), desc="val loss", unit="batch", leave=False,
+                          disable=n <= 4 * batch_size):
+            b = ds.batch(start, min(batch_size, n - start), pad_to=batch_size)
+            b = {k: v.to(device) for k, v in b.items() if isinstance(v, torch.Tensor)}
+            with ctx:
+                loss = model(b["idx"], pos=b["pos"], doc=b["doc"], loss_fn=functools.partial(loss_fn, batch=b))
+            total += loss.item()
+            count += len(b[key])
+    model.train()
+    return total / max(1, count)
+
+
+def eval_problems(pool, n):
+    """The first n distinct problems of `pool` (examples) that have a gold answer: each problem once (a held-out
+    problem can have several rows)."""
+    problems = {}
+    for p in pool:
+        if p.get("answer") is not None:
+            problems.setdefault(p["prompt"], p)
+    return list(problems.values())[:n]
+
+
+def generation_eval(model, tok, problems, sampling, prompt_format, system_prompt, batch_size, ctx, samples_path,
+                    step, log):
+    """Generate and grade held-out problems (engine.evaluate, greedy under `sampling`): -> the eval_* fields of a
+    metrics row. The first five generations go to samples_path, three to the console."""
+    summary, records = evaluate(model, tok, problems, sampling, prompt_format, system_prompt, batch_size=batch_size,
+                                ctx=ctx, entropy=True)
+    with open(samples_path, "a") as f:
+        for r in records[:5]:
+            f.write(json.dumps({"step": step, **r}) + "\n")
+    log.say(sample_table(records, n=3))
+    return {f"eval_{k}": v for k, v in summary.items()}
+
+
+def improved(metric, best, env):
+    """Whether an eval's metric (higher is better; None or NaN: no verdict) beats the best so far. Rank 0
+    decides, the others follow (only it evaluates)."""
+    better = [metric is not None and not math.isnan(metric) and (best is None or metric > best)]
+    if env.world > 1:
+        dist.broadcast_object_list(better)
+    return better[0]
+
+# -----------------------------------------------------------------------------
+# the run's record
+
+
+class RunLog:
+    """What a run tells: lines on the console and one JSON row per log step, eval and event in
+    out_dir/metrics.jsonl (rank 0 only), wandb when `wandb_project` is set and wandb installed, and curves.png
+    of `plot_keys` when matplotlib is installed. Resuming at step s drops the rows a crashed run wrote past s,
+    so every step has one row; a fresh run starts the file anew."""
+
+    def __init__(self, out_dir, master, resume_step=None, wandb_project="", config=None, plot_keys=()):
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.master, self.plot_keys, self.wandb = master, plot_keys, None
+        if not master:
+            return
+        if os.path.exists(self.path):
+            rows = [r for r in data.read_jsonl(self.path) if resume_step is not None and r.get("step", 0) <= resume_step]
+            atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+        if wandb_project:
+            try:
+                import wandb
+                self.wandb = wandb.init(project=wandb_project, config=config)
+            except ImportError:
+                self.say("wandb_project is set but wandb is not installed: logging to metrics.jsonl only")
+
+    def say(self, *a):
+        if self.master:
+            print(*a)
+
+    def write(self, rec):
+        if not self.master:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.wandb:
+            self.wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=rec.get("step"))
+
+    def plot(self):
+        """curves.png next to metrics.jsonl: each of plot_keys against the step (if matplotlib is installed)."""
+        if not (self.master and self.plot_keys and os.path.exists(self.path)):
+            return
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        rows = data.read_jsonl(self.path)
+        keys = [k for k in self.plot_keys if any(isinstance(r.get(k), (int, float)) for r in rows)]
+        if not keys:
+            return
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and "step" in r]
+            ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None)
+            ax.set_title(k)
+            ax.set_xlabel("step")
+        fig.tight_layout()
+        atomic_write(os.path.join(os.path.dirname(self.path), "curves.png"), lambda f: fig.savefig(f, format="png"))
+        plt.close(fig)
+
+    def close(self):
+        self.plot()
+        if self.wandb:
+            self.wandb.finish()
