@@ -9,7 +9,7 @@ since() { python3 -c "import sys, time; print(f'wall {time.time() - float(sys.ar
 M=$HOME/real_model/qwen2.5-coder-0.5b-instruct
 E=$HOME/evals; mkdir -p $E
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/evals.log
-timeout 150 python3 notes/real_model/parity_real.py $M 2>&1 | grep -v Warn | tee $OUT/parity.log
+timeout 150 python3 dev/parity_real.py $M 2>&1 | grep -v Warn | tee $OUT/parity.log
 run() { name=$1; shift; echo "== $name: python3 sample.py $*" | tee -a $OUT/evals.log
   t0=$(now); timeout 300 python3 sample.py "$@" --out $E/$name.jsonl 2>&1 | grep -v "Warn\|generate:" | tail -4 | tee -a $OUT/evals.log
   since $t0 | tee -a $OUT/evals.log

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU machine, after shared/real_model's device_convert.sh: issue 14 on the real Qwen2.5-Coder-0.5B-Instruct,
 # one stage per call (each fits the device tool's 10-minute limit; files live in $HOME while the machine is warm).
-#   bash notes/gpu/rft_verifier.sh sample a|b   8 samples at T=0.8 for each GSM8K training problem (in two halves)
-#   bash notes/gpu/rft_verifier.sh rft          train configs/gsm8k_qwen05b_rft.py on them, then the GSM8K test eval
-#   bash notes/gpu/rft_verifier.sh verifier     train configs/gsm8k_qwen05b_verifier.py on the graded samples
-#   bash notes/gpu/rft_verifier.sh bo16         GSM8K test, 16 samples: pass@16, maj@16, the verifier's pick
-#   bash notes/gpu/rft_verifier.sh round2       expert iteration: 8 more samples per problem from the round-1 model,
+#   bash dev/gpu/rft_verifier.sh sample a|b   8 samples at T=0.8 for each GSM8K training problem (in two halves)
+#   bash dev/gpu/rft_verifier.sh rft          train configs/gsm8k_qwen05b_rft.py on them, then the GSM8K test eval
+#   bash dev/gpu/rft_verifier.sh verifier     train configs/gsm8k_qwen05b_verifier.py on the graded samples
+#   bash dev/gpu/rft_verifier.sh bo16         GSM8K test, 16 samples: pass@16, maj@16, the verifier's pick
+#   bash dev/gpu/rft_verifier.sh round2       expert iteration: 8 more samples per problem from the round-1 model,
 #                                               the distinct correct ones of both rounds -> rft2.jsonl
-#   bash notes/gpu/rft_verifier.sh rft2         configs/gsm8k_qwen05b_rft2.py (base model, gsm8k + rft2.jsonl), test eval
-#   bash notes/gpu/rft_verifier.sh unpack       on a fresh machine: the samples of an earlier machine, carried in
+#   bash dev/gpu/rft_verifier.sh rft2         configs/gsm8k_qwen05b_rft2.py (base model, gsm8k + rft2.jsonl), test eval
+#   bash dev/gpu/rft_verifier.sh unpack       on a fresh machine: the samples of an earlier machine, carried in
 #                                               .rft_data/ (samples_a/b.jsonl.gz, rft.jsonl.gz), instead of sampling
 # SAMPLE_ARGS / TRAIN_ARGS add flags (a CPU smoke run of this script uses them to shrink everything).
 set -o pipefail
