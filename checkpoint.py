@@ -1,7 +1,7 @@
 """
-Everything nanomath keeps on disk, read and written in one place: atomic writes, our own safetensors reader and
-writer, Hugging Face checkpoint folders (config.json mapping, sharded weights, tokenizer files) in and out,
-training checkpoints (ckpt-*.pt, best.pt), and one loader for every kind of checkpoint a user holds:
+Everything nanomath keeps on disk, read and written in one place: atomic writes, our own safetensors reader
+and writer, Hugging Face checkpoint folders (config.json mapping, sharded weights, tokenizer files) in and
+out, training checkpoints (ckpt-*.pt, best.pt), and one loader for every kind of checkpoint a user holds:
 
     model, tok, info = load_model(path_or_hub_id)   # HF folder, cached hub id, best.pt, ckpt-*.pt, or their folder
     save_pretrained(model, "out/hf"); export_hf(model, tok, "out/hf")   # folders transformers can load
@@ -32,8 +32,9 @@ from tokenizer import load_tokenizer
 # atomic writes: every file below goes through here
 
 def atomic_write(path, write_fn):
-    """write_fn(file) into a temp file next to path, fsync, then rename over path: readers (and a crash) never
-    see half a file, and an interrupted write leaves the previous file intact. train.py and sample.py use it too."""
+    """write_fn(file) into a temp file next to path, fsync, then rename over path: readers (and a
+    crash) never see half a file, and an interrupted write leaves the previous file intact.
+    train.py and sample.py use it too."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -86,8 +87,9 @@ def read_safetensors(path) -> dict:
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
         raise ValueError(f"{path}: corrupt safetensors header: __metadata__ must map strings to strings")
     data_start, data_size = 8 + n, size - 8 - n
-    # the checks the reference implementation makes: every entry well formed, each tensor's bytes exactly its
-    # shape times its dtype size, and the tensors tiling the data section in order with no gap, overlap or tail
+    # the checks the reference implementation makes: every entry well formed, each tensor's
+    # bytes exactly its shape times its dtype size, and the tensors tiling the data section in
+    # order with no gap, overlap or tail
     entries = []
     for name, info in header.items():
         ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
@@ -141,7 +143,7 @@ def write_safetensors(path, tensors: dict, metadata=None):
         f.write(hb)
         for t in tensors.values():
             if t.numel():
-                # raw bytes through a uint8 view: no copy beyond making it contiguous on CPU, works for bf16 too
+                # raw bytes through a uint8 view: no copy beyond a contiguous CPU one; works for bf16 too
                 f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
     atomic_write(path, write)
@@ -153,8 +155,8 @@ def write_safetensors(path, tensors: dict, metadata=None):
 
 def config_from_hf(cfg: dict) -> ModelConfig:
     """ModelConfig from a parsed HF config.json (qwen2 or llama). Understands both the transformers 4.x layout
-    (top-level rope_theta, rope_scaling) and the 5.x layout (rope_parameters). Raises ValueError naming the key
-    for anything this model cannot represent, rather than silently computing something else."""
+    (top-level rope_theta, rope_scaling) and the 5.x layout (rope_parameters). Raises ValueError naming the
+    key for anything this model cannot represent, rather than silently computing something else."""
     mt = cfg.get("model_type")
     if mt not in ("qwen2", "llama"):
         raise ValueError(f"config.json: model_type={mt!r} is not supported (expected 'qwen2' or 'llama')")
@@ -199,8 +201,8 @@ def config_from_hf(cfg: dict) -> ModelConfig:
 
 
 def config_to_hf(cfg: ModelConfig, dtype=torch.float32) -> dict:
-    """HF config.json dict: Qwen2 layout when qkv_bias, else Llama layout. rope_theta is written both at the top
-    (transformers 4.x) and in rope_parameters (5.x) so either version reads it."""
+    """HF config.json dict: Qwen2 layout when qkv_bias, else Llama layout. rope_theta is written both at the
+    top (transformers 4.x) and in rope_parameters (5.x) so either version reads it."""
     dtype_name = str(dtype).removeprefix("torch.")
     d = {
         "architectures": ["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
@@ -316,9 +318,10 @@ def _read_bin(path):
 
 
 def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transformer:
-    """Load an HF Qwen2/Llama checkpoint (folder or hub id in the local cache) into a Transformer with weights
-    in `dtype` on `device`. The model is built on the meta device and the (memory-mapped) tensors are assigned,
-    so weights are never allocated twice. model.config is the ModelConfig, model.source_dir the folder (str)."""
+    """Load an HF Qwen2/Llama checkpoint (folder or hub id in the local cache) into a Transformer with
+    weights in `dtype` on `device`. The model is built on the meta device and the (memory-mapped)
+    tensors are assigned, so weights are never allocated twice. model.config is the ModelConfig,
+    model.source_dir the folder (str)."""
     d = resolve_checkpoint_dir(path_or_hub_id)
     cfg_path = d / "config.json"
     if not cfg_path.exists():
@@ -352,7 +355,8 @@ def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transf
     bad = [f"{k}: expected {tuple(expected[k])}, found {tuple(t.shape)}" for k, t in sd.items() if t.shape != expected[k]]
     if bad:
         raise ValueError(f"{d}: shape mismatch: " + "; ".join(bad))
-    sd = {k: t.to(device=device, dtype=dtype or t.dtype) for k, t in sd.items()}  # no-op (still mmap) if already so
+    # no-op (still mmap) if already so
+    sd = {k: t.to(device=device, dtype=dtype or t.dtype) for k, t in sd.items()}
     if config.tie_embeddings:
         sd["lm_head.weight"] = sd["embed_tokens.weight"]
     model.load_state_dict(sd, strict=True, assign=True)  # the post-load hook re-ties a tied head
@@ -360,16 +364,18 @@ def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transf
     return model
 
 
-# files a checkpoint folder carries besides the weights, copied along by save_pretrained if the source has them
+# files a checkpoint folder carries besides the weights, copied along by
+# save_pretrained if the source has them
 _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
 
 def save_pretrained(model, out_dir, max_shard_bytes=2**31) -> None:
-    """Write model to out_dir in HF layout: config.json + model.safetensors, or shards model-0000i-of-0000n.safetensors
-    plus model.safetensors.index.json when the weights exceed max_shard_bytes. Tied weights are written once (no
-    lm_head.weight), as transformers does. Every file is written atomically; weight files of another layout left
-    from an earlier save are removed afterwards. Tokenizer files from model.source_dir are copied along."""
+    """Write model to out_dir in HF layout: config.json + model.safetensors, or shards
+    model-0000i-of-0000n.safetensors plus model.safetensors.index.json when the weights exceed
+    max_shard_bytes. Tied weights are written once (no lm_head.weight), as transformers does. Every file is
+    written atomically; weight files of another layout left from an earlier save are removed afterwards.
+    Tokenizer files from model.source_dir are copied along."""
     model = getattr(model, "module", model)  # DistributedDataParallel wrapper
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper (its state_dict keys carry a prefix)
     out = pathlib.Path(out_dir)
@@ -417,16 +423,16 @@ def save_pretrained(model, out_dir, max_shard_bytes=2**31) -> None:
 
 
 def save_tokenizer(tok, out_dir, hf=False):
-    """The tokenizer's own files (tokenizer.json / math_tokenizer.json and their side files), byte for byte; with
-    hf=True also its Hugging Face form (for the math tokenizer, so AutoTokenizer loads the folder)."""
+    """The tokenizer's own files (tokenizer.json / math_tokenizer.json and their side files), byte for byte;
+    with hf=True also its Hugging Face form (for the math tokenizer, so AutoTokenizer loads the folder)."""
     os.makedirs(out_dir, exist_ok=True)
     for fname, raw in {**(tok.hf_files() if hf else {}), **tok.files}.items():
         atomic_write(os.path.join(out_dir, fname), lambda f, raw=raw: f.write(raw))
 
 
 def export_hf(model, tok, out_dir):
-    """A Hugging Face checkpoint folder: config.json + safetensors (save_pretrained), the tokenizer files, and a
-    generation_config.json naming our stop tokens if the source did not bring one."""
+    """A Hugging Face checkpoint folder: config.json + safetensors (save_pretrained), the tokenizer files, and
+    a generation_config.json naming our stop tokens if the source did not bring one."""
     save_pretrained(model, out_dir)
     save_tokenizer(tok, out_dir, hf=True)
     gen = os.path.join(out_dir, "generation_config.json")
@@ -434,9 +440,9 @@ def export_hf(model, tok, out_dir):
         cfg = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id, "do_sample": False}
         write_text(gen, json.dumps(cfg, indent=2) + "\n")
 
-# -----------------------------------------------------------------------------
-# training checkpoints: one format, one resume path, owned here. A run writes ckpt-NNNNNN.pt (everything to continue
-# it) and best.pt (weights only) as a dict:
+# ----------------------------------------------------------------------------- training checkpoints: one
+# format, one resume path, owned here. A run writes ckpt-NNNNNN.pt (everything to continue it) and
+# best.pt (weights only) as a dict:
 #   model          state_dict; a run that trains part of the model (LoRA adapters, a verifier's head on a frozen
 #                  backbone) stores only that part, plus "base": the checkpoint it was put on
 #   model_config   ModelConfig as a dict       config       the run's config as a dict (train.Config, rl.Config)
@@ -450,10 +456,11 @@ def export_hf(model, tok, out_dir):
 
 def save_training_checkpoint(path, model_state, model_config, config, *, step, best, global_batch, world_size=1,
                              base=None, lora=None, value_head=False, optimizer=None, scaler=None, keep_last=0):
-    """Write one training checkpoint (the layout above) atomically. model_state: the model's whole state_dict, or
-    only its trained part with `base` naming the checkpoint it goes on. With `optimizer` (its state dict, keyed by
-    parameter name) it is a ckpt-*.pt: the RNG state is taken here, and keep_last > 0 deletes all but the newest
-    keep_last ckpt-*.pt of the folder. Callers hand it plain dicts: gathering them from shards is theirs."""
+    """Write one training checkpoint (the layout above) atomically. model_state: the model's whole
+    state_dict, or only its trained part with `base` naming the checkpoint it goes on. With `optimizer`
+    (its state dict, keyed by parameter name) it is a ckpt-*.pt: the RNG state is taken here, and keep_last
+    > 0 deletes all but the newest keep_last ckpt-*.pt of the folder. Callers hand it plain dicts:
+    gathering them from shards is theirs."""
     state = {"model": model_state, "model_config": model_config, "config": config, "step": step, "best": best,
              "tokenizer_dir": "tokenizer", "world_size": world_size, "global_batch": global_batch,
              "value_head": value_head}
@@ -479,11 +486,11 @@ def resume_path(resume, out_dir):
 
 
 def load_for_resume(path, config, keys, global_batch, batch_name, batch_now):
-    """A ckpt-*.pt to continue from: loaded, verified, and checked against the run about to continue it. `keys`:
-    the config fields the data order and the model depend on, which must be as in the run that wrote it (run
-    length, intervals and the output folder may change); the global batch must be the same too (on any number of
-    processes): global_batch rows now, which batch_now spells out in the units of batch_name ("batch_size x
-    grad_accum x processes", "8 x 1 x 1"). A ValueError names every difference."""
+    """A ckpt-*.pt to continue from: loaded, verified, and checked against the run about to continue it.
+    `keys`: the config fields the data order and the model depend on, which must be as in the run that wrote
+    it (run length, intervals and the output folder may change); the global batch must be the same too (on any
+    number of processes): global_batch rows now, which batch_now spells out in the units of batch_name
+    ("batch_size x grad_accum x processes", "8 x 1 x 1"). A ValueError names every difference."""
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt:
         raise ValueError(f"{path} holds weights only (best.pt); resume from a ckpt-*.pt file")
@@ -499,8 +506,8 @@ def load_for_resume(path, config, keys, global_batch, batch_name, batch_now):
 
 
 def restore_training_state(ckpt, model, opt, scaler=None):
-    """Load a ckpt-*.pt's optimizer state (by parameter name, under any sharding of `model`), its GradScaler state
-    and its RNG state: what remains after its weights are in the model. -> (step, best)."""
+    """Load a ckpt-*.pt's optimizer state (by parameter name, under any sharding of `model`), its GradScaler
+    state and its RNG state: what remains after its weights are in the model. -> (step, best)."""
     if ckpt.get("optimizer_format") == "fqn":
         set_optimizer_state_dict(model, opt, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
     else:  # written before optimizer states were keyed by name
@@ -512,8 +519,9 @@ def restore_training_state(ckpt, model, opt, scaler=None):
 
 
 def _digest(state):
-    """CRC32 of a checkpoint's contents: every tensor's bytes (in parallel: zlib releases the GIL) and the structure
-    and plain values around them. Detects damage (flipped bits, a truncated or spliced file), not tampering."""
+    """CRC32 of a checkpoint's contents: every tensor's bytes (in parallel: zlib releases the
+    GIL) and the structure and plain values around them. Detects damage (flipped bits, a
+    truncated or spliced file), not tampering."""
     tensors = []
 
     def skeleton(x):
@@ -533,8 +541,9 @@ def _digest(state):
 
 
 def save_checkpoint(state, path):
-    """torch.save through atomic_write (an interrupted save never damages the previous file), with a checksum of
-    the contents that load_checkpoint verifies. Tensors are moved to the CPU first (the checksum reads them)."""
+    """torch.save through atomic_write (an interrupted save never damages the previous file),
+    with a checksum of the contents that load_checkpoint verifies. Tensors are moved to the CPU
+    first (the checksum reads them)."""
     state = _to_cpu(state)
     state["checksum"] = _digest(state)
     atomic_write(path, lambda f: torch.save(state, f))
@@ -586,8 +595,8 @@ def remove_orphan_tmp(folder):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """A training checkpoint (ckpt-*.pt or best.pt) whose checksum matches its contents; a clear error for a file
-    that is damaged, truncated, or not a checkpoint."""
+    """A training checkpoint (ckpt-*.pt or best.pt) whose checksum matches its contents; a clear error for a
+    file that is damaged, truncated, or not a checkpoint."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -608,9 +617,9 @@ def load_checkpoint(path, map_location="cpu"):
 
 def attach_trained_parts(model, lora=None, value_head=False, freeze=False):
     """Put on a base model the parts a run trains besides (or instead of) its weights, the one place they are
-    assembled (training builds its model with it, model_from_checkpoint rebuilds a checkpoint's): LoRA adapters,
-    lora = {"rank", "alpha", "dropout", "targets": "q,k,..."}, which freeze the rest; freeze=True freezes the
-    whole base; and a verifier's value head (trainable)."""
+    assembled (training builds its model with it, model_from_checkpoint rebuilds a checkpoint's): LoRA
+    adapters, lora = {"rank", "alpha", "dropout", "targets": "q,k,..."}, which freeze the rest; freeze=True
+    freezes the whole base; and a verifier's value head (trainable)."""
     if lora:
         apply_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"].split(","))
     if freeze:
@@ -621,8 +630,8 @@ def attach_trained_parts(model, lora=None, value_head=False, freeze=False):
 
 
 def model_from_checkpoint(ckpt, device="cpu", dtype=None):
-    """The model of a training checkpoint. A LoRA checkpoint holds adapters only: they are put on its base model
-    (loaded from the path it names) and merged into the weights, so what comes back is a plain model."""
+    """The model of a training checkpoint. A LoRA checkpoint holds adapters only: they are put on its base
+    model (loaded from the path it names) and merged into the weights, so what comes back is a plain model."""
     if "base" in ckpt:  # only what was trained (LoRA adapters, a verifier's head) on top of a base checkpoint
         try:
             model, _, _ = load_model(ckpt["base"], device, torch.float32)
@@ -644,11 +653,11 @@ def model_from_checkpoint(ckpt, device="cpu", dtype=None):
 
 
 def load_model(path_or_hub_id, device="cpu", dtype=torch.float32):
-    """-> (model, tok, info) with weights in `dtype` (None: as stored) on `device`. path_or_hub_id: a training checkpoint file
-    (best.pt / ckpt-*.pt), a folder holding them (train.py's out_dir: best.pt, else the latest ckpt-*.pt), a
-    Hugging Face checkpoint folder, or a hub id in the local HF cache. info: {"kind": "nanomath" | "hf", "path",
-    "prompt_format", "system_prompt"}: the prompt format a nanomath checkpoint was trained with, or chat/plain by
-    the tokenizer for HF models."""
+    """-> (model, tok, info) with weights in `dtype` (None: as stored) on `device`. path_or_hub_id: a training
+    checkpoint file (best.pt / ckpt-*.pt), a folder holding them (train.py's out_dir: best.pt, else the latest
+    ckpt-*.pt), a Hugging Face checkpoint folder, or a hub id in the local HF cache. info: {"kind": "nanomath"
+    | "hf", "path", "prompt_format", "system_prompt"}: the prompt format a nanomath checkpoint was trained
+    with, or chat/plain by the tokenizer for HF models."""
     path = os.fspath(path_or_hub_id)
     if os.path.isdir(path):  # train.py's out_dir (it also holds a config.json, but not an HF one)
         best, found = os.path.join(path, "best.pt"), list_checkpoints(path)

@@ -2,12 +2,13 @@
 Data: load math datasets, render them into prompt/response token ids with a loss mask, and pack them into
 fixed-length training rows.
 
-An example is a dict {"id", "prompt", "response", "answer"}: `prompt` is the problem text, `response` the target
-solution, `answer` the gold final answer (what grade.py compares against). Rendering turns it into token ids plus
-a 0/1 mask of the tokens the loss is taken on (the response only). Packing puts several examples into one row of
-exactly `seq_len` tokens; each keeps its own positions (restarting at 0) and its own document id, so the model
-attends only within an example (see model.py `doc=`). The whole epoch plan (which examples land in which row) is a
-pure function of (seed, epoch), so resuming at row k replays exactly the rows an uninterrupted run would have seen.
+An example is a dict {"id", "prompt", "response", "answer"}: `prompt` is the problem text, `response` the
+target solution, `answer` the gold final answer (what grade.py compares against). Rendering turns it into
+token ids plus a 0/1 mask of the tokens the loss is taken on (the response only). Packing puts several
+examples into one row of exactly `seq_len` tokens; each keeps its own positions (restarting at 0) and its own
+document id, so the model attends only within an example (see model.py `doc=`). The whole epoch plan (which
+examples land in which row) is a pure function of (seed, epoch), so resuming at row k replays exactly the rows
+an uninterrupted run would have seen.
 """
 import functools
 import json
@@ -25,7 +26,8 @@ from grade import gsm8k_gold, math_gold  # the one place that reads a '#### 72' 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "data")
 
-# The one evaluation/training prompt protocol (cf. Qwen2.5-Math's chain-of-thought prompt). sample.py uses the same.
+# The one evaluation/training prompt protocol (cf. Qwen2.5-Math's chain-of-thought
+# prompt). sample.py uses the same.
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 PLAIN_TEMPLATE = "Solve this math problem:\n\n{problem}\n\nAnswer:"
 
@@ -33,10 +35,11 @@ PLAIN_TEMPLATE = "Solve this math problem:\n\n{problem}\n\nAnswer:"
 # loading
 
 def read_jsonl(path, required=(), one_of=(), lines=False):
-    """Rows (dicts) of a JSON Lines file, blank lines skipped; each must have every key in `required` and at least
-    one in `one_of`, with string values. Anything else (a missing or unreadable file, bytes that are not UTF-8,
-    malformed JSON, a missing key, a null or a number where text belongs) is a ValueError or FileNotFoundError
-    naming the file and line. lines=True gives (line number, row) pairs. The one JSONL reader of the project."""
+    """Rows (dicts) of a JSON Lines file, blank lines skipped; each must have every key in `required`
+    and at least one in `one_of`, with string values. Anything else (a missing or unreadable file, bytes
+    that are not UTF-8, malformed JSON, a missing key, a null or a number where text belongs) is a
+    ValueError or FileNotFoundError naming the file and line. lines=True gives (line number, row) pairs.
+    The one JSONL reader of the project."""
     rows = []
     try:
         f = open(path, "rb")
@@ -75,8 +78,8 @@ def read_jsonl(path, required=(), one_of=(), lines=False):
     return rows
 
 
-# every question, answer, problem and solution string of the vendored data (tokenizer tests and benchmark), and the
-# training text the math tokenizer is learned from (no test split)
+# every question, answer, problem and solution string of the vendored data (tokenizer tests and benchmark),
+# and the training text the math tokenizer is learned from (no test split)
 VENDORED_TEXT = [("data/gsm8k/train.jsonl", ("question", "answer")), ("data/gsm8k/test.jsonl", ("question", "answer")),
                  ("data/math/train.jsonl", ("problem", "solution", "answer")),
                  ("data/math/test.jsonl", ("problem", "solution", "answer")),
@@ -159,9 +162,9 @@ def load_math(path):
 
 
 def load_pairs(path, prompt_key="prompt", response_key="response"):
-    """Generic jsonl of prompt/response pairs: rejection-sampling data (sample.py --rft-out) or anything else. An
-    'answer' (or 'gold', as sample.py --eval writes it) is kept for grading; a boolean 'correct' becomes the
-    example's label, which a verifier learns (train.py objective=verifier)."""
+    """Generic jsonl of prompt/response pairs: rejection-sampling data (sample.py --rft-out) or anything else.
+    An 'answer' (or 'gold', as sample.py --eval writes it) is kept for grading; a boolean 'correct' becomes
+    the example's label, which a verifier learns (train.py objective=verifier)."""
     out = []
     for i, (n, r) in enumerate(read_jsonl(path, required=(prompt_key, response_key), lines=True)):
         answer = r.get("answer", r.get("gold"))
@@ -186,9 +189,10 @@ _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
 
 def solution_signature(text):
-    """What makes two solutions the same reasoning: the sequence of numbers they write, in order (the quantities
-    of each calculation step; thousands separators and trailing zeros of decimals dropped), or for a solution
-    without numbers its lower-cased words. Rewordings of one calculation collapse; another route does not."""
+    """What makes two solutions the same reasoning: the sequence of numbers they write, in order (the
+    quantities of each calculation step; thousands separators and trailing zeros of decimals
+    dropped), or for a solution without numbers its lower-cased words. Rewordings of one calculation
+    collapse; another route does not."""
     nums = [n.replace(",", "") for n in _NUMBER.findall(text)]
     nums = [n.rstrip("0").rstrip(".") if "." in n else n for n in nums]
     return tuple(nums) if nums else tuple(re.findall(r"\w+", text.lower()))
@@ -212,8 +216,9 @@ def rft_rows(records, max_per_problem=0):
 
 
 def make_arith(n, seed, max_digits=3, exclude=()):
-    """Generated addition/subtraction problems with operands of up to max_digits digits: the embedded default's
-    data, needs no download. Deterministic; problems whose prompt is in `exclude` are skipped (train vs test)."""
+    """Generated addition/subtraction problems with operands of up to max_digits digits: the
+    embedded default's data, needs no download. Deterministic; problems whose prompt is in
+    `exclude` are skipped (train vs test)."""
     rng = random.Random(seed)
     out, exclude = [], set(exclude)
     while len(out) < n:
@@ -242,9 +247,9 @@ class Named(NamedTuple):
     load: object         # split -> examples {"id", "prompt", "response", "answer"}, the gold answer extracted
 
 
-# Every named dataset, registered once: train.py, sample.py, engine.py and bench.py read this table. The answers
-# are extracted by grade.py's gsm8k_gold / math_gold inside the loaders. A file of your own needs no entry:
-# load_dataset reads any .jsonl (GSM8K, MATH or prompt/response layout) or MATH folder by its path.
+# Every named dataset, registered once: train.py, sample.py, engine.py and bench.py read this table. The
+# answers are extracted by grade.py's gsm8k_gold / math_gold inside the loaders. A file of your own needs no
+# entry: load_dataset reads any .jsonl (GSM8K, MATH or prompt/response layout) or MATH folder by its path.
 DATASETS = {
     "gsm8k": Named(("train", "test"), 512, lambda s: load_gsm8k(os.path.join(DATA_DIR, "gsm8k", f"{s}.jsonl"))),
     "math": Named(("train", "test"), 1024, lambda s: load_math(os.path.join(DATA_DIR, "math", f"{s}.jsonl"))),
@@ -256,8 +261,9 @@ DATASETS = {
 
 
 def load_dataset(name, split="train"):
-    """A named dataset (DATASETS) or a path: a .jsonl with question/answer (GSM8K layout), problem/solution (MATH
-    layout) or prompt/response keys, or a MATH directory tree (a path has no splits: the file is used whole)."""
+    """A named dataset (DATASETS) or a path: a .jsonl with question/answer (GSM8K layout),
+    problem/solution (MATH layout) or prompt/response keys, or a MATH directory tree (a path has no
+    splits: the file is used whole)."""
     if name in DATASETS:
         if split not in DATASETS[name].splits:
             raise ValueError(f"{name} has no {split!r} split (it has {', '.join(DATASETS[name].splits)})")
@@ -281,8 +287,8 @@ def load_dataset(name, split="train"):
 
 
 def parse_mixture(spec):
-    """'gsm8k:1,math:0.5' -> [('gsm8k', 1.0), ('math', 0.5)]. A weight w means each epoch takes round(w * len) of
-    that dataset's examples: w < 1 subsamples, w > 1 repeats. A ValueError names a bad entry and why."""
+    """'gsm8k:1,math:0.5' -> [('gsm8k', 1.0), ('math', 0.5)]. A weight w means each epoch takes round(w * len)
+    of that dataset's examples: w < 1 subsamples, w > 1 repeats. A ValueError names a bad entry and why."""
     out = []
     for part in spec.split(","):
         name, w = part.strip(), 1.0
@@ -322,8 +328,9 @@ def render_prompt(tok, problem, prompt_format, system_prompt=SYSTEM_PROMPT):
 
 
 def render_example(tok, ex, prompt_format, system_prompt=SYSTEM_PROMPT):
-    """(ids, mask): mask[t] = 1 where token t belongs to the response (the loss is taken only there). Dataset text is
-    encoded with special tokens as plain text, so a stray '<|im_end|>' in a problem cannot end a turn."""
+    """(ids, mask): mask[t] = 1 where token t belongs to the response (the loss is taken only
+    there). Dataset text is encoded with special tokens as plain text, so a stray '<|im_end|>'
+    in a problem cannot end a turn."""
     if prompt_format == "chat":
         msgs = prompt_messages(ex["prompt"], system_prompt) + [{"role": "assistant", "content": ex["response"]}]
         return tok.render_chat(msgs, allow_special=False)
@@ -335,8 +342,9 @@ def render_example(tok, ex, prompt_format, system_prompt=SYSTEM_PROMPT):
 # packing: examples -> fixed-length rows
 
 def pack_rows(lengths, order, seq_len, open_rows=64):
-    """Assign examples to rows of at most seq_len tokens: first fit over the last `open_rows` rows, which packs
-    tightly while keeping roughly the shuffled order. Returns a list of rows, each a list of example indices."""
+    """Assign examples to rows of at most seq_len tokens: first fit over the last `open_rows`
+    rows, which packs tightly while keeping roughly the shuffled order. Returns a list of rows,
+    each a list of example indices."""
     rows, free, open_ = [], [], []  # free[r] = tokens left in row r; open_ = rows still accepting
     for i in order:
         n = min(lengths[i], seq_len)
@@ -356,13 +364,13 @@ def pack_rows(lengths, order, seq_len, open_rows=64):
 
 
 def collate(rows, examples, seq_len, pad_id):
-    """Rows of example indices -> tensors, all (B, T=seq_len):
-    idx: token ids; targets: next token where it is a supervised response token else -100; pos: position within
-    its own example; doc: document id within the row (pads get their own id, so they attend only to pads).
-    Plus loss_index (N,): the flat positions of the supervised targets, found here on the CPU, not on the GPU.
-    Examples with a "label" (graded samples: 1 correct, 0 not) also give labels (M,) float, their label at each
-    of their response tokens, and label_index (M,), those tokens' flat positions (a verifier's value head learns
-    there whether the solution it has read so far ends correct)."""
+    """Rows of example indices -> tensors, all (B, T=seq_len): idx: token ids; targets: next token where it
+    is a supervised response token else -100; pos: position within its own example; doc: document id within
+    the row (pads get their own id, so they attend only to pads). Plus loss_index (N,): the flat positions of
+    the supervised targets, found here on the CPU, not on the GPU. Examples with a "label" (graded samples: 1
+    correct, 0 not) also give labels (M,) float, their label at each of their response tokens, and
+    label_index (M,), those tokens' flat positions (a verifier's value head learns there whether the solution
+    it has read so far ends correct)."""
     B, T = len(rows), seq_len
     idx = np.full((B, T), pad_id, dtype=np.int64)
     tgt = np.full((B, T), -100, dtype=np.int64)
@@ -375,7 +383,8 @@ def collate(rows, examples, seq_len, pad_id):
             ids, mask = examples[i]["ids"], examples[i]["mask"]
             n = min(len(ids), T - t)
             idx[b, t:t + n] = ids[:n]
-            m = np.asarray(mask[1:n], dtype=bool)  # target at position j is token j+1, if that one is supervised
+            # target at position j is token j+1, if that one is supervised
+            m = np.asarray(mask[1:n], dtype=bool)
             tgt[b, t:t + n - 1] = np.where(m, np.asarray(ids[1:n]), -100)
             if "label" in examples[i]:
                 lab[b, t:t + n] = np.where(np.asarray(mask[:n], dtype=bool), examples[i]["label"], -1.0)
@@ -394,8 +403,8 @@ def collate(rows, examples, seq_len, pad_id):
 class Dataset:
     """Tokenized examples plus the deterministic plan of rows for every epoch.
 
-    rows(k) gives the k-th training row of the whole run (epochs laid end to end), so the data position to resume
-    from is a single integer: the number of rows consumed."""
+    rows(k) gives the k-th training row of the whole run (epochs laid end to end), so the data position to
+    resume from is a single integer: the number of rows consumed."""
 
     def __init__(self, examples, tok, seq_len, prompt_format, pack=True, seed=0, weights=None,
                  system_prompt=SYSTEM_PROMPT):
@@ -407,7 +416,8 @@ class Dataset:
         self.lengths = [len(ex["ids"]) for ex in examples]
         self.n_truncated = sum(n > seq_len for n in self.lengths)
         self.n_supervised_lost = sum(sum(ex["mask"][seq_len:]) for ex in examples)
-        # a row's target at position j is token j+1: the tokens an example can be trained on are mask[1:seq_len]
+        # a row's target at position j is token j+1: the tokens an example can be
+        # trained on are mask[1:seq_len]
         kept = [sum(ex["mask"][1:seq_len]) for ex in examples]
         self.n_supervised = sum(kept)
         self.n_no_answer = sum(k == 0 for k in kept)  # examples that teach nothing: the answer is cut off
@@ -450,8 +460,8 @@ class Dataset:
         return self.plan(e)[k]
 
     def batch(self, start, n, pad_to=0):
-        """The n rows starting at global row `start`, as tensors, plus the ids of the examples in them; with pad_to,
-        empty rows (no tokens, no targets) make up the batch to pad_to rows."""
+        """The n rows starting at global row `start`, as tensors, plus the ids of the examples in them; with
+        pad_to, empty rows (no tokens, no targets) make up the batch to pad_to rows."""
         rows = [self.row(k) for k in range(start, start + n)] + [[]] * max(0, pad_to - n)
         b = collate(rows, self.examples, self.seq_len, self.pad_id)
         b["example_ids"] = [[self.examples[i]["id"] for i in r] for r in rows]
@@ -462,9 +472,9 @@ class Dataset:
         return sum(min(self.lengths[i], self.seq_len) for k in range(start, start + n) for i in self.row(k))
 
     def supervised_tokens(self, start, n, key="loss_index"):
-        """len(batch(start, n)[key]) for the n rows starting at global row `start`, counted without building the
-        rows: the supervised targets ("loss_index") or the labelled response tokens ("label_index"). Each DDP
-        rank learns the global batch's count from it, with no collective (and no host sync) per step."""
+        """len(batch(start, n)[key]) for the n rows starting at global row `start`, counted without building
+        the rows: the supervised targets ("loss_index") or the labelled response tokens ("label_index"). Each
+        DDP rank learns the global batch's count from it, with no collective (and no host sync) per step."""
         total = 0
         for k in range(start, start + n):
             t = 0
@@ -488,15 +498,16 @@ class Dataset:
 
 def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_samples=0, val_size=0,
                    system_prompt=SYSTEM_PROMPT):
-    """Train and validation Datasets from a mixture spec ('gsm8k:1,math:0.5'). val_size *problems* (distinct
-    problem texts) are held out, drawn from each dataset's fixed-seed order in proportion to the problems it adds
-    to the mixture. Problems, not rows: a dataset that repeats a problem (generated arithmetic; a file of 8 graded
-    samples per problem; a file of the model's own solutions) would otherwise be drawn in proportion to its rows,
-    and a file of rejection-sampled solutions holds only the problems the model could already solve, so its rows
-    would make the held-out eval easier than the task. The validation rows are every distinct row of a held-out
-    problem in the dataset it was drawn from (a verifier is judged on all samples of its held-out problems); every
-    row of a held-out problem, in any dataset, leaves training, so the eval that picks best.pt never grades a
-    trained-on problem. max_samples (if > 0) caps each dataset's training examples."""
+    """Train and validation Datasets from a mixture spec ('gsm8k:1,math:0.5'). val_size *problems*
+    (distinct problem texts) are held out, drawn from each dataset's fixed-seed order in proportion to the
+    problems it adds to the mixture. Problems, not rows: a dataset that repeats a problem (generated
+    arithmetic; a file of 8 graded samples per problem; a file of the model's own solutions) would
+    otherwise be drawn in proportion to its rows, and a file of rejection-sampled solutions holds only the
+    problems the model could already solve, so its rows would make the held-out eval easier than the task.
+    The validation rows are every distinct row of a held-out problem in the dataset it was drawn from (a
+    verifier is judged on all samples of its held-out problems); every row of a held-out problem, in any
+    dataset, leaves training, so the eval that picks best.pt never grades a trained-on problem. max_samples
+    (if > 0) caps each dataset's training examples."""
     train, val, ranges = [], [], []
     parts = [(name, w, load_dataset(name, "train")) for name, w in parse_mixture(spec)]
     orders, new = [], []  # per dataset: its rows in a fixed-seed order; the problems it adds, in that order

@@ -5,7 +5,8 @@ train.py's periodic eval, sample.py and any later tool share.
     samples = generate(model, prompts, Sampling(256, temperature=0.7, stop_ids=tok.stop_ids, seed=0))
     summary, records = evaluate(model, tok, problems, Sampling(512), "chat", data.SYSTEM_PROMPT)
 
-Evaluation protocol (sample.py --eval; the README quotes it). One setting per dataset, so numbers are comparable:
+Evaluation protocol (sample.py --eval; the README quotes it). One setting per dataset, so numbers are
+comparable:
   - prompt: data.render_prompt(problem) in chat format (the model's ChatML template) with the system prompt
     data.SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}." A nanomath
     checkpoint is prompted the way it was trained (its config's prompt_format / system_prompt), a Hugging Face
@@ -48,9 +49,10 @@ class Sampling:
 
 
 def sample_next(logits, sampling, u=None):
-    """logits (B, V) -> next token ids (B,). temperature 0 = greedy (argmax). Otherwise a draw from the
-    temperature / top-k / top-p distribution by inverting its CDF at u (B,) uniforms in [0, 1): one cumulative sum
-    and a binary search per row, static shapes, no host sync, so it runs inside the captured decode step."""
+    """logits (B, V) -> next token ids (B,). temperature 0 = greedy (argmax). Otherwise a draw from
+    the temperature / top-k / top-p distribution by inverting its CDF at u (B,) uniforms in [0,
+    1): one cumulative sum and a binary search per row, static shapes, no host sync, so it runs
+    inside the captured decode step."""
     temperature, top_k, top_p = sampling.temperature, sampling.top_k, sampling.top_p
     if temperature <= 0.0:
         return logits.argmax(-1)
@@ -60,15 +62,17 @@ def sample_next(logits, sampling, u=None):
         logits = logits.masked_fill(logits < kth, float("-inf"))
     order = None
     if top_p < 1.0:
-        # nucleus: drop tokens once the mass of the more likely ones already exceeds top_p (the top one always stays)
+        # nucleus: drop tokens once the mass of the more likely ones already exceeds
+        # top_p (the top one always stays)
         logits, order = logits.sort(-1, descending=True)  # (B, V)
         probs = logits.softmax(-1)
         probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0.0)
     else:
         probs = logits.softmax(-1)  # (B, V)
     cdf = probs.cumsum(-1)  # (B, V) fp32
-    # the first token whose cdf reaches x, for x in (0, total]: cdf[j-1] < x <= cdf[j], so token j has positive
-    # width (a zero-probability token is never picked, also at u = 0 or when u * total rounds up to total)
+    # the first token whose cdf reaches x, for x in (0, total]: cdf[j-1] < x <= cdf[j], so
+    # token j has positive width (a zero-probability token is never picked, also at u = 0 or
+    # when u * total rounds up to total)
     x = (u.float() * cdf[:, -1]).clamp(min=torch.finfo(torch.float32).tiny)  # (B,)
     j = torch.searchsorted(cdf, x[:, None])  # (B, 1)
     return (j if order is None else order.gather(-1, j))[:, 0]
@@ -77,12 +81,13 @@ def sample_next(logits, sampling, u=None):
 class Sample(NamedTuple):
     ids: list       # generated token ids, the stop token excluded
     stopped: bool   # ended by a stop token (False: it ran out of budget, max_new_tokens or the context)
-    entropy: list   # per generated token, nats of the model's own next-token distribution (if asked), else None
+    # per generated token, nats of the model's own next-token distribution (if asked), else None
+    entropy: list
 
 
 class _Slots:
-    """The decoder's state for B slots, all on the device with fixed shapes, so that one decode step touches only
-    these tensors and can be captured once as a CUDA graph and replayed:
+    """The decoder's state for B slots, all on the device with fixed shapes, so that one decode step touches
+    only these tensors and can be captured once as a CUDA graph and replayed:
         tok (B,) the token each slot feeds next   n_out (B,) tokens kept so far   budget (B,) tokens allowed
         done (B,) finished or empty               out (B, N+1) kept tokens        u (B, N+1) uniforms per step
         ent (B, N+1) entropies (if asked)"""
@@ -91,14 +96,16 @@ class _Slots:
         z = lambda dt: torch.zeros(B, dtype=dt, device=device)  # noqa: E731
         self.tok, self.n_out, self.budget = z(torch.long), z(torch.long), z(torch.long)
         self.done = torch.ones(B, dtype=torch.bool, device=device)
-        self.out = torch.zeros(B, N + 1, dtype=torch.long, device=device)  # +1: a finished row writes past its end
+        # +1: a finished row writes past its end
+        self.out = torch.zeros(B, N + 1, dtype=torch.long, device=device)
         self.u = torch.zeros(B, N + 1, device=device)
         self.ent = torch.zeros(B, N + 1, device=device) if entropy else None
 
 
 def _emit(st, rows, logits, stop, sampling):
-    """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it: kept unless it is
-    a stop token or the slot was already done; done once stopped or out of budget. Static shapes, no sync."""
+    """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it:
+    kept unless it is a stop token or the slot was already done; done once stopped or out of
+    budget. Static shapes, no sync."""
     n_out = st.n_out[rows]  # (n,)
     nxt = sample_next(logits, sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
     active = ~st.done[rows]
@@ -119,17 +126,18 @@ def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcon
     """Generate num_samples continuations of each prompt (a list of token ids) under `sampling` (a Sampling)
     -> a list of Sample, prompt-major (prompt 0's samples, then prompt 1's, ...).
 
-    Continuous batching over batch_size slots of a static KV cache: when a sequence ends, the next waiting prompt
-    is prefilled into its slot, so the batch never waits for its longest row. A prompt is prefilled once and its
-    cache rows are copied to the slots of its samples. A sequence stops at its first token in stop_ids, after
-    max_new_tokens, or at the model's max_seq_len. Every sequence's output is a function of its prompt, the seed
-    and its index alone, not of its batch mates or slot: greedy decoding picks the argmax, and sampling inverts
-    the CDF at uniforms drawn from numpy's generator seeded with (seed, sequence index).
+    Continuous batching over batch_size slots of a static KV cache: when a sequence ends, the next
+    waiting prompt is prefilled into its slot, so the batch never waits for its longest row. A prompt is
+    prefilled once and its cache rows are copied to the slots of its samples. A sequence stops at its
+    first token in stop_ids, after max_new_tokens, or at the model's max_seq_len. Every sequence's output
+    is a function of its prompt, the seed and its index alone, not of its batch mates or slot: greedy
+    decoding picks the argmax, and sampling inverts the CDF at uniforms drawn from numpy's generator
+    seeded with (seed, sequence index).
 
-    On CUDA the one-token decode step is captured once as a CUDA graph and replayed (cuda_graph=None: on CUDA);
-    finished rows are collected every 16 steps, the only host syncs. Elsewhere the same step runs eagerly and
-    rows are collected after every step. stream(i, token_id) is called for every kept token of sequence i as
-    soon as it is chosen (one sync per step). entropy=True also records each token's entropy."""
+    On CUDA the one-token decode step is captured once as a CUDA graph and replayed (cuda_graph=None: on
+    CUDA); finished rows are collected every 16 steps, the only host syncs. Elsewhere the same step runs
+    eagerly and rows are collected after every step. stream(i, token_id) is called for every kept token of
+    sequence i as soon as it is chosen (one sync per step). entropy=True also records each token's entropy."""
     if not prompts:
         return []
     max_seq = model.config.max_seq_len
@@ -149,7 +157,8 @@ def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcon
     budgets = [min(max_new_tokens, max_seq - len(p)) for p in prompts]
     N = max(budgets)
     L = max(len(p) + b for p, b in zip(prompts, budgets))  # cache slots a sequence can need
-    stop = torch.tensor(sorted(sampling.stop_ids) or [-1], dtype=torch.long, device=device)  # (S,); -1: no token
+    # (S,); -1: no token
+    stop = torch.tensor(sorted(sampling.stop_ids) or [-1], dtype=torch.long, device=device)
     graph = device.type == "cuda" if cuda_graph is None else cuda_graph
     sync_every = 1 if stream is not None or not graph else 16
 
@@ -158,7 +167,8 @@ def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcon
     st = _Slots(B, N, device, entropy)
     all_rows = torch.arange(B, device=device)
 
-    def step():  # one token for every slot; finished and empty slots run too (static shapes), their output unused
+    # one token for every slot; finished and empty slots run too (static shapes), their output unused
+    def step():
         with ctx:
             logits = model(st.tok[:, None], cache=cache)[:, 0]  # (B, V)
         _emit(st, all_rows, logits, stop, sampling)
@@ -168,7 +178,8 @@ def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcon
 
     results = [None] * n_seq
     slot_seq = [-1] * B  # the sequence each slot holds, -1 = free
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # admitted longest first: less padding
+    # admitted longest first: less padding
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     next_prompt = 0
     pbar = tqdm(total=n_seq, desc="generate", unit="seq", leave=False, disable=n_seq < 64 or stream is not None)
     while True:
@@ -208,8 +219,9 @@ def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcon
 
 
 def _admit(model, prompts, pids, k, slots, budgets, cache, st, stop, sampling, ctx):
-    """Prefill prompts `pids` into the cache (one right-padded batch, into the first of each prompt's k slots),
-    copy each prompt's cache rows to its other k-1 slots, and emit every new sequence's first token."""
+    """Prefill prompts `pids` into the cache (one right-padded batch, into the first of each
+    prompt's k slots), copy each prompt's cache rows to its other k-1 slots, and emit
+    every new sequence's first token."""
     device = st.tok.device
     m = len(pids)
     ps = [prompts[i] for i in pids]
@@ -230,7 +242,8 @@ def _admit(model, prompts, pids, k, slots, budgets, cache, st, stop, sampling, c
     st.n_out[rows] = 0
     st.done[rows] = False
     st.budget[rows] = torch.tensor([budgets[s // k] for s in seqs], device=device)
-    if sampling.temperature > 0:  # uniforms for every step of each sequence, a function of (seed, sequence index) alone
+    # uniforms for every step of each sequence, a function of (seed, sequence index) alone
+    if sampling.temperature > 0:
         u = np.stack([np.random.default_rng([sampling.seed, s]).random(st.u.size(1)) for s in seqs])
         st.u[rows] = torch.from_numpy(u).to(device=device, dtype=st.u.dtype)
     _emit(st, rows, logits, stop, sampling)
@@ -266,8 +279,8 @@ def _capture(step, cache, st):
 
 
 def _majority(recs, weight=lambda r: 1):
-    """The record whose answer most samples agree on (grouped by grade.is_equiv), each sample counting `weight`
-    (1: majority vote; a verifier's score: weighted vote); ties go to the earliest."""
+    """The record whose answer most samples agree on (grouped by grade.is_equiv), each sample counting
+    `weight` (1: majority vote; a verifier's score: weighted vote); ties go to the earliest."""
     groups = []  # [representative record, total weight]
     for r in recs:
         if r["extracted"] is None:
@@ -284,16 +297,16 @@ def _majority(recs, weight=lambda r: 1):
 @torch.no_grad()
 def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt=data.SYSTEM_PROMPT, num_samples=1,
              batch_size=64, ctx=nullcontext(), entropy=False, verifier=None):
-    """Generate for each problem ({"id", "prompt", "answer", ...}) under `sampling` (a Sampling; with no stop ids,
-    the tokenizer's) and grade it. Returns (summary, records):
-    summary {"accuracy", "format_rate", "answer_reward" (= accuracy), "format_reward" (= format_rate),
-    "mean_length" (tokens), "tokens_per_s", "generate_s", "grade_s", "n"}, "mean_entropy" (per generated token)
-    with entropy=True, and "pass@k" and "maj@k" when num_samples = k > 1; records, one per generation in problem
-    order: {"id", "prompt", "response", "extracted", "gold", "correct", "formatted", "n_tokens", "sample",
-    "truncated"} (truncated: ended by the token budget, not a stop token). The model runs in eval mode under
-    no_grad and gets its previous mode back. verifier = (model with a value head, its tokenizer, prompt format,
-    system prompt): every record gets its "score" (P(correct)), and with k > 1 samples the summary adds
-    "verifier@k" (accuracy of each problem's top-scored sample) and "weighted_maj@k" (votes weighted by score)."""
+    """Generate for each problem ({"id", "prompt", "answer", ...}) under `sampling` (a Sampling; with no stop
+    ids, the tokenizer's) and grade it. Returns (summary, records): summary {"accuracy", "format_rate",
+    "answer_reward" (= accuracy), "format_reward" (= format_rate), "mean_length" (tokens), "tokens_per_s",
+    "generate_s", "grade_s", "n"}, "mean_entropy" (per generated token) with entropy=True, and "pass@k" and
+    "maj@k" when num_samples = k > 1; records, one per generation in problem order: {"id", "prompt",
+    "response", "extracted", "gold", "correct", "formatted", "n_tokens", "sample", "truncated"} (truncated:
+    ended by the token budget, not a stop token). The model runs in eval mode under no_grad and gets its
+    previous mode back. verifier = (model with a value head, its tokenizer, prompt format, system prompt):
+    every record gets its "score" (P(correct)), and with k > 1 samples the summary adds "verifier@k" (accuracy
+    of each problem's top-scored sample) and "weighted_maj@k" (votes weighted by score)."""
     was_training = model.training
     model.eval()
     try:
@@ -385,8 +398,9 @@ def score_examples(model, examples, ctx=nullcontext(), batch_size=64):
 
 
 def verifier_metrics(p, y):
-    """Scores p against labels y (0/1): mse, mae and r2 (as regressions of the label), AUROC (how well the score
-    ranks correct above wrong; ties count half) and ece (expected calibration error over 10 equal-width bins)."""
+    """Scores p against labels y (0/1): mse, mae and r2 (as regressions of the label), AUROC (how
+    well the score ranks correct above wrong; ties count half) and ece (expected calibration
+    error over 10 equal-width bins)."""
     n = len(p)
     p_t, y_t = torch.tensor(p, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
     mse = float(((p_t - y_t) ** 2).mean())

@@ -8,8 +8,8 @@ The decoder: one configurable Qwen2/Llama-style transformer, its KV cache, and t
     device, ctx, scaler, dtype = setup_numerics("auto", "auto")   # the one place numerics are decided
 
 Architecture: token embedding -> N x [RMSNorm -> GQA self-attention with rotary embedding (HF "rotate-half"
-layout) -> residual, RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> output head (tied to the embedding or not).
-Module names inside match the HF names minus the leading "model." so checkpoints map one to one.
+layout) -> residual, RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> output head (tied to the embedding or
+not). Module names inside match the HF names minus the leading "model." so checkpoints map one to one.
 
 Numerics: RMSNorm, rotary angles and the loss are computed in fp32 whatever the weight / autocast dtype;
 softmax happens inside scaled_dot_product_attention (fp32 accumulation in every backend).
@@ -58,7 +58,7 @@ class ModelConfig:
 # From-scratch presets (no bias, like Llama). vocab_size is whatever the tokenizer says: set it with
 # dataclasses.replace(PRESETS[name], vocab_size=len(tokenizer)). Parameter counts below are with that vocab.
 PRESETS = {
-    # 4.2M in the blocks + 16.8M tied embedding at a 65,536-token vocab = ~21M; it is the embedding that dominates.
+    # 4.2M in the blocks + 16.8M tied embedding at a 65,536-token vocab = ~21M: the embedding dominates.
     "scratch-22m": ModelConfig(vocab_size=65536, n_layer=4, n_head=4, n_kv_head=4, n_embd=256, intermediate_size=1024,
                                max_seq_len=512, rope_theta=10000.0, qkv_bias=False, tie_embeddings=True),
     # Llama-3.2-1B shapes: 0.97B in the blocks + 0.31B tied embedding at the Qwen vocab (151,936).
@@ -81,15 +81,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # normalise in fp32 and cast back before the weight, in the same order as HF, so bf16 results match too
+        # normalise in fp32 and cast back before the weight, in HF's order, so bf16 results match too
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
 
 
 def rope_cos_sin(pos, head_dim, theta):
-    """cos, sin (B, 1, T, head_dim) for positions pos (B, T). Computed from the positions on every call (not
-    a cached table) so per-row positions of packed/left-padded batches cost nothing extra, and in fp32 so a bf16
+    """cos, sin (B, 1, T, head_dim) for positions pos (B, T). Computed from the positions on every call (not a
+    cached table) so per-row positions of packed/left-padded batches cost nothing extra, and in fp32 so a bf16
     model still gets exact angles; there is no buffer for model.to(bfloat16) to round."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim))
     freqs = pos[..., None].float() * inv_freq  # (B, T, hd/2)
@@ -102,10 +102,11 @@ def apply_rope(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-# Kernels allowed for masked attention (packed rows, KV-cache decoding). cuDNN attention is left out on purpose: on an
-# H200 with torch 2.11 it returned NaN gradients for a real Qwen2 0.5B model on a GSM8K batch right-padded to 320
-# tokens (train examples 6608-6623), where the memory-efficient and math kernels gave finite, equal results. That is
-# the NaN the Hugging Face Trainer recipe hits at ~step 350. The unmasked causal path (flash) is unaffected.
+# Kernels allowed for masked attention (packed rows, KV-cache decoding). cuDNN attention is left out on
+# purpose: on an H200 with torch 2.11 it returned NaN gradients for a real Qwen2 0.5B model on a GSM8K batch
+# right-padded to 320 tokens (train examples 6608-6623), where the memory-efficient and math kernels gave
+# finite, equal results. That is the NaN the Hugging Face Trainer recipe hits at ~step 350. The unmasked
+# causal path (flash) is unaffected.
 MASKED_SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 
@@ -127,38 +128,39 @@ class Attention(nn.Module):
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # no-ops: hidden() casts them once to the compute dtype
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:
-            # write this call's keys/values into the static buffers at each row's own slots (rows (B, 1), slots
-            # (B, T) long tensors: fixed shapes, no Python ints, cf. gpt-fast's input_pos)
+            # write this call's keys/values into the static buffers at each row's own slots (rows (B, 1),
+            # slots (B, T) long tensors: fixed shapes, no Python ints, cf. gpt-fast's input_pos)
             k_buf, v_buf, rows, slots = kv  # buffers (B_cache, nkv, L, hd)
             k_buf[rows, :, slots] = k.transpose(1, 2).to(k_buf.dtype)  # indexed view is (B, T, nkv, hd)
             v_buf[rows, :, slots] = v.transpose(1, 2).to(v_buf.dtype)
             if mask is not None:
                 # appending to rows that already hold tokens: attend over all max_len slots of every row; the
-                # mask hides the slots after each query (fixed shapes). A prefill (mask None) needs only its own
-                # tokens: causal attention within idx is the same thing and runs the flash kernel.
+                # mask hides the slots after each query (fixed shapes). A prefill (mask None) needs only its
+                # own tokens: causal attention within idx is the same thing and runs the flash kernel.
                 k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # (B, nkv, L, hd)
-        # mask None: plain causal; a BlockMask: packed rows under flex attention; else a bool (B, 1, T, S) mask,
-        # True = may attend
+        # mask None: plain causal; a BlockMask: packed rows under flex attention; else a bool (B,
+        # 1, T, S) mask, True = may attend
         rep = self.n_head // self.n_kv_head
         if isinstance(mask, BlockMask):
-            # packed rows (training, compiled blocks): one fused kernel that skips the blocks no document reaches,
-            # reads each kv head once for its query group, and never materialises a (T, T) mask
+            # packed rows (training, compiled blocks): one fused kernel that skips the blocks no document
+            # reaches, reads each kv head once for its query group, and never materialises a (T, T) mask
             y = flex_attention(q, k, v, block_mask=mask, enable_gqa=rep > 1)  # (B, nh, T, hd)
         elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)  # (B, nh, T, hd)
         elif kv is not None:
-            # appending to the cache (decoding): fold the `rep` query heads that share a kv head into the query
-            # axis, (B, nh, T, hd) -> (B, nkv, rep*T, hd), so the masked kernel reads each cached kv head once;
-            # repeating the keys/values instead would copy the whole cache rep times, every step. hidden() built
-            # the mask for this layout, (B, 1, rep*T, L), once for all layers.
+            # appending to the cache (decoding): fold the `rep` query heads that share a kv head into the
+            # query axis, (B, nh, T, hd) -> (B, nkv, rep*T, hd), so the masked kernel reads each cached kv
+            # head once; repeating the keys/values instead would copy the whole cache rep times, every step.
+            # hidden() built the mask for this layout, (B, 1, rep*T, L), once for all layers.
             q = q.reshape(B, self.n_kv_head, rep * T, self.head_dim)
             with sdpa_kernel(MASKED_SDPA_BACKENDS):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             y = y.reshape(B, self.n_head, T, self.head_dim)  # (B, nh, T, hd)
         else:
-            # packed rows (training): SDPA's enable_gqa only works in the flash (no mask) and math kernels, and
-            # math would materialise (B, nh, T, S) fp32 scores, so repeat the kv heads for the memory-efficient
-            # kernel (cheaper here than folding, which would repeat the (T, T) mask rep times)
+            # packed rows (training): SDPA's enable_gqa only works in the flash (no mask) and
+            # math kernels, and math would materialise (B, nh, T, S) fp32 scores, so repeat the
+            # kv heads for the memory-efficient kernel (cheaper here than folding, which would
+            # repeat the (T, T) mask rep times)
             k = k.repeat_interleave(rep, dim=1)  # (B, nh, S, hd)
             v = v.repeat_interleave(rep, dim=1)  # (B, nh, S, hd)
             with sdpa_kernel(MASKED_SDPA_BACKENDS):
@@ -192,12 +194,12 @@ class Block(nn.Module):
 
 
 def doc_block_mask(doc, block=128):
-    """The flex-attention BlockMask of packed rows with document ids doc (B, T): token q attends to token k iff
-    both belong to the same document and k <= q. Built once per batch from the ids, from the dense (B, T, T) mask
-    reduced to blocks of block x block: a block that is all True is "full" (the kernel skips the mask there), one
-    that is partly True is "partial", one all False is skipped. This is what create_block_mask computes, in a
-    handful of tensor ops rather than its vmap over the mask function, which cost ~3 ms of CPU per step on the
-    host (time the GPU then waited for)."""
+    """The flex-attention BlockMask of packed rows with document ids doc (B, T): token q attends to token k
+    iff both belong to the same document and k <= q. Built once per batch from the ids, from the dense (B, T,
+    T) mask reduced to blocks of block x block: a block that is all True is "full" (the kernel skips the mask
+    there), one that is partly True is "partial", one all False is skipped. This is what create_block_mask
+    computes, in a handful of tensor ops rather than its vmap over the mask function, which cost ~3 ms of CPU
+    per step on the host (time the GPU then waited for)."""
     B, T = doc.shape
     n = -(-T // block)
     ar = torch.arange(T, device=doc.device)
@@ -208,7 +210,8 @@ def doc_block_mask(doc, block=128):
 
     def blocks(m):  # (B, nq, nk) bool -> per query block: how many kv blocks, and their indices first
         order = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True)
-        return m.sum(-1, dtype=torch.int32)[:, None], order.to(torch.int32)[:, None]  # (B, 1, nq), (B, 1, nq, nk)
+        # (B, 1, nq), (B, 1, nq, nk)
+        return m.sum(-1, dtype=torch.int32)[:, None], order.to(torch.int32)[:, None]
 
     def same_doc_causal(b, h, q, k):
         return (doc[b, q] == doc[b, k]) & (k <= q)
@@ -217,20 +220,20 @@ def doc_block_mask(doc, block=128):
 
 
 class LinearTokenLoss(torch.autograd.Function):
-    """A loss over the log-probabilities of targets t (N,) under logits h @ weight.T, for h (N, C) in the compute
-    dtype and weight (V, C): loss = sum_n fn(logp_n), fn = -logp (cross-entropy) by default. In chunks of `chunk`
-    rows, with the gradients computed in the forward pass chunk by chunk (cf. Liger-Kernel's fused linear
-    cross-entropy): the (chunk, V) logits exist for one chunk at a time and are not recomputed in backward, and
-    weight's gradient accumulates over the chunks in fp32. ce(logits, t, grad, coef) -> (logp, d loss / d logits)
-    is Transformer._chunk_ce. Backward only scales the stored gradients.
+    """A loss over the log-probabilities of targets t (N,) under logits h @ weight.T, for h (N, C) in the
+    compute dtype and weight (V, C): loss = sum_n fn(logp_n), fn = -logp (cross-entropy) by default. In chunks
+    of `chunk` rows, with the gradients computed in the forward pass chunk by chunk (cf. Liger-Kernel's fused
+    linear cross-entropy): the (chunk, V) logits exist for one chunk at a time and are not recomputed in
+    backward, and weight's gradient accumulates over the chunks in fp32. ce(logits, t, grad, coef) -> (logp, d
+    loss / d logits) is Transformer._chunk_ce. Backward only scales the stored gradients.
 
-    fn(logp, sl) -> (n,) per-token losses of the chunk's log-probs logp (n,) fp32; sl is the chunk's slice of the
-    N positions, for per-token data such as advantages or old log-probs. It must be elementwise (token n's loss
-    depends on logp_n alone), which is what lets each chunk's gradient be known in the forward pass: the policy
-    gradient, PPO's clipped ratio and a KL penalty to a reference policy all are. Returns (loss, logp (N,)); logp
-    is detached. Against checkpointed per-chunk autocast cross-entropy (H100, 4,500 rows of width 896, vocab
-    151,936): 12.3 ms instead of 18.3 per forward + backward, and the weight gradient's error against fp32 1.2e-5
-    instead of 1.6e-3 (dev/README.md)."""
+    fn(logp, sl) -> (n,) per-token losses of the chunk's log-probs logp (n,) fp32; sl is the chunk's slice of
+    the N positions, for per-token data such as advantages or old log-probs. It must be elementwise (token n's
+    loss depends on logp_n alone), which is what lets each chunk's gradient be known in the forward pass: the
+    policy gradient, PPO's clipped ratio and a KL penalty to a reference policy all are. Returns (loss, logp
+    (N,)); logp is detached. Against checkpointed per-chunk autocast cross-entropy (H100, 4,500 rows of width
+    896, vocab 151,936): 12.3 ms instead of 18.3 per forward + backward, and the weight gradient's error
+    against fp32 1.2e-5 instead of 1.6e-3 (dev/README.md)."""
 
     @staticmethod
     def forward(ctx, h, weight, t, chunk, ce, fn):
@@ -249,7 +252,8 @@ class LinearTokenLoss(torch.autograd.Function):
                     loss += (-lp).sum()
                 else:
                     lp = ce(logits, tc, False)[0]
-                    with torch.enable_grad():  # d fn / d logp, elementwise: the chunk's gradient scale per row
+                    # d fn / d logp, elementwise: the chunk's gradient scale per row
+                    with torch.enable_grad():
                         lp_ = lp.detach().requires_grad_()
                         lt = fn(lp_, sl)  # (n,)
                         dl, = torch.autograd.grad(lt.sum(), lp_)
@@ -259,7 +263,8 @@ class LinearTokenLoss(torch.autograd.Function):
                 torch.mm(g, w, out=dh[sl])
                 if dw is not None and g.dtype == torch.float32:
                     dw.addmm_(g.T, hc)
-                elif dw is not None and h.is_cuda:  # bf16 / fp16 products summed into fp32 by the matmul itself
+                # bf16 / fp16 products summed into fp32 by the matmul itself
+                elif dw is not None and h.is_cuda:
                     torch.addmm(dw, g.T, hc, out_dtype=torch.float32, out=dw)
                 elif dw is not None:  # no mixed-dtype matmul on this device: in fp32
                     dw.addmm_(g.T.float(), hc.float())
@@ -282,12 +287,13 @@ class KVCache:
         k, v   (n_layer, B, n_kv_head, max_len, head_dim)   keys / values of every layer
         pos    (B,) long    tokens each row holds = the slot, and the position, of the row's next token
 
-    Rows are independent: a row's tokens sit at slots 0..pos-1 with positions equal to their slots (no padding
-    inside a row), so it gives the logits it would give alone whatever the other rows hold, and it can be restarted
-    with a new prompt while the others keep decoding. Positions live in a tensor and every shape is fixed, so a
-    one-token decode step has no Python value that changes from step to step (it can be captured once as a CUDA
-    graph). Writes past max_len land in the last slot: the caller sizes the cache (there is no check, since a
-    check would cost a host sync every step). Example (greedy, prompts right-padded to (B, P), `n` real tokens):
+    Rows are independent: a row's tokens sit at slots 0..pos-1 with positions equal to their slots (no
+    padding inside a row), so it gives the logits it would give alone whatever the other rows hold, and it
+    can be restarted with a new prompt while the others keep decoding. Positions live in a tensor and every
+    shape is fixed, so a one-token decode step has no Python value that changes from step to step (it can be
+    captured once as a CUDA graph). Writes past max_len land in the last slot: the caller sizes the cache
+    (there is no check, since a check would cost a host sync every step). Example (greedy, prompts
+    right-padded to (B, P), `n` real tokens):
 
         cache = model.make_cache(B, max_len=P + max_new)
         logits = model(idx, cache=cache, rows=torch.arange(B), lengths=n, last=n - 1)   # prefill -> (B, V)
@@ -304,8 +310,8 @@ class KVCache:
         self.max_len = max_len
 
 
-# -----------------------------------------------------------------------------
-# LoRA (Hu et al. 2021): a frozen linear layer plus a trainable low-rank update, y = x W^T + b + s * (x A^T) B^T
+# ----------------------------------------------------------------------------- LoRA (Hu et al. 2021): a
+# frozen linear layer plus a trainable low-rank update, y = x W^T + b + s * (x A^T) B^T
 
 LORA_TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                 "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -330,7 +336,8 @@ class LoRALinear(nn.Module):
         if not self.enabled:
             return y
         h = F.dropout(x, self.dropout, self.training) if self.dropout else x
-        h = F.linear(F.linear(h.to(self.lora_A.dtype), self.lora_A), self.lora_B)  # (.., out); bf16 under autocast
+        # (.., out); bf16 under autocast
+        h = F.linear(F.linear(h.to(self.lora_A.dtype), self.lora_A), self.lora_B)
         return y + (self.scale * h).to(y.dtype)
 
 
@@ -393,8 +400,10 @@ class Transformer(nn.Module):
             # load_state_dict(assign=True) (meta-device loading) replaces both Parameters with two different
             # ones: tie them again after every load, whoever calls it
             self.register_load_state_dict_post_hook(_retie)
-        self.grad_checkpointing = 0  # blocks recomputed in backward when training: 0 none, n the first n, -1 all
-        self.compiled_blocks = None  # set by compile_blocks(): torch.compile'd blocks for the training forward
+        # blocks recomputed in backward when training: 0 none, n the first n, -1 all
+        self.grad_checkpointing = 0
+        # set by compile_blocks(): torch.compile'd blocks for the training forward
+        self.compiled_blocks = None
         self.value_head = None  # add_value_head(): a verifier's MLP on the final hidden states
         self.loss_chunk = 1024  # rows of the vocab projection per chunk in the loss
         self.chunk_ce = self._chunk_ce  # compile_blocks() compiles it
@@ -419,7 +428,8 @@ class Transformer(nn.Module):
                 reduction="mean", loss_index=None, loss_fn=None):
         """idx (B, T) long token ids; pos, doc, cache, rows, lengths as in hidden().
 
-        loss_fn(model, x) -> loss: any objective, as a function of the final hidden states x (B, T, C); training.py
+        loss_fn(model, x) -> loss: any objective, as a function of the final hidden
+        states x (B, T, C); training.py
             holds them (cross-entropy, a verifier's value loss, the policy gradient). Through forward, so that DDP
             and FSDP see the call.
         targets (B, T) long with -100 = ignore: returns the fp32 cross-entropy (token_loss), reduction "mean"
@@ -478,7 +488,8 @@ class Transformer(nn.Module):
                 kv_index = (rows[:, None], pos)
                 cache.pos[rows] = lengths if lengths is not None else T
         elif doc is not None and self.compiled_blocks is not None:
-            mask = doc_block_mask(doc)  # flex attention inside the compiled blocks (built once, for all layers)
+            # flex attention inside the compiled blocks (built once, for all layers)
+            mask = doc_block_mask(doc)
         elif doc is not None:
             same = doc[:, :, None] == doc[:, None, :]  # (B, T, T)
             causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
@@ -497,19 +508,21 @@ class Transformer(nn.Module):
                 continue
             if self.compiled_blocks is not None:
                 block = self.compiled_blocks[i]
-            if recompute and i < n_ckpt:  # activation checkpointing: keep the block's input, recompute the rest
+            # activation checkpointing: keep the block's input, recompute the rest
+            if recompute and i < n_ckpt:
                 x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
             else:
                 x = block(x, cos, sin, mask)
         return self.norm(x)  # (B, T, C)
 
     def token_loss(self, x, targets, index=None, fn=None):
-        """A loss over the log-probabilities of the supervised targets: hidden states x (B, T, C), targets (B, T)
-        with -100 = ignore, index (N,) their flat positions if known (else found here: a host sync). Returns
-        (loss, logp): loss = sum over the N positions of fn(logp, sl) (LinearTokenLoss; default -logp, the summed
-        fp32 cross-entropy, 0 and not NaN when N = 0), logp (N,) fp32 the targets' log-probabilities, detached.
-        Only supervised hidden states are projected to the vocabulary, self.loss_chunk rows at a time, so fp32
-        logits for every position never exist; with gradients on, each chunk's are computed with its loss."""
+        """A loss over the log-probabilities of the supervised targets: hidden states x (B, T, C), targets (B,
+        T) with -100 = ignore, index (N,) their flat positions if known (else found here: a host sync).
+        Returns (loss, logp): loss = sum over the N positions of fn(logp, sl) (LinearTokenLoss; default -logp,
+        the summed fp32 cross-entropy, 0 and not NaN when N = 0), logp (N,) fp32 the targets'
+        log-probabilities, detached. Only supervised hidden states are projected to the vocabulary,
+        self.loss_chunk rows at a time, so fp32 logits for every position never exist; with gradients on, each
+        chunk's are computed with its loss."""
         t = targets.reshape(-1)
         if index is None:
             index = (t != -100).nonzero().squeeze(1)  # (N,) a host sync: N varies with the batch
@@ -517,8 +530,9 @@ class Transformer(nn.Module):
         t = t.index_select(0, index)  # (N,)
         if h.size(0) == 0:  # nothing supervised: 0 (not NaN), still in the graph
             return x.reshape(-1)[:1].float().sum() * 0.0, torch.zeros(0, device=x.device)
-        # the vocab projection runs in the compute dtype (autocast's, else the weights'): the hidden states and the
-        # weight are cast once here, not once per chunk (under autocast the weight's cast was ~2 ms a step at 0.5B)
+        # the vocab projection runs in the compute dtype (autocast's, else the weights'): the hidden
+        # states and the weight are cast once here, not once per chunk (under autocast the weight's
+        # cast was ~2 ms a step at 0.5B)
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         h, w, n = h.to(dt), self.lm_head.weight, self.loss_chunk
@@ -532,10 +546,10 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _chunk_ce(logits, t, grad=True, coef=None):
-        """fp32 log-probabilities logp (n,) of targets t (n,) under logits (n, V), and with grad the gradient of
-        the cross-entropy -logp with respect to the logits, softmax - one_hot(t), in the logits' dtype, each row
-        scaled by coef (n,) if given. compile_blocks() compiles it: then it is one pass over the logits (the fp32
-        upcast, log-sum-exp, gather and gradient fused)."""
+        """fp32 log-probabilities logp (n,) of targets t (n,) under logits (n, V), and with grad the gradient
+        of the cross-entropy -logp with respect to the logits, softmax - one_hot(t), in the logits' dtype,
+        each row scaled by coef (n,) if given. compile_blocks() compiles it: then it is one pass over the
+        logits (the fp32 upcast, log-sum-exp, gather and gradient fused)."""
         x = logits.float()  # (n, V)
         lse = torch.logsumexp(x, dim=-1)  # (n,)
         logp = x.gather(1, t[:, None]).squeeze(1) - lse
@@ -548,8 +562,9 @@ class Transformer(nn.Module):
         return logp, g.to(logits.dtype)
 
     def add_value_head(self):
-        """A verifier's head (cf. Cobbe et al. 2021): an MLP on the final hidden state of every token, predicting
-        (as a logit) whether the solution's final answer will be correct. fp32, on the model's device."""
+        """A verifier's head (cf. Cobbe et al. 2021): an MLP on the final hidden state of
+        every token, predicting (as a logit) whether the solution's final answer will be
+        correct. fp32, on the model's device."""
         C = self.config.n_embd
         dev = self.embed_tokens.weight.device
         self.value_head = nn.Sequential(nn.Linear(C, C, device=dev), nn.GELU(), nn.Linear(C, 1, device=dev),
@@ -565,24 +580,24 @@ class Transformer(nn.Module):
         return torch.sigmoid(self.value_head(h.to(self.value_head[0].weight.dtype)).float())
 
     def compile_blocks(self, compile=True, activation_budget=1.0):
-        """torch.compile each block for the training forward (KV-cache decoding keeps the eager blocks: it has its
-        own CUDA graph). One block's code compiles once and serves every layer, so the first step comes in seconds,
-        not the minutes a whole-model compile takes; packed rows then run flex attention inside the blocks.
-        compile=False keeps the blocks eager but still takes the flex-attention path (tests, debugging).
-        activation_budget < 1: the compiled backward keeps that fraction of a block's activations and recomputes
-        the rest from them, cheapest first (norms, SiLU, casts: not the matmuls). At the 0.5B shape 0.7 took the
-        step's peak from 15.4 to 12.0 GiB with no consistent cost in speed (six same-run comparisons on H100s:
-        -18% to +12%, median +2%); 0.5 gave 10.2 GiB but 13% slower steps. Read by the
+        """torch.compile each block for the training forward (KV-cache decoding keeps the eager blocks: it has
+        its own CUDA graph). One block's code compiles once and serves every layer, so the first step comes in
+        seconds, not the minutes a whole-model compile takes; packed rows then run flex attention inside the
+        blocks. compile=False keeps the blocks eager but still takes the flex-attention path (tests,
+        debugging). activation_budget < 1: the compiled backward keeps that fraction of a block's activations
+        and recomputes the rest from them, cheapest first (norms, SiLU, casts: not the matmuls). At the 0.5B
+        shape 0.7 took the step's peak from 15.4 to 12.0 GiB with no consistent cost in speed (six same-run
+        comparisons on H100s: -18% to +12%, median +2%); 0.5 gave 10.2 GiB but 13% slower steps. Read by the
         partitioner when a block first compiles (a process-wide setting of torch). Ignored when every block is
-        checkpointed (grad_checkpointing -1, set it first): only one block's activations exist at a time, and the
-        budget would make the recomputation recompute again (the 1.5B config: 1.12 s per step without it, 1.63 s
-        with it, on two H100s)."""
+        checkpointed (grad_checkpointing -1, set it first): only one block's activations exist at a time, and
+        the budget would make the recomputation recompute again (the 1.5B config: 1.12 s per step without it,
+        1.63 s with it, on two H100s)."""
         every_block = self.grad_checkpointing < 0 or self.grad_checkpointing >= self.config.n_layer
         torch._functorch.config.activation_memory_budget = 1.0 if every_block else activation_budget
         self.compiled_blocks = [torch.compile(b, dynamic=False) if compile else b for b in self.layers]
-        # the loss's per-chunk (n, V) cross-entropy and its gradient as fused kernels instead of eager's upcast
-        # copy, log-sum-exp, gather and softmax over fp32 logits. Dynamic in n: a batch's last chunk is shorter,
-        # and this way it costs no recompile.
+        # the loss's per-chunk (n, V) cross-entropy and its gradient as fused kernels instead of eager's
+        # upcast copy, log-sum-exp, gather and softmax over fp32 logits. Dynamic in n: a batch's last chunk is
+        # shorter, and this way it costs no recompile.
         self.chunk_ce = torch.compile(self._chunk_ce, dynamic=True) if compile else self._chunk_ce
 
     def uncompile(self):
@@ -590,9 +605,9 @@ class Transformer(nn.Module):
         self.compiled_blocks, self.chunk_ce = None, self._chunk_ce
 
     def make_cache(self, batch_size, max_len, device=None, dtype=None) -> KVCache:
-        """A KVCache with static (batch_size, max_len) buffers; by default on the model's device, in the autocast
-        dtype when called under autocast (keys/values come out in it: storing them so is lossless and halves the
-        cache), else in the weights' dtype. This is the one place the cache dtype is decided."""
+        """A KVCache with static (batch_size, max_len) buffers; by default on the model's device, in the
+        autocast dtype when called under autocast (keys/values come out in it: storing them so is lossless and
+        halves the cache), else in the weights' dtype. This is the one place the cache dtype is decided."""
         p = self.embed_tokens.weight
         cfg = self.config
         device = torch.device(device or p.device)
@@ -602,8 +617,8 @@ class Transformer(nn.Module):
         return KVCache(cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim, device=device, dtype=dtype)
 
     def num_params(self, non_embedding=False) -> int:
-        """Parameter count, a tied matrix counted once. non_embedding=True leaves out the token embedding and the
-        output head (the vocab x n_embd matrices) - the usual "model size" for scaling laws."""
+        """Parameter count, a tied matrix counted once. non_embedding=True leaves out the token embedding and
+        the output head (the vocab x n_embd matrices) - the usual "model size" for scaling laws."""
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied Parameter once
         if non_embedding:
             n -= self.embed_tokens.weight.numel()
@@ -624,9 +639,10 @@ class Transformer(nn.Module):
 
 
 def setup_numerics(device="auto", dtype="auto"):
-    """-> (device str, autocast context, GradScaler or None, dtype name). Raises ValueError for a device or dtype
-    this machine cannot run. For training, weights and optimizer state stay fp32 (a bf16 weight cannot absorb a
-    1e-5 relative update) and matmuls run in the compute dtype under autocast; the scaler exists only for fp16."""
+    """-> (device str, autocast context, GradScaler or None, dtype name). Raises ValueError for a
+    device or dtype this machine cannot run. For training, weights and optimizer state stay fp32 (a
+    bf16 weight cannot absorb a 1e-5 relative update) and matmuls run in the compute dtype under
+    autocast; the scaler exists only for fp16."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     dev_type = device.split(":")[0]

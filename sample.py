@@ -8,8 +8,8 @@ Generate from a model, evaluate it on GSM8K / MATH, or export it to a Hugging Fa
 
 --ckpt is a training checkpoint (best.pt / ckpt-*.pt, or the folder holding them), a Hugging Face checkpoint
 folder, or a hub id already in the local HF cache (never downloaded): checkpoint.load_model reads them all.
-Generation and the evaluation protocol live in engine.py (train.py's periodic eval runs the same code), so what
-train.py logs is what this script prints.
+Generation and the evaluation protocol live in engine.py (train.py's periodic eval runs the same code), so
+what train.py logs is what this script prints.
 """
 import argparse
 import codecs
@@ -27,8 +27,9 @@ from model import setup_numerics
 
 
 class TextStream:
-    """Prints the decoded text of a stream of token ids as it arrives. Tokens are bytes and one character may be
-    split across tokens, so bytes go through an incremental UTF-8 decoder that holds back an incomplete tail."""
+    """Prints the decoded text of a stream of token ids as it arrives. Tokens are bytes and one
+    character may be split across tokens, so bytes go through an incremental UTF-8 decoder that
+    holds back an incomplete tail."""
 
     def __init__(self, tok, file=None):
         self.tok, self.file = tok, file or sys.stdout
@@ -49,8 +50,8 @@ PROMPT_KEYS = ("prompt", "question", "problem")
 
 
 def read_prompts(path):
-    """Prompts from a file ('-' = stdin): a .jsonl (one object per line with a prompt / question / problem key)
-    or plain text, one prompt per non-empty line."""
+    """Prompts from a file ('-' = stdin): a .jsonl (one object per line with a prompt / question / problem
+    key) or plain text, one prompt per non-empty line."""
     if path.endswith(".jsonl"):
         return [next(row[k] for k in PROMPT_KEYS if k in row) for row in data.read_jsonl(path, one_of=PROMPT_KEYS)]
     try:
@@ -107,7 +108,8 @@ def main(argv=None):
     ap.add_argument("--rft-with", metavar="FILE", action="append", default=[], help="with --rft-out: graded "
                     "samples of an earlier round (its --out file, same --eval problems); their solutions come first "
                     "and the new round adds only distinct ones (expert iteration; repeatable)")
-    ap.error = lambda msg: sys.exit(f"sample.py: {msg} (python sample.py -h lists the options)")  # one line, exit 1
+    # one line, exit 1
+    ap.error = lambda msg: sys.exit(f"sample.py: {msg} (python sample.py -h lists the options)")
     args = ap.parse_args(argv)
 
     named = data.DATASETS.get(args.eval)

@@ -1,7 +1,7 @@
 """
-Fine-tune a pretrained decoder (or train one from scratch) on math data, or train a verifier. Reads top to bottom:
-config -> checks -> processes and numerics -> model and data -> the loop (accumulate, guard, clip, step) -> evals
-and checkpoints. The pieces live in training.py, shared with rl.py and bench.py.
+Fine-tune a pretrained decoder (or train one from scratch) on math data, or train a verifier. Reads top to
+bottom: config -> checks -> processes and numerics -> model and data -> the loop (accumulate, guard, clip,
+step) -> evals and checkpoints. The pieces live in training.py, shared with rl.py and bench.py.
 
   python train.py                                  # embedded default: a tiny model learns arithmetic on a CPU
   python train.py configs/gsm8k_qwen05b.py         # an experiment file overrides fields of Config
@@ -18,28 +18,30 @@ from dataclasses import dataclass
 import torch
 
 import data
-from checkpoint import list_checkpoints, load_for_resume, remove_orphan_tmp, restore_training_state, resume_path
-from checkpoint import save_tokenizer, write_text
+from checkpoint import (list_checkpoints, load_for_resume, remove_orphan_tmp, restore_training_state,
+                        resume_path, save_tokenizer, write_text)
 from engine import Sampling, score_examples, verifier_metrics
 from model import LORA_TARGETS, PRESETS, gpu_peak_flops
-from training import (LateValues, RunLog, TrainingError, apply_update, build_model, eval_problems, evaluate_loss,
-                      forward_backward, generation_eval, improved, lr_at, make_optimizer, out_of_time, parse_config,
-                      save_run, setup, sft_loss, teardown, verifier_loss, whole_model, wrap_model)
+from training import (LateValues, RunLog, TrainingError, apply_update, build_model, eval_problems,
+                      evaluate_loss, forward_backward, generation_eval, improved, lr_at, make_optimizer,
+                      out_of_time, parse_config, save_run, setup, sft_loss, teardown, verifier_loss,
+                      whole_model, wrap_model)
+
 
 @dataclass
 class Config:
     # the defaults are the embedded example: a ~1M-parameter model learns 2-digit arithmetic on a CPU
     # I/O
     out_dir: str = "out"
-    init_from: str = "scratch"      # "scratch", or any checkpoint: HF folder, cached hub id, best.pt, ckpt-*.pt
+    init_from: str = "scratch"      # "scratch", or a checkpoint: HF folder, cached hub id, best.pt, ckpt-*.pt
     model_preset: str = "scratch-22m"  # for scratch: a preset of model.PRESETS ...
     n_layer: int = 2                # ... with these overrides (0 = the preset's value)
     n_embd: int = 128
     n_head: int = 4
-    tokenizer: str = "math"         # for scratch: "math" or a tokenizer folder; pretrained models bring theirs
+    tokenizer: str = "math"         # for scratch: "math" or a tokenizer folder (checkpoints bring theirs)
     resume: str = ""                # "" = fresh run, "auto" = latest ckpt in out_dir, or a ckpt-*.pt path
     # data
-    datasets: str = "arith2"        # "name[:weight],...": gsm8k, math, arith[N], or a .jsonl / MATH folder path
+    datasets: str = "arith2"        # "name[:weight],...": gsm8k, math, arith[N], a .jsonl or a MATH folder
     prompt_format: str = "plain"    # "chat" (the model's chat template) or "plain"
     system_prompt: str = data.SYSTEM_PROMPT
     seq_len: int = 128              # every row has exactly this many tokens (static shapes)
@@ -52,7 +54,7 @@ class Config:
     grad_accum: int = 1             # micro-batches per optimizer step
     epochs: float = 1.0             # run length in epochs, unless max_iters > 0
     max_iters: int = 3000           # optimizer steps (0 = from epochs)
-    max_time: float = 0.0           # wall-clock seconds, then save and stop (0 = none; torchrun: at log steps)
+    max_time: float = 0.0           # wall-clock seconds, then save and stop (0 = none; torchrun: log steps)
     lr: float = 3e-3
     min_lr_ratio: float = 0.1       # the decay ends at lr * min_lr_ratio
     schedule: str = "cosine"        # cosine | linear | constant (each after a linear warmup)
@@ -64,11 +66,10 @@ class Config:
     max_bad_steps: int = 5          # stop after this many non-finite steps in a row
     # numerics and processes: decided once, in training.setup()
     device: str = "auto"            # auto = cuda > mps > cpu
-    dtype: str = "auto"             # auto = bf16 on GPUs that have it, else fp16 (+GradScaler); fp32 on mps/cpu
+    dtype: str = "auto"             # auto = bf16 on GPUs that have it, else fp16 (+GradScaler); fp32 on CPU
     compile: bool = True            # torch.compile each block, flex attention for packed rows (CUDA only)
     grad_checkpointing: int = 0     # blocks recomputed in backward: 0 none, n the first n, -1 all
-    activation_budget: float = 1.0  # < 1: compiled blocks keep this fraction of their activations and recompute
-                                    # cheap ops (model.compile_blocks); configs/gsm8k_qwen05b.py uses 0.7
+    activation_budget: float = 1.0  # < 1: compiled blocks keep this share of activations, recompute the rest
     fsdp: bool = False              # under torchrun: shard weights, gradients, optimizer state (FSDP2) vs DDP
     dist_timeout: float = 300.0     # under torchrun: seconds for the processes to meet, then a clear error
     # LoRA: adapters on the listed projections, the rest frozen in the compute dtype (lr ~1e-4 vs ~1e-5 full)
@@ -83,7 +84,7 @@ class Config:
     log_interval: int = 50
     eval_interval: int = 500        # validation loss (and generation eval if eval_samples > 0)
     eval_samples: int = 100         # problems of the eval set generated and graded at each eval (0 = off)
-    eval_dataset: str = ""          # "" = held-out training problems (val_size), or a file; never a test split
+    eval_dataset: str = ""          # "" = held-out training problems (val_size), or a file; never a test set
     eval_max_new_tokens: int = 48
     eval_batch_size: int = 64
     save_interval: int = 500
@@ -95,23 +96,23 @@ class Config:
 # names users bring from nanoGPT / the HF Trainer, for the "did you mean" hint
 ALIASES = {"learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "block_size": "seq_len",
            "max_seq_length": "seq_len", "num_train_epochs": "epochs", "max_steps": "max_iters",
-           "output_dir": "out_dir", "per_device_train_batch_size": "batch_size", "warmup_steps": "warmup_iters",
-           "max_grad_norm": "grad_clip"}
+           "output_dir": "out_dir", "per_device_train_batch_size": "batch_size",
+           "warmup_steps": "warmup_iters", "max_grad_norm": "grad_clip"}
 
 # the data order and the model are functions of these (and of the global batch, checked on its own: the same
 # global batch on a different number of GPUs resumes the same run)
-RESUME_KEYS = ("init_from", "model_preset", "n_layer", "n_embd", "n_head", "tokenizer", "datasets", "prompt_format",
-               "system_prompt", "seq_len", "pack", "max_samples", "val_size", "seed", "lora_rank", "lora_alpha",
-               "lora_targets", "objective", "verifier_backbone")
+RESUME_KEYS = ("init_from", "model_preset", "n_layer", "n_embd", "n_head", "tokenizer", "datasets",
+               "prompt_format", "system_prompt", "seq_len", "pack", "max_samples", "val_size", "seed",
+               "lora_rank", "lora_alpha", "lora_targets", "objective", "verifier_backbone")
 
 
 def load_config(argv):
-    """Config from its defaults, the experiment files in argv, then its --key=value flags (training.parse_config)."""
+    """Config from its defaults, the experiment files in argv, then its --key=value flags."""
     return parse_config(Config, argv, ALIASES)
 
 
 def check_config(cfg):
-    """Every value in range and consistent, before anything is loaded or written; SystemExit naming the keys."""
+    """Every value in range and consistent, before anything is loaded or written; SystemExit naming keys."""
     bad = []
 
     def need(ok, key, what):
@@ -125,7 +126,8 @@ def check_config(cfg):
         for k in ("n_layer", "n_embd", "n_head"):
             need(getattr(cfg, k) >= 0, k, "must be >= 0 (0 = the preset's value)")
         if cfg.n_embd > 0 and cfg.n_head > 0:
-            need(cfg.n_embd % (2 * cfg.n_head) == 0, "n_embd", f"must be a multiple of 2 * n_head = {2 * cfg.n_head}")
+            need(cfg.n_embd % (2 * cfg.n_head) == 0, "n_embd", f"must be a multiple of 2 * n_head = "
+                 f"{2 * cfg.n_head}")
     need(cfg.resume in ("", "auto") or os.path.isfile(cfg.resume), "resume",
          "must be '', 'auto' or an existing ckpt-*.pt file")
     try:
@@ -135,7 +137,8 @@ def check_config(cfg):
         mixture = []
     for name, _ in mixture:
         need(name in data.DATASETS or os.path.exists(name), "datasets",
-             f"'{name}' is not a known name ({', '.join(list(data.DATASETS)[:5])}, arith1-9) nor a file or folder")
+             f"'{name}' is not a known name ({', '.join(list(data.DATASETS)[:5])}, arith1-9) nor a file or "
+             f"folder")
     need(cfg.prompt_format in ("chat", "plain"), "prompt_format", "must be 'chat' or 'plain'")
     need(cfg.seq_len >= 2, "seq_len", "must be >= 2 (a prompt token and an answer token)")
     for k in ("max_samples", "val_size", "max_iters", "warmup_iters", "keep_last", "eval_samples"):
@@ -143,7 +146,8 @@ def check_config(cfg):
     for k in ("batch_size", "grad_accum", "max_bad_steps", "log_interval", "eval_interval", "save_interval",
               "eval_max_new_tokens", "eval_batch_size"):
         need(getattr(cfg, k) >= 1, k, "must be >= 1")
-    need(cfg.max_iters > 0 or (finite(cfg.epochs) and cfg.epochs > 0), "epochs", "must be > 0 when max_iters = 0")
+    need(cfg.max_iters > 0 or (finite(cfg.epochs) and cfg.epochs > 0), "epochs",
+         "must be > 0 when max_iters = 0")
     need(finite(cfg.max_time) and cfg.max_time >= 0, "max_time", "must be >= 0 seconds (0 = no limit)")
     need(finite(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
     need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be > 0")
@@ -153,17 +157,21 @@ def check_config(cfg):
     for k in ("beta1", "beta2"):
         need(finite(getattr(cfg, k)) and 0 <= getattr(cfg, k) < 1, k, "must be in [0, 1)")
     need(finite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
-    need(cfg.grad_checkpointing >= -1, "grad_checkpointing", "must be -1 (all blocks), 0 (none) or a number of blocks")
-    need(finite(cfg.activation_budget) and 0 < cfg.activation_budget <= 1, "activation_budget", "must be in (0, 1]")
+    need(cfg.grad_checkpointing >= -1, "grad_checkpointing",
+         "must be -1 (all blocks), 0 (none) or a number of blocks")
+    need(finite(cfg.activation_budget) and 0 < cfg.activation_budget <= 1, "activation_budget",
+         "must be in (0, 1]")
     need(cfg.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = full fine-tuning)")
     need(cfg.objective in ("sft", "verifier"), "objective", "must be sft or verifier")
     if cfg.objective == "verifier":
-        need(cfg.init_from != "scratch", "objective", "a verifier is a head on a pretrained model: set init_from")
-        need(cfg.verifier_backbone in ("frozen", "lora", "full"), "verifier_backbone", "must be frozen, lora or full")
+        need(cfg.init_from != "scratch", "objective",
+             "a verifier is a head on a pretrained model: set init_from")
+        need(cfg.verifier_backbone in ("frozen", "lora", "full"), "verifier_backbone",
+             "must be frozen, lora or full")
         need((cfg.verifier_backbone == "lora") == (cfg.lora_rank > 0), "verifier_backbone",
              "lora goes with lora_rank > 0, frozen and full with lora_rank = 0")
-        need(cfg.eval_samples == 0, "eval_samples", "must be 0 for a verifier (it is judged by AUROC on held-out "
-             "samples, not by generating)")
+        need(cfg.eval_samples == 0, "eval_samples", "must be 0 for a verifier (it is judged by AUROC on "
+             "held-out samples, not by generating)")
         need(not cfg.fsdp, "fsdp", "a verifier trains with DDP or on one GPU (not FSDP yet)")
     if cfg.lora_rank:
         need(cfg.init_from != "scratch", "lora_rank", "LoRA adapts a pretrained model: set init_from")
@@ -174,37 +182,41 @@ def check_config(cfg):
              f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
         need(not cfg.fsdp, "fsdp", "LoRA with FSDP is not supported yet (LoRA runs use DDP)")
     if cfg.eval_dataset:
-        if os.path.exists(cfg.eval_dataset) and any(os.path.exists(n) and os.path.samefile(n, cfg.eval_dataset)
-                                                    for n, _ in mixture):
-            bad.append(f"eval_dataset={cfg.eval_dataset!r} is also a training dataset: eval would grade the data "
-                       f"the model trains on")
+        same = lambda n: os.path.exists(n) and os.path.samefile(n, cfg.eval_dataset)  # noqa: E731
+        if os.path.exists(cfg.eval_dataset) and any(same(n) for n, _ in mixture):
+            bad.append(f"eval_dataset={cfg.eval_dataset!r} is also a training dataset: eval would grade the "
+                       f"data the model trains on")
         elif cfg.eval_dataset in data.DATASETS:
-            bad.append(f"eval_dataset={cfg.eval_dataset!r}: a named dataset would be judged on its test split, and "
-                       f"the eval during training picks best.pt; leave eval_dataset empty for problems held out from "
-                       f"the training data (val_size), or give a file of your own")
+            bad.append(f"eval_dataset={cfg.eval_dataset!r}: a named dataset would be judged on its test "
+                       f"split, and the eval during training picks best.pt; leave eval_dataset empty for "
+                       f"problems held out from the training data (val_size), or give a file of your own")
         elif not os.path.exists(cfg.eval_dataset):
             bad.append(f"eval_dataset={cfg.eval_dataset!r}: no such file or folder")
     elif cfg.eval_samples:
-        need(cfg.val_size > 0, "val_size", "must be > 0 for eval_samples > 0 (the held-out problems it grades), "
-             "or set eval_dataset to a file")
+        need(cfg.val_size > 0, "val_size", "must be > 0 for eval_samples > 0 (the held-out problems it "
+             "grades), or set eval_dataset to a file")
     if bad:
         raise SystemExit("config: " + "; ".join(bad))
 
 
 def find_resume(cfg, env, rows_per_step):
-    """The checkpoint this run continues (None: a fresh run), checked against cfg. A fresh run will not replace
-    an out_dir that holds one, unless overwrite."""
+    """The checkpoint this run continues (None: a fresh run), checked against cfg. A fresh run will not
+    replace an out_dir that holds one, unless overwrite."""
     path = resume_path(cfg.resume, cfg.out_dir)
     if cfg.resume == "auto":
-        env.say(f"resume=auto: {'found ' + path if path else f'no ckpt-*.pt in {cfg.out_dir}/, starting a fresh run'}")
+        env.say(f"resume=auto: found {path}" if path else
+                f"resume=auto: no ckpt-*.pt in {cfg.out_dir}/, starting a fresh run")
     if not path:
-        if not cfg.overwrite and (list_checkpoints(cfg.out_dir) or os.path.exists(os.path.join(cfg.out_dir, "best.pt"))):
-            raise SystemExit(f"out_dir={cfg.out_dir!r} already holds a run (ckpt-*.pt / best.pt): continue it with "
-                             f"--resume=auto, replace it with --overwrite=true, or choose another out_dir")
+        held = list_checkpoints(cfg.out_dir) or os.path.exists(os.path.join(cfg.out_dir, "best.pt"))
+        if held and not cfg.overwrite:
+            raise SystemExit(f"out_dir={cfg.out_dir!r} already holds a run (ckpt-*.pt / best.pt): continue "
+                             f"it with --resume=auto, replace it with --overwrite=true, or choose another "
+                             f"out_dir")
         return None
     try:
         ckpt = load_for_resume(path, dataclasses.asdict(cfg), RESUME_KEYS, rows_per_step,
-                               "batch_size x grad_accum x processes", f"{cfg.batch_size} x {cfg.grad_accum} x {env.world}")
+                               "batch_size x grad_accum x processes",
+                               f"{cfg.batch_size} x {cfg.grad_accum} x {env.world}")
     except ValueError as e:
         raise SystemExit(str(e))
     env.say(f"resuming from {path} at step {ckpt['step']}")
@@ -213,8 +225,8 @@ def find_resume(cfg, env, rows_per_step):
 
 def run_eval(cfg, env, model, fsdp, tok, val_ds, problems, step, log):
     """Validation loss on every rank (under FSDP each forward gathers from all ranks); on rank 0 a verifier's
-    metrics on the held-out samples, or generation and grading of held-out problems (on the model itself, or under
-    FSDP on a whole copy gathered for it). -> the metrics row, also logged."""
+    metrics on the held-out samples, or generation and grading of held-out problems (on the model itself, or
+    under FSDP on a whole copy gathered for it). -> the metrics row, also logged."""
     verifier = cfg.objective == "verifier"
     rec = {"step": step}
     if val_ds:
@@ -229,8 +241,8 @@ def run_eval(cfg, env, model, fsdp, tok, val_ds, problems, step, log):
     if gen_model is not None:
         sampling = Sampling(max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)  # greedy
         rec.update(generation_eval(gen_model, tok, problems, sampling, cfg.prompt_format, cfg.system_prompt,
-                                   cfg.eval_batch_size, env.ctx, os.path.join(cfg.out_dir, "samples.jsonl"), step,
-                                   log))
+                                   cfg.eval_batch_size, env.ctx, os.path.join(cfg.out_dir, "samples.jsonl"),
+                                   step, log))
     log.say(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
     log.write(rec)
     return rec
@@ -261,28 +273,30 @@ def train(cfg):
             raise SystemExit(f"{cfg.resume}: its trained parameters do not fit this model ({bad})")
     model.grad_checkpointing = cfg.grad_checkpointing
     n_train = sum(p.numel() for n, p in model.named_parameters() if n in trained)
-    env.say(f"model: {model.num_params() / 1e6:.1f}M parameters ({n_train / 1e6:.2f}M trained), {model.config}")
-    train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
-                                           cfg.max_samples, cfg.val_size, cfg.system_prompt)
+    env.say(f"model: {model.num_params() / 1e6:.1f}M parameters ({n_train / 1e6:.2f}M trained), "
+            f"{model.config}")
+    train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack,
+                                           cfg.seed, cfg.max_samples, cfg.val_size, cfg.system_prompt)
     st = train_ds.stats()
-    env.say(f"train data: {st['examples']} examples -> {st['rows_per_epoch']} rows of {cfg.seq_len} tokens per "
-            f"epoch ({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
-            f"({st['supervised_tokens_cut']} supervised tokens cut, {st['examples_without_answer_tokens']} examples "
-            f"left with no answer token)")
+    env.say(f"train data: {st['examples']} examples -> {st['rows_per_epoch']} rows of {cfg.seq_len} tokens "
+            f"per epoch ({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
+            f"({st['supervised_tokens_cut']} supervised tokens cut, {st['examples_without_answer_tokens']} "
+            f"examples left with no answer token)")
     total_steps = cfg.max_iters or train_ds.total_rows(cfg.epochs) // rows_per_step
     if total_steps <= 0:
-        raise SystemExit(f"config: epochs={cfg.epochs} gives {train_ds.total_rows(cfg.epochs)} rows, less than one "
-                         f"step of batch_size * grad_accum * processes = {rows_per_step} rows; raise epochs or set "
-                         f"max_iters")
+        raise SystemExit(f"config: epochs={cfg.epochs} gives {train_ds.total_rows(cfg.epochs)} rows, less "
+                         f"than one step of batch_size * grad_accum * processes = {rows_per_step} rows; "
+                         f"raise epochs or set max_iters")
     if verifier:
         check_labels(cfg, train_ds, val_ds)
-    problems = None  # the eval that picks best.pt grades problems held out of the training data, never a test split
+    # the eval that picks best.pt grades problems held out of the training data, never a test split
+    problems = None
     if cfg.eval_samples:
-        pool = data.load_dataset(cfg.eval_dataset) if cfg.eval_dataset else (val_ds.examples if val_ds else [])
+        pool = data.load_dataset(cfg.eval_dataset) if cfg.eval_dataset else val_ds.examples if val_ds else []
         problems = eval_problems(pool, cfg.eval_samples)
         if not problems:
-            raise SystemExit(f"config: eval_samples={cfg.eval_samples}, but the "
-                             f"{'eval_dataset' if cfg.eval_dataset else 'held-out examples'} have no gold answers "
+            what = "eval_dataset" if cfg.eval_dataset else "held-out examples"
+            raise SystemExit(f"config: eval_samples={cfg.eval_samples}, but the {what} have no gold answers "
                              f"to grade; set eval_samples=0 (validation loss only)")
 
     # everything is checked: now the output folder is written (by rank 0)
@@ -322,14 +336,17 @@ def train(cfg):
             lr = lr_at(step, cfg, total_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            # rank r's m-th micro-batch: rows (step * grad_accum + m) * world + r of the global order, so the ranks
-            # together see each row once and a step covers the rows one process would with a world-times batch
+            # rank r's m-th micro-batch: rows (step * grad_accum + m) * world + r of the global order, so
+            # the ranks together see each row once, and a step the rows of one process with a world-times
+            # batch
             micro = [train_ds.batch(((step * cfg.grad_accum + m) * env.world + env.rank) * cfg.batch_size,
                                     cfg.batch_size) for m in range(cfg.grad_accum)]
             n_tok = train_ds.supervised_tokens(step * rows_per_step, rows_per_step, key)  # of all ranks' rows
-            loss, _ = forward_backward(step_model, micro, env.ctx, env.scaler, env.device, env.world, n_tok, loss_fn)
+            loss, _ = forward_backward(step_model, micro, env.ctx, env.scaler, env.device, env.world, n_tok,
+                                       loss_fn)
             values = apply_update(opt, params, loss, cfg.grad_clip, env.scaler)
-            step += 1  # steps are counted from 1 in logs and checkpoint names: ckpt-000010.pt has taken 10 steps
+            # steps are counted from 1 in logs and checkpoint names: ckpt-000010.pt has taken 10 steps
+            step += 1
             late.push(step, values, {"lr": lr, "n_sup": n_tok,
                                      "ids": [i for b in micro for row in b["example_ids"] for i in row]})
             tokens_since += train_ds.real_tokens((step - 1) * rows_per_step, rows_per_step)  # not padding
@@ -353,8 +370,8 @@ def train(cfg):
             if step % cfg.eval_interval == 0 or step == total_steps:
                 late.settle()
                 rec = run_eval(cfg, env, model, fsdp, tok, val_ds, problems, step, log)
-                # best.pt follows answer accuracy when generation eval is on, a verifier's held-out AUROC, else
-                # validation loss (rank 0 decides)
+                # best.pt follows answer accuracy when generation eval is on, a verifier's held-out AUROC,
+                # else validation loss (rank 0 decides)
                 metric = rec.get("eval_accuracy", rec.get("verifier_auroc", -rec.get("val_loss", math.nan)))
                 if improved(metric, best, env):
                     best = metric if env.master else best
@@ -369,7 +386,8 @@ def train(cfg):
     late.settle()
     if step == 0 or not os.path.exists(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt")):
         save_run(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt"), step=step, best=best, **saving)
-    summary = {"step": step, "stop_reason": stop_reason, "best": best, "time": time.time() - t_start, **late.last}
+    summary = {"step": step, "stop_reason": stop_reason, "best": best, "time": time.time() - t_start,
+               **late.last}
     log.say(f"done: {stop_reason} at step {step} after {summary['time']:.0f}s; checkpoints in {cfg.out_dir}")
     log.close()
     teardown(env)
@@ -384,13 +402,14 @@ def check_labels(cfg, train_ds, val_ds):
             continue
         unlabelled = next((ex["id"] for ex in ds.examples if "label" not in ex), None)
         if unlabelled:
-            raise ValueError(f"datasets={cfg.datasets!r}: example {unlabelled} has no 'correct' label; a verifier "
-                             f"trains on graded samples (the jsonl sample.py --eval writes)")
+            raise ValueError(f"datasets={cfg.datasets!r}: example {unlabelled} has no 'correct' label; a "
+                             f"verifier trains on graded samples (the jsonl sample.py --eval writes)")
         n_pos = sum(ex["label"] > 0.5 for ex in ds.examples)
         if n_pos in (0, len(ds.examples)):
+            hint = "; or raise val_size" if name == "held-out" else ""
             raise ValueError(f"datasets={cfg.datasets!r}: all {len(ds.examples)} {name} samples are "
-                             f"{'correct' if n_pos else 'incorrect'}: a verifier needs both kinds (sample more, at a "
-                             f"higher temperature, or more problems{'; or raise val_size' if name == 'held-out' else ''})")
+                             f"{'correct' if n_pos else 'incorrect'}: a verifier needs both kinds (sample "
+                             f"more, at a higher temperature, or more problems{hint})")
 
 
 def main(argv=None):

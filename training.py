@@ -1,20 +1,20 @@
 """
-The pieces of a training loop, shared by train.py (SFT, verifiers), rl.py (GRPO) and bench.py: plain functions and
-a few small objects, which a loop calls top to bottom. No Trainer class and no callbacks: the loop stays in the
-entry script, where it can be read and edited.
+The pieces of a training loop, shared by train.py (SFT, verifiers), rl.py (GRPO) and bench.py: plain functions
+and a few small objects, which a loop calls top to bottom. No Trainer class and no callbacks: the loop stays
+in the entry script, where it can be read and edited.
 
-    cfg = parse_config(Config, sys.argv[1:])           # defaults < config files < --key=value; -h lists the keys
-    env = setup(cfg.device, cfg.dtype)                 # torchrun processes, device, autocast, GradScaler
-    model, tok, part = build_model(cfg, env.device, env.dtype)   # scratch or any checkpoint, + LoRA / value head
-    step_model, fsdp = wrap_model(model, env, ...)     # FSDP2, compiled blocks or DDP
+    cfg = parse_config(Config, sys.argv[1:])     # defaults < config files < --key=value; -h lists the keys
+    env = setup(cfg.device, cfg.dtype)           # torchrun processes, device, autocast, GradScaler
+    model, tok, part = build_model(cfg, env.device, env.dtype)   # scratch or a checkpoint, + LoRA / head
+    step_model, fsdp = wrap_model(model, env, ...)   # FSDP2, compiled blocks or DDP
     opt, params = make_optimizer(model, cfg)
     loss, n = forward_backward(step_model, micro, env.ctx, env.scaler, env.device, env.world, n_tok, sft_loss)
     late.push(step, apply_update(opt, params, loss, cfg.grad_clip, env.scaler), info)  # read one step later
     save_run(path, model, opt, env, step, best, ...); log.write({...})
 
-Objectives are loss functions loss_fn(model, x, batch) -> summed loss over the final hidden states x (B, T, C) of
-a batch, computed inside the model's forward (so DDP and FSDP see the call): sft_loss, verifier_loss here, the
-policy gradient in rl.py. forward_backward divides by the tokens of the whole global batch.
+Objectives are loss functions loss_fn(model, x, batch) -> summed loss over the final hidden states x (B, T, C)
+of a batch, computed inside the model's forward (so DDP and FSDP see the call): sft_loss, verifier_loss here,
+the policy gradient in rl.py. forward_backward divides by the tokens of the whole global batch.
 """
 import dataclasses
 import difflib
@@ -33,14 +33,15 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
 from checkpoint import attach_trained_parts, atomic_write, load_model, save_training_checkpoint
-from engine import Sampling, evaluate, sample_table
+from engine import evaluate, sample_table
 from model import PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
 
@@ -71,8 +72,8 @@ def parse_config(cls, argv, aliases=None, script="train.py"):
     against the default's type. -h prints every key and exits."""
     aliases = aliases or {}
     if "-h" in argv or "--help" in argv:
-        print(config_help(cls, f"usage: python {script} [config.py ...] [--key=value ...]   (flags apply after "
-                               f"the config files)"))
+        print(config_help(cls, f"usage: python {script} [config.py ...] [--key=value ...]   (flags apply "
+                               f"after the config files)"))
         raise SystemExit(0)
     cfg = cls()
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -101,19 +102,25 @@ def _read_config_file(path):
     except SyntaxError as e:
         raise SystemExit(f"{path}:{e.lineno}: {e.msg}") from None
     except Exception as e:  # the user's file raised: say where, without our traceback
-        line = next((fr.lineno for fr in reversed(traceback.extract_tb(e.__traceback__)) if fr.filename == path), "?")
+        frames = reversed(traceback.extract_tb(e.__traceback__))
+        line = next((fr.lineno for fr in frames if fr.filename == path), "?")
         raise SystemExit(f"{path}:{line}: {type(e).__name__}: {e}") from None
-    return {k: v for k, v in ns.items() if not k.startswith("_") and not callable(v) and not hasattr(v, "__file__")}
+    return {k: v for k, v in ns.items()
+            if not k.startswith("_") and not callable(v) and not hasattr(v, "__file__")}  # not modules
 
 
 def _set_key(cfg, fields, aliases, key, value, where, from_cli=False):
     if key not in fields:
         close = [aliases[key]] if key in aliases else difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
-        raise SystemExit(f"{where}: unknown config key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise SystemExit(f"{where}: unknown config key '{key}'{hint}")
     default = getattr(type(cfg), key)
     if from_cli and not isinstance(default, str):
         try:
-            value = {"true": True, "false": False}[value.lower()] if isinstance(default, bool) else type(default)(value)
+            if isinstance(default, bool):
+                value = {"true": True, "false": False}[value.lower()]
+            else:
+                value = type(default)(value)
         except (KeyError, ValueError):
             raise SystemExit(f"{where}: {key}={value!r} is not a valid {type(default).__name__}") from None
     if isinstance(default, float) and type(value) is int:
@@ -153,8 +160,8 @@ class Env:
 
 
 def torchrun_env():
-    """(rank, world, local) from torchrun's variables, checked: integers, consistent, and, with a rendezvous to
-    make, MASTER_ADDR and MASTER_PORT set. SystemExit naming the variable otherwise."""
+    """(rank, world, local) from torchrun's variables, checked: integers, consistent, and, with a rendezvous
+    to make, MASTER_ADDR and MASTER_PORT set. SystemExit naming the variable otherwise."""
     vals = {}
     for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
         v = os.environ.get(k, str(d))
@@ -167,27 +174,29 @@ def torchrun_env():
     if rank >= world:
         raise SystemExit(f"environment: RANK={rank} is not a process of WORLD_SIZE={world} (ranks are 0 to "
                          f"{world - 1})")
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if os.environ.get("LOCAL_WORLD_SIZE", "").isdigit() \
-        else world
+    lw = os.environ.get("LOCAL_WORLD_SIZE", "")
+    local_world = int(lw) if lw.isdigit() else world
     if local >= local_world:
-        raise SystemExit(f"environment: LOCAL_RANK={local} is not below LOCAL_WORLD_SIZE / WORLD_SIZE={local_world}")
+        raise SystemExit(f"environment: LOCAL_RANK={local} is not below LOCAL_WORLD_SIZE / WORLD_SIZE="
+                         f"{local_world}")
     if world > 1:
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
         if missing:
-            raise SystemExit(f"environment: WORLD_SIZE={world} but {' and '.join(missing)} not set: start the "
-                             f"processes with torchrun, which sets them")
+            raise SystemExit(f"environment: WORLD_SIZE={world} but {' and '.join(missing)} not set: start "
+                             f"the processes with torchrun, which sets them")
     return rank, world, local
 
 
 def setup(device="auto", dtype="auto", dist_timeout=300.0):
-    """-> Env. Under torchrun (WORLD_SIZE > 1) starts the process group: one GPU per process (LOCAL_RANK), nccl on
-    CUDA, gloo on CPUs. If the processes do not all meet within dist_timeout seconds, the process says which
-    variables it used and exits, rather than hanging."""
+    """-> Env. Under torchrun (WORLD_SIZE > 1) starts the process group: one GPU per process (LOCAL_RANK),
+    nccl on CUDA, gloo on CPUs. If the processes do not all meet within dist_timeout seconds, the process says
+    which variables it used and exits, rather than hanging."""
     rank, world, local = torchrun_env()
     use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if world > 1 and use_cuda and local >= torch.cuda.device_count():
-        raise SystemExit(f"environment: LOCAL_RANK={local}, but this machine shows {torch.cuda.device_count()} "
-                         f"GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise SystemExit(f"environment: LOCAL_RANK={local}, but this machine shows "
+                         f"{torch.cuda.device_count()} GPU(s) (CUDA_VISIBLE_DEVICES={visible})")
     started = world > 1 and not dist.is_initialized()
     if started:
         if use_cuda:
@@ -195,9 +204,9 @@ def setup(device="auto", dtype="auto", dist_timeout=300.0):
         where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
 
         def give_up():  # runs on a timer thread: the main thread is stuck inside the rendezvous
-            print(f"error: rank {rank} of WORLD_SIZE={world} did not meet the other processes at MASTER_ADDR:"
-                  f"MASTER_PORT={where} within {dist_timeout:g}s (dist_timeout): are all {world} started, with "
-                  f"the same MASTER_ADDR and MASTER_PORT?", file=sys.stderr, flush=True)
+            print(f"error: rank {rank} of WORLD_SIZE={world} did not meet the other processes at "
+                  f"MASTER_ADDR:MASTER_PORT={where} within {dist_timeout:g}s (dist_timeout): are all {world} "
+                  f"started, with the same MASTER_ADDR and MASTER_PORT?", file=sys.stderr, flush=True)
             os._exit(1)
         timer = threading.Timer(dist_timeout, give_up)
         timer.daemon = True
@@ -206,7 +215,8 @@ def setup(device="auto", dtype="auto", dist_timeout=300.0):
         dist.barrier()  # every process is there
         timer.cancel()
     try:
-        device, ctx, scaler, dtype = setup_numerics(f"cuda:{local}" if world > 1 and use_cuda else device, dtype)
+        device = f"cuda:{local}" if world > 1 and use_cuda else device
+        device, ctx, scaler, dtype = setup_numerics(device, dtype)
     except ValueError as e:
         raise SystemExit(f"config: {e}")
     return Env(rank, world, local, device, ctx, scaler, dtype, started)
@@ -222,25 +232,29 @@ def teardown(env):
 
 def build_model(cfg, device, dtype="float32", value_head=False, freeze=False):
     """-> (model, tok, part). The model to train: from scratch (cfg.model_preset with the n_layer / n_embd /
-    n_head overrides, cfg.tokenizer) or any checkpoint load_model reads (cfg.init_from), in fp32 master weights;
-    with cfg.lora_rank, adapters on the base, which is then frozen and kept in the compute dtype `dtype`; with
-    value_head a verifier's head, freeze=True freezing the rest (also kept in `dtype`). part describes what a
-    checkpoint of it holds: {"base": the base checkpoint's path (None from scratch), "lora": the adapters' spec
-    or None, "value_head": bool}."""
+    n_head overrides, cfg.tokenizer) or any checkpoint load_model reads (cfg.init_from), in fp32 master
+    weights; with cfg.lora_rank, adapters on the base, which is then frozen and kept in the compute dtype
+    `dtype`; with value_head a verifier's head, freeze=True freezing the rest (also kept in `dtype`). part
+    describes what a checkpoint of it holds: {"base": the base checkpoint's path (None from scratch), "lora":
+    the adapters' spec or None, "value_head": bool}."""
     base = None
     if cfg.init_from == "scratch":
         tok = load_tokenizer(cfg.tokenizer)
         if cfg.model_preset not in PRESETS:
             raise SystemExit(f"model_preset '{cfg.model_preset}' is not one of {sorted(PRESETS)}")
         mc = dataclasses.asdict(PRESETS[cfg.model_preset])
-        mc.update(vocab_size=-(-tok.n_vocab // 64) * 64, max_seq_len=cfg.seq_len)  # vocab padded to a multiple of 64
-        if cfg.n_layer or cfg.n_embd or cfg.n_head:  # overrides: plain multi-head attention, SwiGLU width ~8/3 C
+        # vocab padded to a multiple of 64
+        mc.update(vocab_size=-(-tok.n_vocab // 64) * 64, max_seq_len=cfg.seq_len)
+        # overrides: plain multi-head attention, SwiGLU width ~8/3 C
+        if cfg.n_layer or cfg.n_embd or cfg.n_head:
             mc.update({k: getattr(cfg, k) for k in ("n_layer", "n_embd", "n_head") if getattr(cfg, k)})
-            mc.update(n_kv_head=mc["n_head"], head_dim=0, intermediate_size=-(-8 * mc["n_embd"] // 3 // 32) * 32)
+            width = -(-8 * mc["n_embd"] // 3 // 32) * 32
+            mc.update(n_kv_head=mc["n_head"], head_dim=0, intermediate_size=width)
         torch.manual_seed(cfg.seed)
         model = Transformer(ModelConfig(**mc)).to(device)
     else:
-        model, tok, info = load_model(cfg.init_from, device=device, dtype=torch.float32)  # fp32 master weights
+        # fp32 master weights
+        model, tok, info = load_model(cfg.init_from, device=device, dtype=torch.float32)
         base = os.path.abspath(info["path"])
     if tok.n_vocab > model.config.vocab_size:
         raise SystemExit(f"tokenizer has {tok.n_vocab} tokens but the model only {model.config.vocab_size}")
@@ -254,11 +268,12 @@ def build_model(cfg, device, dtype="float32", value_head=False, freeze=False):
 
 
 def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0):
-    """The module the step calls, and whether it is sharded: under torchrun FSDP2 (each block, then the rest,
-    sharded across the ranks; gathered in the compute dtype for each block's forward and backward, gradients
-    reduced in fp32; blocks eager) or DDP (gradients as views into its all-reduce buckets: one copy in memory,
-    not two); on CUDA the blocks compiled (flex attention for packed rows). `model` itself stays the plain
-    module: compiled blocks, DDP and FSDP share its parameters, and its state_dict names are the checkpoint's."""
+    """The module the step calls, and whether it is sharded: under torchrun FSDP2 (each block, then the
+    rest, sharded across the ranks; gathered in the compute dtype for each block's forward and backward,
+    gradients reduced in fp32; blocks eager) or DDP (gradients as views into its all-reduce buckets: one
+    copy in memory, not two); on CUDA the blocks compiled (flex attention for packed rows). `model`
+    itself stays the plain module: compiled blocks, DDP and FSDP share its parameters, and its
+    state_dict names are the checkpoint's."""
     sharded = fsdp and env.world > 1
     if sharded:
         mp = MixedPrecisionPolicy(param_dtype=None if env.dtype == "float32" else getattr(torch, env.dtype),
@@ -284,8 +299,8 @@ def model_state(model, fsdp):
 
 
 def whole_model(model, fsdp, env):
-    """The model as one module on rank 0, for generation: itself, or under FSDP a copy gathered from the shards
-    (every rank calls it; others get None)."""
+    """The model as one module on rank 0, for generation: itself, or under FSDP a copy gathered from the
+    shards (every rank calls it; others get None)."""
     if not fsdp:
         return model if env.master else None
     sd = model_state(model, fsdp)
@@ -298,9 +313,10 @@ def whole_model(model, fsdp, env):
 
 
 def save_run(path, model, opt, env, step, best, fsdp, part, config, global_batch, keep_last=0, full=True):
-    """One training checkpoint of `model` (the plain module): ckpt-*.pt with the optimizer state (full), or
-    best.pt with the weights only. Every rank calls it (FSDP gathers); rank 0 writes. A run that trains part of
-    the model (LoRA adapters, a verifier's head on a frozen backbone) stores only that part and its base."""
+    """One training checkpoint of `model` (the plain module): ckpt-*.pt with the optimizer state
+    (full), or best.pt with the weights only. Every rank calls it (FSDP gathers); rank 0 writes. A
+    run that trains part of the model (LoRA adapters, a verifier's head on a frozen backbone)
+    stores only that part and its base."""
     sd = model_state(model, fsdp)
     osd = get_optimizer_state_dict(model, opt, options=_FULL) if full else None  # keyed by parameter name
     if env.master:
@@ -311,7 +327,8 @@ def save_run(path, model, opt, env, step, best, fsdp, part, config, global_batch
                                  global_batch=global_batch, world_size=env.world,
                                  base=part["base"] if partial else None, lora=part["lora"],
                                  value_head=part["value_head"], optimizer=osd,
-                                 scaler=env.scaler.state_dict() if full and env.scaler else None, keep_last=keep_last)
+                                 scaler=env.scaler.state_dict() if full and env.scaler else None,
+                                 keep_last=keep_last)
     env.barrier()
 
 # -----------------------------------------------------------------------------
@@ -319,8 +336,8 @@ def save_run(path, model, opt, env, step, best, fsdp, part, config, global_batch
 
 
 def make_optimizer(model, cfg):
-    """AdamW with decay on matrices only (not norms, biases), fused: one kernel for all parameters, and the only
-    form that can skip a non-finite step on the device (apply_update). -> (optimizer, trained params)."""
+    """AdamW with decay on matrices only (not norms, biases), fused: one kernel for all parameters, and the
+    only form that can skip a non-finite step on the device (apply_update). -> (optimizer, trained params)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -328,7 +345,8 @@ def make_optimizer(model, cfg):
 
 
 def lr_at(step, cfg, total_steps):
-    """Linear warmup to cfg.lr over warmup_iters, then cosine / linear decay to lr*min_lr_ratio, or constant."""
+    """Linear warmup to cfg.lr over warmup_iters, then cosine / linear decay to lr * min_lr_ratio, or
+    constant."""
     if step < cfg.warmup_iters:
         return cfg.lr * (step + 1) / cfg.warmup_iters
     if cfg.schedule == "constant":
@@ -347,8 +365,9 @@ def sft_loss(model, x, batch):
 
 
 def verifier_loss(model, x, batch):
-    """A verifier's value head (cf. Cobbe et al. 2021): binary cross-entropy of its logit at every labelled
-    response token against the solution's label (1 correct, 0 not), summed. Normalised by label_index's count."""
+    """A verifier's value head (cf. Cobbe et al. 2021): binary cross-entropy of its logit at
+    every labelled response token against the solution's label (1 correct, 0 not), summed.
+    Normalised by label_index's count."""
     h = x.reshape(-1, x.size(-1)).index_select(0, batch["label_index"])  # (M, C)
     v = model.value_head(h).float()  # (M,) logits
     return F.binary_cross_entropy_with_logits(v, batch["labels"], reduction="sum")
@@ -372,14 +391,14 @@ def _accumulating(model):
 
 
 def forward_backward(model, micro, ctx, scaler, device, world=1, n_tok=None, loss_fn=sft_loss):
-    """Accumulate the gradients of one optimizer step over its micro-batches (dicts of CPU tensors, data.collate).
-    loss_fn(model, x, batch) gives each micro-batch's summed loss; the step's loss is their sum divided by n_tok,
-    the tokens of the WHOLE accumulated batch (not a mean of per-micro-batch means, which over-weights short
-    answers), so N micro-batches of 1 row give exactly the gradient of one batch of N rows. Across `world` DDP
-    ranks the same holds for the global batch: n_tok is then its count (Dataset.supervised_tokens, counted on the
-    CPU: no collective), and DDP's mean of the ranks' gradients is undone by scaling by world. Default n_tok: the
-    micro-batches' supervised targets (one process). No host sync: the positions were found on the CPU.
-    Returns (loss of the global batch as a 0-dim tensor, n_tok)."""
+    """Accumulate the gradients of one optimizer step over its micro-batches (dicts of CPU tensors,
+    data.collate). loss_fn(model, x, batch) gives each micro-batch's summed loss; the step's loss is their sum
+    divided by n_tok, the tokens of the WHOLE accumulated batch (not a mean of per-micro-batch means, which
+    over-weights short answers), so N micro-batches of 1 row give exactly the gradient of one batch of N rows.
+    Across `world` DDP ranks the same holds for the global batch: n_tok is then its count
+    (Dataset.supervised_tokens, counted on the CPU: no collective), and DDP's mean of the ranks' gradients is
+    undone by scaling by world. Default n_tok: the micro-batches' supervised targets (one process). No host
+    sync: the positions were found on the CPU. Returns (loss of the global batch as a 0-dim tensor, n_tok)."""
     if n_tok is None:
         if world > 1:
             raise ValueError("with several processes, pass n_tok: the global batch's supervised tokens")
@@ -387,15 +406,16 @@ def forward_backward(model, micro, ctx, scaler, device, world=1, n_tok=None, los
     loss_acc = torch.zeros((), device=device)
     pin = str(device).startswith("cuda")
     for i, b in enumerate(micro):
-        # from pinned memory the copy is queued behind the previous step's kernels; from pageable memory the host
-        # would wait for them (measured: 23 ms of a 136 ms step on an H200, then the GPU idled while the host
-        # built the next step's mask and launched its first kernels)
+        # from pinned memory the copy is queued behind the previous step's kernels; from pageable memory the
+        # host would wait for them (measured: 23 ms of a 136 ms step on an H200, then the GPU idled while the
+        # host built the next step's mask and launched its first kernels)
         b = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in b.items()
              if isinstance(v, torch.Tensor)}
         # DDP / FSDP reduce gradients across ranks in the last micro-batch's backward only
         with _accumulating(model) if world > 1 and i < len(micro) - 1 else nullcontext():
             with ctx:
-                loss = model(b["idx"], pos=b["pos"], doc=b["doc"], loss_fn=functools.partial(loss_fn, batch=b))
+                loss = model(b["idx"], pos=b["pos"], doc=b["doc"],
+                             loss_fn=functools.partial(loss_fn, batch=b))
                 loss = loss * (world / max(1, n_tok))
             (scaler.scale(loss) if scaler else loss).backward()
         loss_acc += loss.detach() / world
@@ -405,10 +425,11 @@ def forward_backward(model, micro, ctx, scaler, device, world=1, n_tok=None, los
 
 
 def apply_update(opt, params, loss, grad_clip, scaler=None):
-    """Clip the gradients and take the optimizer step, without waiting for the GPU. The non-finite guard decides on
-    the device: fused AdamW skips the whole update (weights, moments and step count) where found_inf is 1, the
-    mechanism the fp16 GradScaler uses, which decides by itself. The gradients are cleared.
-    -> (2,) fp32 tensor on the device: [loss, gradient norm], for the host to read when it is ready."""
+    """Clip the gradients and take the optimizer step, without waiting for the GPU. The non-finite
+    guard decides on the device: fused AdamW skips the whole update (weights, moments and step
+    count) where found_inf is 1, the mechanism the fp16 GradScaler uses, which decides by itself.
+    The gradients are cleared. -> (2,) fp32 tensor on the device: [loss, gradient norm], for the
+    host to read when it is ready."""
     if scaler:
         scaler.unscale_(opt)
     gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
@@ -424,12 +445,13 @@ def apply_update(opt, params, loss, grad_clip, scaler=None):
 
 
 class LateValues:
-    """A step's loss and gradient norm, read by the host one step late: copied into pinned memory behind an
-    event, read once the next step is queued (push), or when the loop must wait anyway (settle: before a log
-    line, an eval, a checkpoint). So the host never waits for the GPU inside the loop (a wait per step left the
-    GPU idle while the next batch and its first kernels were prepared: 17% of the step time at the 0.5B shape).
-    The guard against a non-finite step acts on the GPU (apply_update); settle reports it when the values arrive,
-    and raises TrainingError after max_bad_steps in a row. `last` holds the latest applied step's values."""
+    """A step's loss and gradient norm, read by the host one step late: copied into pinned memory behind
+    an event, read once the next step is queued (push), or when the loop must wait anyway (settle: before
+    a log line, an eval, a checkpoint). So the host never waits for the GPU inside the loop (a wait per
+    step left the GPU idle while the next batch and its first kernels were prepared: 17% of the step time
+    at the 0.5B shape). The guard against a non-finite step acts on the GPU (apply_update); settle
+    reports it when the values arrive, and raises TrainingError after max_bad_steps in a row. `last`
+    holds the latest applied step's values."""
 
     def __init__(self, device, log, max_bad_steps, scaler=None):
         self.cuda = str(device).startswith("cuda")
@@ -437,10 +459,11 @@ class LateValues:
         self.pending = None  # (step, info, event) of the step whose values are on their way to `host`
         self.log, self.max_bad_steps, self.scaler = log, max_bad_steps, scaler
         self.bad_in_a_row = 0
-        self.last = {"loss": float("nan"), "lr": 0.0, "grad_norm": float("nan")}  # until the first applied update
+        # until the first applied update
+        self.last = {"loss": float("nan"), "lr": 0.0, "grad_norm": float("nan")}
 
     def push(self, step, values, info):
-        """values: apply_update's (2,) tensor for `step`; info: what to log with them ({"lr", "n_sup", "ids"})."""
+        """values: apply_update's (2,) tensor for `step`; info: what to log with them ({"lr", "ids", ...})."""
         self.settle()  # the previous step's values: ready by now, ahead of this step's work on the GPU
         self.host.copy_(values, non_blocking=self.cuda)
         event = torch.cuda.Event() if self.cuda else None
@@ -456,7 +479,7 @@ class LateValues:
         if event is not None:
             event.synchronize()
         loss, gnorm = self.host.tolist()
-        # (with fp16 an inf gradient is the GradScaler's business: it skips the step and lowers the scale itself)
+        # (with fp16 an inf gradient is the GradScaler's business: it skips the step, lowers the scale)
         if not math.isfinite(loss) or (not math.isfinite(gnorm) and not self.scaler):
             self.bad_in_a_row += 1
             ids = info.get("ids")
@@ -466,9 +489,9 @@ class LateValues:
                             "example_ids": ids})
             if self.bad_in_a_row >= self.max_bad_steps:
                 raise TrainingError(f"{self.bad_in_a_row} non-finite steps in a row (last at step {step}); "
-                                    f"stopping without applying any of them. See metrics.jsonl for the example "
-                                    f"ids; try a lower lr, dtype=float32 to rule out precision, or check those "
-                                    f"examples.")
+                                    f"stopping without applying any of them. See metrics.jsonl for the "
+                                    f"example ids; try a lower lr, dtype=float32 to rule out precision, or "
+                                    f"check those examples.")
         else:
             self.bad_in_a_row = 0
             self.last = {"step": step, "loss": loss, "lr": info["lr"], "grad_norm": gnorm,
@@ -476,8 +499,8 @@ class LateValues:
 
 
 def out_of_time(t_start, max_time, step, log_interval, env):
-    """max_time (seconds, 0 = none) has passed. Under torchrun the ranks' clocks differ, so they stop when any of
-    them is out of time, agreeing at log steps only, where the loop waits for the GPU anyway: reading a
+    """max_time (seconds, 0 = none) has passed. Under torchrun the ranks' clocks differ, so they stop when any
+    of them is out of time, agreeing at log steps only, where the loop waits for the GPU anyway: reading a
     collective every step would stall the queue."""
     late = bool(max_time) and time.time() - t_start > max_time
     if not max_time or env.world == 1:
@@ -493,9 +516,9 @@ def out_of_time(t_start, max_time, step, log_interval, env):
 
 
 def evaluate_loss(model, ds, ctx, device, batch_size, loss_fn=sft_loss, key="loss_index"):
-    """Mean loss per token (loss_fn's, normalised by the batches' `key` positions) over every row of a dataset's
-    first epoch. The last batch is padded with empty rows to batch_size, so a compiled model sees one shape here
-    (no recompile for a short batch)."""
+    """Mean loss per token (loss_fn's, normalised by the batches' `key` positions) over every row of a
+    dataset's first epoch. The last batch is padded with empty rows to batch_size, so a compiled model sees
+    one shape here (no recompile for a short batch)."""
     model.eval()
     total, count = 0.0, 0
     n = ds.rows_per_epoch(0)
@@ -505,7 +528,8 @@ def evaluate_loss(model, ds, ctx, device, batch_size, loss_fn=sft_loss, key="los
             b = ds.batch(start, min(batch_size, n - start), pad_to=batch_size)
             b = {k: v.to(device) for k, v in b.items() if isinstance(v, torch.Tensor)}
             with ctx:
-                loss = model(b["idx"], pos=b["pos"], doc=b["doc"], loss_fn=functools.partial(loss_fn, batch=b))
+                loss = model(b["idx"], pos=b["pos"], doc=b["doc"],
+                             loss_fn=functools.partial(loss_fn, batch=b))
             total += loss.item()
             count += len(b[key])
     model.train()
@@ -513,8 +537,8 @@ def evaluate_loss(model, ds, ctx, device, batch_size, loss_fn=sft_loss, key="los
 
 
 def eval_problems(pool, n):
-    """The first n distinct problems of `pool` (examples) that have a gold answer: each problem once (a held-out
-    problem can have several rows)."""
+    """The first n distinct problems of `pool` (examples) that have a gold answer: each problem once (a
+    held-out problem can have several rows)."""
     problems = {}
     for p in pool:
         if p.get("answer") is not None:
@@ -522,12 +546,12 @@ def eval_problems(pool, n):
     return list(problems.values())[:n]
 
 
-def generation_eval(model, tok, problems, sampling, prompt_format, system_prompt, batch_size, ctx, samples_path,
-                    step, log):
-    """Generate and grade held-out problems (engine.evaluate, greedy under `sampling`): -> the eval_* fields of a
-    metrics row. The first five generations go to samples_path, three to the console."""
-    summary, records = evaluate(model, tok, problems, sampling, prompt_format, system_prompt, batch_size=batch_size,
-                                ctx=ctx, entropy=True)
+def generation_eval(model, tok, problems, sampling, prompt_format, system_prompt, batch_size, ctx,
+                    samples_path, step, log):
+    """Generate and grade held-out problems (engine.evaluate, greedy under `sampling`): -> the eval_* fields
+    of a metrics row. The first five generations go to samples_path, three to the console."""
+    summary, records = evaluate(model, tok, problems, sampling, prompt_format, system_prompt,
+                                batch_size=batch_size, ctx=ctx, entropy=True)
     with open(samples_path, "a") as f:
         for r in records[:5]:
             f.write(json.dumps({"step": step, **r}) + "\n")
@@ -559,7 +583,8 @@ class RunLog:
         if not master:
             return
         if os.path.exists(self.path):
-            rows = [r for r in data.read_jsonl(self.path) if resume_step is not None and r.get("step", 0) <= resume_step]
+            keep = lambda r: resume_step is not None and r.get("step", 0) <= resume_step  # noqa: E731
+            rows = [r for r in data.read_jsonl(self.path) if keep(r)]
             atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
         if wandb_project:
             try:
@@ -578,10 +603,11 @@ class RunLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.wandb:
-            self.wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=rec.get("step"))
+            self.wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))},
+                           step=rec.get("step"))
 
     def plot(self):
-        """curves.png next to metrics.jsonl: each of plot_keys against the step (if matplotlib is installed)."""
+        """curves.png next to metrics.jsonl: each of plot_keys against the step (matplotlib installed)."""
         if not (self.master and self.plot_keys and os.path.exists(self.path)):
             return
         try:
@@ -601,7 +627,8 @@ class RunLog:
             ax.set_title(k)
             ax.set_xlabel("step")
         fig.tight_layout()
-        atomic_write(os.path.join(os.path.dirname(self.path), "curves.png"), lambda f: fig.savefig(f, format="png"))
+        png = os.path.join(os.path.dirname(self.path), "curves.png")
+        atomic_write(png, lambda f: fig.savefig(f, format="png"))
         plt.close(fig)
 
     def close(self):

@@ -11,6 +11,7 @@ TRAINING_PATH = ("train.py", "training.py", "rl.py")
 # functions over 80 lines, and why each may be: a new one needs a reason here, or a split
 LONG_OK = {
     "train.py:train": "the training loop, read top to bottom: setup, model and data, the loop, the end",
+    "train.py:check_config": "a flat list of range checks, one or two lines per setting",
     "rl.py:train": "the RL loop, read top to bottom: setup, model and data, the loop, the end",
     "engine.py:generate": "the continuous-batching loop: collect finished rows, admit prompts, decode",
     "grade.py:_eval": "the grader's expression evaluator: one branch per node type",
@@ -96,3 +97,12 @@ def test_lab_notebook_is_in_dev():
     assert os.path.exists(os.path.join(ROOT, "dev", "README.md"))
     top = [f for f in os.listdir(ROOT) if not f.startswith(".")]
     assert not [f for f in top if f.endswith((".log", ".jsonl"))], top
+
+
+def test_training_path_lines_fit_on_a_screen():
+    for name in TRAINING_PATH:
+        path = os.path.join(ROOT, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                long = [i for i, line in enumerate(f, 1) if len(line.rstrip("\n")) > 110]
+            assert not long, f"{name}: lines over 110 characters: {long}"
