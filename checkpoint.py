@@ -53,6 +53,22 @@ def atomic_write(path, write_fn):
 
 
 
+def check_output_folder(folder):
+    """None if `folder` is a folder this process can write in, or one it can create (its nearest existing parent
+    is a writable folder); else why not, in a few words. Creates nothing."""
+    folder = os.path.abspath(folder)
+    if os.path.exists(folder):
+        if not os.path.isdir(folder):
+            return "is a file, not a folder"
+        return None if os.access(folder, os.W_OK | os.X_OK) else "is a folder this user cannot write in"
+    parent = os.path.dirname(folder)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot be made: {parent} is a file, not a folder"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be made: {parent} is not writable"
+
+
 def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
@@ -583,12 +599,18 @@ def list_checkpoints(out_dir):
     return sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))
 
 
+# What a run writes in its folder. A save interrupted by a kill leaves NAME.XXXXXXXX.tmp (atomic_write's
+# mkstemp) or, from versions before 2026-11, NAME.tmp; the tokenizer/ folder is the run's own.
+RUN_FILES = r"(ckpt-\d+\.pt|best\.pt|config\.json|metrics\.jsonl|samples\.jsonl|curves\.png|eval-.+\.jsonl|eval-.+\.json)"
+
+
 def remove_orphan_tmp(folder):
-    """Delete the temporary files that atomic_write leaves when a process dies mid-save (name.XXXXXXXX.tmp);
-    returns how many. Called by train.py at start, before it writes anything."""
+    """Delete the temporary files an interrupted save of this code leaves in a run folder (and its tokenizer/),
+    and nothing else; returns how many. Called by train.py and rl.py at start, before they write anything."""
     n = 0
-    for p in glob.glob(os.path.join(folder, "*.tmp")) + glob.glob(os.path.join(folder, "*", "*.tmp")):
-        if re.fullmatch(r".+\.[\w]{8}\.tmp", os.path.basename(p)):
+    for p in glob.glob(os.path.join(folder, "*.tmp")) + glob.glob(os.path.join(folder, "tokenizer", "*.tmp")):
+        name = RUN_FILES if os.path.basename(os.path.dirname(p)) != "tokenizer" else r"[^/]+?"
+        if re.fullmatch(name + r"(\.\w{1,16})?\.tmp", os.path.basename(p)):
             os.remove(p)
             n += 1
     return n
@@ -652,17 +674,24 @@ def model_from_checkpoint(ckpt, device="cpu", dtype=None):
 # one loader for every kind of checkpoint
 
 
+def checkpoint_file(path_or_hub_id):
+    """The file load_model reads for one of our checkpoints: the path itself if it is a file, or in a run folder
+    best.pt, else its latest ckpt-*.pt; None for anything else (a Hugging Face folder or hub id). Reads nothing."""
+    path = os.fspath(path_or_hub_id)
+    if os.path.isdir(path):  # train.py's out_dir (it also holds a config.json, but not an HF one)
+        best, found = os.path.join(path, "best.pt"), list_checkpoints(path)
+        if os.path.isfile(best) or found:
+            return best if os.path.isfile(best) else found[-1]
+    return path if os.path.isfile(path) else None
+
+
 def load_model(path_or_hub_id, device="cpu", dtype=torch.float32):
     """-> (model, tok, info) with weights in `dtype` (None: as stored) on `device`. path_or_hub_id: a training
     checkpoint file (best.pt / ckpt-*.pt), a folder holding them (train.py's out_dir: best.pt, else the latest
     ckpt-*.pt), a Hugging Face checkpoint folder, or a hub id in the local HF cache. info: {"kind": "nanomath"
     | "hf", "path", "prompt_format", "system_prompt"}: the prompt format a nanomath checkpoint was trained
     with, or chat/plain by the tokenizer for HF models."""
-    path = os.fspath(path_or_hub_id)
-    if os.path.isdir(path):  # train.py's out_dir (it also holds a config.json, but not an HF one)
-        best, found = os.path.join(path, "best.pt"), list_checkpoints(path)
-        if os.path.isfile(best) or found:
-            path = best if os.path.isfile(best) else found[-1]
+    path = checkpoint_file(path_or_hub_id) or os.fspath(path_or_hub_id)
     if os.path.isfile(path):
         state = load_checkpoint(path)
         model = model_from_checkpoint(state, device, dtype)

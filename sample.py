@@ -21,7 +21,8 @@ import time
 import torch
 
 import data
-from checkpoint import export_hf, load_model, write_text
+from checkpoint import (check_output_folder, checkpoint_file, export_hf, load_model, resolve_checkpoint_dir,
+                        write_text)
 from engine import Sampling, evaluate, generate, sample_table
 from model import setup_numerics
 
@@ -131,6 +132,8 @@ def main(argv=None):
         ap.error("--verifier and --rft-out go with --eval (they need graded samples)")
     if args.rft_with and not args.rft_out:
         ap.error("--rft-with goes with --rft-out (it merges earlier rounds into that file)")
+    if args.eval and args.format == "raw":
+        ap.error("--eval needs a chat or plain prompt format")
     if args.batch_size < 0 or args.max_samples < 0 or args.rft_max_per_problem < 0:
         ap.error("--batch-size, --max-samples and --rft-max-per-problem must be >= 0 (0 = the default / all)")
     try:
@@ -151,102 +154,100 @@ def _graded_samples(path):
     return [r for _, r in rows]
 
 
-def _eval_out_path(args, info):
-    """Where --eval writes: --out, or a name that says what was evaluated, next to a nanomath checkpoint."""
+def _eval_out_path(args, ckpt_file, ckpt_dir):
+    """Where --eval writes: --out, or a name that says what was evaluated, next to one of our checkpoints (else in
+    the current folder)."""
     if args.out:
         return args.out
-    stem = os.path.splitext(os.path.basename(info["path"].rstrip("/")))[0]
+    stem = os.path.splitext(os.path.basename((ckpt_file or ckpt_dir).rstrip("/")))[0]
     what = f"{args.eval}-{args.split}" if args.eval in data.DATASETS else \
         os.path.splitext(os.path.basename(args.eval))[0]
     name = f"eval-{stem}-{what}"
     name += f"-n{args.max_samples}" if args.max_samples else ""
     name += f"-k{args.num_samples}-t{args.temperature:g}" if args.temperature > 0 else ""
-    return os.path.join(os.path.dirname(info["path"]) if info["kind"] == "nanomath" else ".", name + ".jsonl")
+    return os.path.join(os.path.dirname(ckpt_file) if ckpt_file else ".", name + ".jsonl")
+
+
+def _checked_inputs(args, ap):
+    """The validation pass: everything this run reads and writes, checked before a model is loaded, so a mistake
+    costs seconds, not an hour of sampling. The checkpoints exist; the problems load and have answers; earlier
+    rounds' samples parse; every output's folder exists or can be made, and no output exists unless
+    --overwrite. Output folders are made here. -> what the run needs: problems, earlier, outputs, texts."""
+    ckpt_file = checkpoint_file(args.ckpt)
+    ckpt_dir = None if ckpt_file else str(resolve_checkpoint_dir(args.ckpt))  # names where it looked
+    plan = {"problems": None, "earlier": [], "outputs": {}, "texts": None}
+    if args.verifier and not checkpoint_file(args.verifier):
+        resolve_checkpoint_dir(args.verifier)
+    if args.export_hf:
+        outs = {"export": args.export_hf}
+        if os.path.isdir(args.export_hf) and os.listdir(args.export_hf) and not args.overwrite:
+            ap.error(f"--export-hf {args.export_hf}: the folder is not empty: pass --overwrite to write into it")
+    elif args.eval:
+        problems = data.load_dataset(args.eval, args.split)  # a file is used as it is (no split)
+        if args.eval not in data.DATASETS and any(p["answer"] is None for p in problems):
+            ap.error(f"--eval {args.eval}: every problem needs an answer to grade against")
+        plan["problems"] = problems[:args.max_samples] if args.max_samples else problems
+        plan["earlier"] = [r for f in args.rft_with for r in _graded_samples(f)]
+        out = _eval_out_path(args, ckpt_file, ckpt_dir)
+        outs = {"out": out, "summary": out.removesuffix(".jsonl") + ".summary.json", "rft": args.rft_out}
+        existing = [p for p in outs.values() if p and os.path.exists(p)]
+        if existing and not args.overwrite:
+            ap.error(f"{existing[0]} exists: pass --overwrite to replace it, or --out for another name")
+    else:
+        texts = list(args.prompt or [])
+        if args.prompts:
+            texts += read_prompts(args.prompts)
+        if not texts and not sys.stdin.isatty():
+            texts = read_prompts("-")
+        if not texts:
+            ap.error("no prompts: give --prompt, --prompts FILE (not empty), text on stdin, --eval or --export-hf")
+        plan["texts"], outs = texts, {}
+    outs = {k: p for k, p in outs.items() if p}
+    folders = [p if k == "export" else os.path.dirname(p) or "." for k, p in outs.items()]
+    for path, folder in zip(outs.values(), folders):
+        why = check_output_folder(folder)
+        if why:
+            ap.error(f"{path}: {folder} {why}")
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+    plan["outputs"] = outs
+    return plan
+
+
+def _write_all(files):
+    """Write (path, text) pairs, all or none: if one fails, the ones this call wrote are removed, so a re-run is
+    not refused for an output of a run that did not finish."""
+    done = []
+    try:
+        for path, text in files:
+            write_text(path, text)
+            done.append(path)
+    except BaseException:
+        for path in done:
+            os.remove(path)
+        raise
 
 
 def _main(args, ap):
     device, _, _, dtype = setup_numerics(args.device, args.dtype)
+    plan = _checked_inputs(args, ap)
     # inference runs with the weights in the compute dtype (no autocast casts every step); an export keeps the
     # checkpoint's own dtype
     model, tok, info = load_model(args.ckpt, device, dtype=None if args.export_hf else getattr(torch, dtype))
     model.eval()
     batch_size = args.batch_size or (256 if device.startswith("cuda") else 32)
-    print(f"{info['kind']} checkpoint {info['path']}: {model.num_params() / 1e6:.1f}M parameters, device {device}, "
-          f"compute dtype {dtype}", file=sys.stderr)
-
+    print(f"{info['kind']} checkpoint {info['path']}: {model.num_params() / 1e6:.1f}M parameters, device "
+          f"{device}, compute dtype {dtype}", file=sys.stderr)
     if args.export_hf:
         export_hf(model, tok, args.export_hf)
         print(f"wrote a Hugging Face checkpoint to {args.export_hf}", file=sys.stderr)
         return
-
     fmt = info["prompt_format"] if args.format == "auto" else args.format
     system = info["system_prompt"] if args.system_prompt is None else args.system_prompt
     if args.eval:
-        named = data.DATASETS.get(args.eval)
-        max_new = args.max_new_tokens or (named.max_new_tokens if named else 512)
-        if fmt == "raw":
-            ap.error("--eval needs a chat or plain prompt format")
-        out = _eval_out_path(args, info)
-        summary_path = out.removesuffix(".jsonl") + ".summary.json"
-        existing = [p for p in (out, summary_path, args.rft_out) if p and os.path.exists(p)]
-        if existing and not args.overwrite:
-            ap.error(f"{existing[0]} exists: pass --overwrite to replace it, or --out for another name")
-        earlier = [r for f in args.rft_with for r in _graded_samples(f)]  # checked before hours of sampling
-        problems = data.load_dataset(args.eval, args.split)  # a file is used as it is (no split)
-        if not named and any(p["answer"] is None for p in problems):
-            ap.error(f"--eval {args.eval}: every problem needs an answer to grade against")
-        if args.max_samples:
-            problems = problems[:args.max_samples]
-        verifier = None
-        if args.verifier:
-            vm, vtok, vinfo = load_model(args.verifier, device, getattr(torch, dtype))
-            if vm.value_head is None:
-                ap.error(f"--verifier {args.verifier}: this checkpoint has no value head (train one with "
-                         f"train.py objective=verifier)")
-            verifier = (vm.eval(), vtok, vinfo["prompt_format"], vinfo["system_prompt"])
-        label = f"{args.eval}/{args.split}" if named else args.eval
-        print(f"eval {label}: {len(problems)} problems, prompt format {fmt}, system prompt "
-              f"{system!r}, max_new_tokens {max_new}, temperature {args.temperature}, samples {args.num_samples}",
-              file=sys.stderr)
-        sampling = Sampling(max_new, args.temperature, args.top_k, args.top_p, args.seed)
-        summary, records = evaluate(model, tok, problems, sampling, fmt, system, args.num_samples, batch_size,
-                                    entropy=args.entropy, verifier=verifier)
-        write_text(out, "".join(json.dumps(r) + "\n" for r in records))
-        if args.rft_out:
-            rows = data.rft_rows(earlier + records, args.rft_max_per_problem)
-            write_text(args.rft_out, "".join(json.dumps(r) + "\n" for r in rows))
-            print(f"rejection sampling: {sum(r['correct'] for r in earlier + records)} correct samples"
-                  f"{f' (with {len(earlier)} of earlier rounds)' if earlier else ''} -> {len(rows)} distinct "
-                  f"solutions of {len({r['id'] for r in rows})} problems in {args.rft_out}", file=sys.stderr)
-        settings = {"dataset": args.eval, "split": args.split, "ckpt": info["path"], "prompt_format": fmt,
-                    "system_prompt": system, "max_new_tokens": max_new, "temperature": args.temperature,
-                    "top_k": args.top_k, "top_p": args.top_p, "num_samples": args.num_samples, "seed": args.seed,
-                    "dtype": dtype, "device": device, "verifier": args.verifier}
-        write_text(summary_path, json.dumps({**summary, "settings": settings}, indent=1) + "\n")
-        print(sample_table(records))
-        line = (f"{label}: accuracy {summary['accuracy']:.4f} ({summary['n']} generations) | "
-                f"format rate {summary['format_rate']:.4f} | mean length {summary['mean_length']:.1f} tokens | "
-                f"{summary['tokens_per_s']:.1f} tok/s | generate {summary['generate_s']:.1f}s, grade "
-                f"{summary['grade_s']:.1f}s")
-        if args.entropy:
-            line += f" | mean entropy {summary['mean_entropy']:.3f}"
-        k = args.num_samples
-        if k > 1:
-            line += f" | pass@{k} {summary[f'pass@{k}']:.4f} | maj@{k} {summary[f'maj@{k}']:.4f}"
-        if verifier is not None and k > 1:
-            line += (f" | verifier@{k} {summary[f'verifier@{k}']:.4f} | weighted maj@{k} "
-                     f"{summary[f'weighted_maj@{k}']:.4f}")
-        print(line)
-        print(f"wrote {out}", file=sys.stderr)
-        return summary
+        return _eval(args, ap, plan, model, tok, info, fmt, system, device, dtype, batch_size)
 
-    texts = list(args.prompt or [])
-    if args.prompts:
-        texts += read_prompts(args.prompts)
-    if not texts and not sys.stdin.isatty():
-        texts = read_prompts("-")
-    if not texts:
-        ap.error("no prompts: give --prompt, --prompts FILE (not empty), text on stdin, --eval or --export-hf")
+    texts = plan["texts"]
     if fmt == "raw":
         prompts = [tok.encode(t, allow_special=False) for t in texts]
     else:
@@ -262,12 +263,63 @@ def _main(args, ap):
     if single:
         stream.close()
     else:
-        for k, ids in enumerate(outs):
-            head = f"=== prompt {k // args.num_samples}" + (f", sample {k % args.num_samples}" if args.num_samples > 1 else "")
-            print(f"{head}: {texts[k // args.num_samples]!r}\n{tok.decode(ids)}")
+        k = args.num_samples
+        for i, ids in enumerate(outs):
+            head = f"=== prompt {i // k}" + (f", sample {i % k}" if k > 1 else "")
+            print(f"{head}: {texts[i // k]!r}\n{tok.decode(ids)}")
     n_tok = sum(len(o) for o in outs)
     print(f"{n_tok} tokens in {dt:.2f}s ({n_tok / max(dt, 1e-9):.1f} tok/s)", file=sys.stderr)
     return outs
+
+
+def _eval(args, ap, plan, model, tok, info, fmt, system, device, dtype, batch_size):
+    """--eval: generate for every problem, grade, write the records (and RFT rows) and a summary."""
+    named = data.DATASETS.get(args.eval)
+    max_new = args.max_new_tokens or (named.max_new_tokens if named else 512)
+    problems, earlier, outs = plan["problems"], plan["earlier"], plan["outputs"]
+    verifier = None
+    if args.verifier:
+        vm, vtok, vinfo = load_model(args.verifier, device, getattr(torch, dtype))
+        if vm.value_head is None:
+            ap.error(f"--verifier {args.verifier}: this checkpoint has no value head (train one with "
+                     f"train.py objective=verifier)")
+        verifier = (vm.eval(), vtok, vinfo["prompt_format"], vinfo["system_prompt"])
+    label = f"{args.eval}/{args.split}" if named else args.eval
+    print(f"eval {label}: {len(problems)} problems, prompt format {fmt}, system prompt {system!r}, "
+          f"max_new_tokens {max_new}, temperature {args.temperature}, samples {args.num_samples}", file=sys.stderr)
+    sampling = Sampling(max_new, args.temperature, args.top_k, args.top_p, args.seed)
+    summary, records = evaluate(model, tok, problems, sampling, fmt, system, args.num_samples, batch_size,
+                                entropy=args.entropy, verifier=verifier)
+    settings = {"dataset": args.eval, "split": args.split, "ckpt": info["path"], "prompt_format": fmt,
+                "system_prompt": system, "max_new_tokens": max_new, "temperature": args.temperature,
+                "top_k": args.top_k, "top_p": args.top_p, "num_samples": args.num_samples, "seed": args.seed,
+                "dtype": dtype, "device": device, "verifier": args.verifier}
+    files = [(outs["out"], "".join(json.dumps(r) + "\n" for r in records))]
+    if args.rft_out:
+        rows = data.rft_rows(earlier + records, args.rft_max_per_problem)
+        files.append((outs["rft"], "".join(json.dumps(r) + "\n" for r in rows)))
+    files.append((outs["summary"], json.dumps({**summary, "settings": settings}, indent=1) + "\n"))
+    _write_all(files)
+    if args.rft_out:
+        print(f"rejection sampling: {sum(r['correct'] for r in earlier + records)} correct samples"
+              f"{f' (with {len(earlier)} of earlier rounds)' if earlier else ''} -> {len(rows)} distinct "
+              f"solutions of {len({r['id'] for r in rows})} problems in {args.rft_out}", file=sys.stderr)
+    print(sample_table(records))
+    line = (f"{label}: accuracy {summary['accuracy']:.4f} ({summary['n']} generations) | "
+            f"format rate {summary['format_rate']:.4f} | mean length {summary['mean_length']:.1f} tokens | "
+            f"{summary['tokens_per_s']:.1f} tok/s | generate {summary['generate_s']:.1f}s, grade "
+            f"{summary['grade_s']:.1f}s")
+    if args.entropy:
+        line += f" | mean entropy {summary['mean_entropy']:.3f}"
+    k = args.num_samples
+    if k > 1:
+        line += f" | pass@{k} {summary[f'pass@{k}']:.4f} | maj@{k} {summary[f'maj@{k}']:.4f}"
+    if verifier is not None and k > 1:
+        line += (f" | verifier@{k} {summary[f'verifier@{k}']:.4f} | weighted maj@{k} "
+                 f"{summary[f'weighted_maj@{k}']:.4f}")
+    print(line)
+    print(f"wrote {outs['out']}", file=sys.stderr)
+    return summary
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 import data
-from checkpoint import (list_checkpoints, load_for_resume, remove_orphan_tmp, restore_training_state,
-                        resume_path, save_tokenizer, write_text)
+from checkpoint import (check_output_folder, list_checkpoints, load_for_resume, remove_orphan_tmp,
+                        restore_training_state, resume_path, save_tokenizer, write_text)
 from engine import Sampling, score_examples, verifier_metrics
 from model import LORA_TARGETS, PRESETS, gpu_peak_flops
 from training import (LateValues, RunLog, TrainingError, apply_update, build_model, eval_problems,
@@ -120,6 +120,8 @@ def check_config(cfg):
             bad.append(f"{key}={getattr(cfg, key)!r}: {what}")
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
     need(cfg.out_dir.strip() != "", "out_dir", "must name a folder")
+    why = cfg.out_dir.strip() and check_output_folder(cfg.out_dir)
+    need(not why, "out_dir", why)
     need(cfg.init_from.strip() != "", "init_from", "must be 'scratch' or a checkpoint")
     if cfg.init_from == "scratch":
         need(cfg.model_preset in PRESETS, "model_preset", f"must be one of {sorted(PRESETS)}")

@@ -5,7 +5,10 @@ import hashlib
 import io
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import checkpoint as C  # noqa: E402
+import data  # noqa: E402
 import grade as G  # noqa: E402
 import sample as S  # noqa: E402
 import train  # noqa: E402
@@ -263,3 +267,134 @@ def test_grader_takes_numbers_and_knows_truncation():
     assert G.grade("so \\boxed{72} and then", "72", truncated=True).correct  # a stated answer still counts
     with pytest.raises(TypeError, match="string or a number"):
         G.grade("x", ["72"])
+
+# ---------------------------------------------------------------- checked before the work starts
+
+
+def never_loaded(*a, **k):
+    raise AssertionError("the model was loaded: the check must come first")
+
+
+def test_readme_rft_commands_need_no_folder_made_by_hand(run_dir, tmp_path):
+    # the README's rejection-sampling and verifier commands, with their outputs in a folder that does not exist
+    rft = tmp_path / "out" / "rft"
+    S.main(["--ckpt", str(run_dir), "--eval", "arith2", "--split", "train", "--max-samples", "6", "--num-samples", "2",
+            "--temperature", "0.8", "--max-new-tokens", "6", "--out", str(rft / "samples.jsonl"),
+            "--rft-out", str(rft / "rft.jsonl")])
+    assert (rft / "samples.jsonl").exists() and (rft / "rft.jsonl").exists()
+    assert (rft / "samples.summary.json").exists()
+
+
+def test_sample_outputs_are_checked_before_the_model_loads(run_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setattr(S, "load_model", never_loaded)
+    base = ["--ckpt", str(run_dir), "--eval", "arith2", "--max-new-tokens", "4"]
+    fails(S.main, base + ["--out", str(blocker / "e.jsonl")], match="a_file is a file, not a folder")
+    fails(S.main, base + ["--out", str(tmp_path / "e.jsonl"), "--rft-out", str(blocker / "sub" / "r.jsonl")],
+          match="cannot be made")
+    fails(S.main, ["--ckpt", str(run_dir), "--export-hf", str(blocker)], match="is a file, not a folder")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    fails(S.main, ["--ckpt", str(run_dir), "--export-hf", str(tmp_path / "hf")], match="not empty")
+    fails(S.main, ["--ckpt", str(tmp_path / "nope"), "--prompt", "x"], match="nope")
+    fails(S.main, base + ["--verifier", str(tmp_path / "no_verifier")], match="no_verifier")
+    fails(S.main, ["--ckpt", str(run_dir), "--prompts", str(tmp_path / "none.txt")], match="none.txt")
+    assert not (tmp_path / "e.jsonl").exists() and sorted(os.listdir(tmp_path)) == ["a_file", "hf"]
+
+
+def test_a_failed_later_output_leaves_no_earlier_one_behind(run_dir, tmp_path, monkeypatch):
+    # the eval records are written, then the RFT file fails (a full disk, say): the records go too, so the re-run
+    # is not refused with "exists: pass --overwrite"
+    args = ["--ckpt", str(run_dir), "--eval", "arith2", "--max-samples", "3", "--max-new-tokens", "4",
+            "--out", str(tmp_path / "e.jsonl"), "--rft-out", str(tmp_path / "r.jsonl")]
+    real = S.write_text
+
+    def full_disk(path, text):
+        if str(path).endswith("r.jsonl"):
+            raise OSError(28, "No space left on device")
+        real(path, text)
+    monkeypatch.setattr(S, "write_text", full_disk)
+    fails(S.main, args, match="No space left")
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(S, "write_text", real)
+    S.main(args)
+    assert (tmp_path / "e.jsonl").exists() and (tmp_path / "r.jsonl").exists()
+
+
+def test_out_dir_that_cannot_be_written_is_refused_first(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, blocker / "run", match="out_dir")
+    fails(run_train, blocker, match="is a file, not a folder")
+
+
+@pytest.mark.parametrize("spec,why", [
+    ("arith2:-1", "must be >= 0"), ("arith2:nan", "must be a finite number"), ("arith2:inf", "must be a finite"),
+    ("arith2:abc", "'abc', is not a number"), ("arith2:0", "every weight is 0"), ("arith2:1,math:0,x.jsonl:0",
+                                                                                    "not a known name"),
+    ("arith2:1,", "names no dataset"),
+])
+def test_every_bad_dataset_weight_is_named_with_its_reason(tmp_path, monkeypatch, spec, why):
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, tmp_path / "o", f"--datasets={spec}", match=why)
+    assert not (tmp_path / "o").exists()
+
+
+def test_verifier_on_samples_of_one_class_is_refused(run_dir, tmp_path):
+    graded = tmp_path / "graded.jsonl"
+    graded.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "response": f"{i}", "correct": False}) + "\n"
+                              for i in range(40)))
+    fails(run_train, tmp_path / "v", f"--datasets={graded}", "--objective=verifier", f"--init_from={run_dir}",
+          "--val_size=4", match="all 36 training samples are incorrect")
+    # both kinds in training, one in the held-out samples: choose the one wrong problem outside the held-out ones
+    held = {e["prompt"] for e in data.build_datasets(str(graded), C.load_model(str(run_dir))[1], 96, "plain",
+                                                     seed=0, val_size=4)[1].examples}
+    wrong = next(i for i in range(40) if f"What is {i} + 1?" not in held)
+    graded.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "response": f"{i}", "correct": i != wrong})
+                              + "\n" for i in range(40)))
+    msg = fails(run_train, tmp_path / "v", f"--datasets={graded}", "--objective=verifier", f"--init_from={run_dir}",
+                "--val_size=4", "--seed=0", match="all 4 held-out samples are correct")
+    assert "val_size" in msg and not (tmp_path / "v").exists()
+
+
+def test_interrupted_save_leftovers_of_every_form_go_and_nothing_else(tmp_path):
+    run_train(tmp_path, "--max_iters=2", "--save_interval=2")
+    ours = ["ckpt-000002.pt.a1b2c3d4.tmp", "best.pt.tmp", "config.json.tmp", "metrics.jsonl.x_9.tmp",
+            "eval-best-arith2-test.jsonl.k2j3h4g5.tmp", "tokenizer/math_tokenizer.json.q8w7e6r5.tmp"]
+    theirs = ["notes.tmp", "mydata.abcdefgh.tmp", "best.pt.bak", "sub/best.pt.tmp"]
+    for name in ours + theirs:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"half a file")
+    run_train(tmp_path, "--max_iters=3", "--resume=auto")
+    assert not any((tmp_path / name).exists() for name in ours)
+    assert all((tmp_path / name).exists() for name in theirs)
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 is not a process of WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' must be a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK=3"),
+    ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR and MASTER_PORT not set"),
+])
+def test_torchrun_settings_are_checked_first(tmp_path, env, match):
+    r = subprocess.run([sys.executable, "train.py", *TINY, f"--out_dir={tmp_path / 'o'}"], cwd=ROOT,
+                       env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and match in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_rendezvous_that_never_completes_ends_with_a_message(tmp_path):
+    # rank 1 of 2, its peer never started: no silent hang, a line naming the variables after dist_timeout
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "train.py", *TINY, f"--out_dir={tmp_path / 'o'}", "--dist_timeout=3"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and time.time() - t0 < 60
+    assert "MASTER_ADDR:MASTER_PORT=127.0.0.1" in r.stderr and "dist_timeout" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "o").exists()
