@@ -7,11 +7,13 @@ Benchmarks against the Hugging Face reference, measured in the same run on the s
     python bench.py train                                 # SFT steps on GSM8K: ours vs the HF Trainer recipe, 0.5B shape
     python bench.py train --model 1.5b --hf-steps 0 --grad-checkpointing -1 --batch-size 4 --grad-accum 8
 
-gen: our engine (engine.evaluate: continuous batching, CUDA-graph decode step) against Hugging Face `generate`
-(bf16 weights, SDPA attention, left-padded static batches sorted by length, greedy), both on the first --hf-n
-prompts of the dataset; then our engine alone on all --n prompts. It prints the settings, the machine, wall time,
-new tokens/s, accuracy (meaningful for a real checkpoint only) and the ratio. Random weights rarely emit a stop
-token, so both sides then generate --max-new-tokens for (nearly) every prompt: the same work for each.
+gen: our engine (engine.Engine: continuous batching, compiled decode step captured as a CUDA graph) on all --n
+prompts at each slot count of --slots, then against Hugging Face `generate` (bf16 weights, SDPA attention,
+left-padded static batches sorted by length, greedy) on the first --hf-n. Per slot count it prints the time to
+compile and capture, generation time, new tokens/s, ms per decode step (all the work over the decode steps) and
+the step's memory-bound estimate: the bytes one step must read (the weights and the whole static KV cache) over
+the device copy bandwidth measured in the same run. Random weights rarely emit a stop token, so every row then
+generates --max-new-tokens: the same work for both sides. Accuracy means something for a real checkpoint only.
 transformers is needed only for the reference; without it the reference is skipped.
 
 train: GSM8K SFT steps with train.py's own pieces (packed rows of --seq-len, compiled blocks with flex attention
@@ -38,7 +40,7 @@ import grade as G
 import train
 import training
 from checkpoint import load_model, save_pretrained, save_tokenizer
-from engine import Sampling, evaluate
+from engine import Engine, Sampling
 from model import LoRALinear, ModelConfig, Transformer, gpu_peak_flops, setup_numerics
 from tokenizer import load_tokenizer
 
@@ -108,11 +110,38 @@ def hf_generate(path, prompts, max_new, stop_ids, pad_id, batch_size, dtype):
     return outs, time.time() - t0
 
 
+def copy_bandwidth():
+    """Device memory bandwidth, measured: bytes read + written per second by a 2 GiB device-to-device copy."""
+    a = torch.empty(2**30, dtype=torch.int16, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(10):
+        b.copy_(a)
+    e1.record()
+    torch.cuda.synchronize()
+    return 10 * 2 * a.numel() * a.element_size() / (e0.elapsed_time(e1) / 1e3)
+
+
 def bench_gen(args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory(prefix="nanomath-bench-") as tmp:
         _bench_gen(args, device, dtype, tmp)
+
+
+def _ours(engine, tok, prompts, problems, max_new):
+    """One timed generation with a warm engine: -> (seconds, new tokens, decode steps, accuracy)."""
+    sync()
+    steps, t0 = engine.steps, time.time()
+    samples = engine.generate(prompts, Sampling(max_new, stop_ids=tuple(sorted(tok.stop_ids))))
+    sync()
+    dt = time.time() - t0
+    acc = sum(G.grade(tok.decode(s.ids), p["answer"], truncated=not s.stopped).correct
+              for s, p in zip(samples, problems)) / len(problems)
+    return dt, sum(len(s.ids) for s in samples), engine.steps - steps, acc, samples
 
 
 def _bench_gen(args, device, dtype, tmp):
@@ -124,48 +153,46 @@ def _bench_gen(args, device, dtype, tmp):
     problems = problems[:args.n] if args.n else problems
     max_new = args.max_new_tokens or data.DATASETS[args.dataset].max_new_tokens
     fmt = "chat" if tok.has_chat_template else "plain"
-    print(f"machine: {machine()}")
+    prompts = [data.render_prompt(tok, p["prompt"], fmt, data.SYSTEM_PROMPT) for p in problems]
+    L = -(-(max(map(len, prompts)) + max_new) // 64) * 64
+    cfg = model.config
+    per_pos = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * dtype.itemsize  # cache bytes per slot position
+    w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bw = copy_bandwidth() if device == "cuda" else None
+    print(f"machine: {machine()}" + (f"; device copy bandwidth measured now {bw / 1e12:.2f} TB/s" if bw else ""))
     print(f"model: {label} ({model.num_params() / 1e6:.0f}M parameters, {args.dtype}), loaded in {load_s:.1f}s")
     print(f"data: {args.dataset}/{args.split}, {len(problems)} problems, {fmt} prompts, greedy, <= {max_new} new "
-          f"tokens; ours: {args.batch_size} slots; reference: batches of {args.hf_batch_size}")
-    evaluate(model, tok, problems[:4], Sampling(8), fmt)  # warm-up (cuBLAS, kernels)
-    rows = []
-
-    def ours(probs, what):
-        torch.cuda.reset_peak_memory_stats() if device == "cuda" else None
-        s, recs = evaluate(model, tok, probs, Sampling(max_new), fmt, batch_size=args.batch_size)
-        mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-        rows.append((what, len(probs), s["generate_s"] + s["grade_s"], s["generate_s"], sum(r["n_tokens"] for r in recs),
-                     s["accuracy"], mem))
-        return s, recs
-
+          f"tokens; cache of {L} positions per slot; compiled decode step captured as a CUDA graph")
+    print(f"{'slots':>6} {'compile+capture s':>17} {'gen s':>7} {'new tokens':>10} {'tokens/s':>9} {'ms/step':>8} "
+          f"{'bound ms':>9} {'cache GiB':>9} {'accuracy':>9}")
+    engines = {}
+    for slots in args.slots:
+        engine = engines[slots] = Engine(model, slots, L, max_new)
+        t0 = time.time()
+        engine.generate(prompts[:4], Sampling(8, stop_ids=tuple(sorted(tok.stop_ids))))  # compile and capture
+        sync()
+        warm = time.time() - t0
+        dt, n_tok, steps, acc, _ = _ours(engine, tok, prompts, problems, max_new)
+        # every step reads the weights and the whole static cache (attention runs over all L positions, masked)
+        bound = (w_bytes + slots * L * per_pos) / bw * 1e3 if bw else float("nan")
+        print(f"{slots:>6} {warm:>17.1f} {dt:>7.2f} {n_tok:>10} {n_tok / dt:>9.0f} {dt / steps * 1e3:>8.2f} "
+              f"{bound:>9.2f} {engine.memory()['cache'] / 2**30:>9.2f} {acc:>9.4f}")
+        if slots != args.slots[-1]:
+            engine.free()
     n_hf = min(args.hf_n, len(problems))
-    have_hf = False
-    if n_hf and device == "cuda":
-        have_hf = importlib.util.find_spec("transformers") is not None
-        if not have_hf:
-            print("transformers is not installed: no reference run")
-    if have_hf:
-        sub = problems[:n_hf]
-        s_ours, recs = ours(sub, f"ours, first {n_hf}")
-        prompts = [data.render_prompt(tok, p["prompt"], fmt, data.SYSTEM_PROMPT) for p in sub]
-        outs, dt = hf_generate(path, prompts, max_new, tok.stop_ids, tok.pad_id, args.hf_batch_size, dtype)
-        torch.cuda.empty_cache()
-        acc = sum(G.grade(tok.decode(o), p["answer"]).correct for o, p in zip(outs, sub)) / len(sub)
-        same = sum(r["response"] == tok.decode(o) for r, o in zip(recs, outs))
-        rows.append((f"HF generate, first {n_hf}", n_hf, dt, dt, sum(map(len, outs)), acc, float("nan")))
-    if len(problems) > n_hf or not have_hf:
-        ours(problems, f"ours, all {len(problems)}")
-
-    print(f"\n{'run':<26} {'problems':>8} {'wall s':>8} {'gen s':>8} {'new tokens':>11} {'tok/s':>9} {'accuracy':>9} "
-          f"{'peak GiB':>9}")
-    for what, n, wall, gen, ntok, acc, mem in rows:
-        print(f"{what:<26} {n:>8} {wall:>8.2f} {gen:>8.2f} {ntok:>11} {ntok / gen:>9.0f} {acc:>9.4f} {mem:>9.1f}")
-    if have_hf:
-        o, h = rows[0], rows[1]
-        print(f"\nratio on the same {n_hf} prompts: {h[3] / o[3]:.2f}x less generation time, "
-              f"{(o[4] / o[3]) / (h[4] / h[3]):.2f}x the tokens/s of HF generate; "
-              f"{same}/{n_hf} responses identical")
+    if not (n_hf and device == "cuda" and importlib.util.find_spec("transformers")):
+        return
+    slots = args.slots[-1]
+    dt, n_tok, _, acc, samples = _ours(engines[slots], tok, prompts[:n_hf], problems[:n_hf], max_new)
+    engines[slots].free()
+    outs, hf_dt = hf_generate(path, prompts[:n_hf], max_new, tok.stop_ids, tok.pad_id, args.hf_batch_size, dtype)
+    torch.cuda.empty_cache()
+    hf_acc = sum(G.grade(tok.decode(o), p["answer"]).correct for o, p in zip(outs, problems)) / n_hf
+    same = sum(s.ids == o for s, o in zip(samples, outs))
+    hf_tok = sum(map(len, outs))
+    print(f"\nhead-to-head on the first {n_hf} prompts: ours ({slots} slots) {dt:.2f} s, {n_tok / dt:.0f} tokens/s, "
+          f"accuracy {acc:.4f}; HF generate (batches of {args.hf_batch_size}) {hf_dt:.2f} s, {hf_tok / hf_dt:.0f} "
+          f"tokens/s, accuracy {hf_acc:.4f}: {hf_dt / dt:.2f}x less time; {same}/{n_hf} responses identical")
 
 
 # -----------------------------------------------------------------------------
@@ -369,7 +396,8 @@ def main(argv=None):
     g.add_argument("--split", default="test")
     g.add_argument("--n", type=int, default=0, help="problems for our engine (0 = all)")
     g.add_argument("--hf-n", type=int, default=256, help="problems for the head-to-head (0 = no reference run)")
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--slots", type=lambda v: [int(x) for x in v.split(",")], default=[64, 256, 512],
+                   help="comma-separated slot counts, each timed on all prompts (the last one also head-to-head)")
     g.add_argument("--hf-batch-size", type=int, default=128)
     g.add_argument("--max-new-tokens", type=int, default=0, help="0 = the evaluation protocol's")
     g.add_argument("--dtype", default="bfloat16")

@@ -81,172 +81,248 @@ def sample_next(logits, sampling, u=None):
 class Sample(NamedTuple):
     ids: list       # generated token ids, the stop token excluded
     stopped: bool   # ended by a stop token (False: it ran out of budget, max_new_tokens or the context)
-    # per generated token, nats of the model's own next-token distribution (if asked), else None
-    entropy: list
+    entropy: list   # per generated token, nats of the model's own next-token distribution (if asked), else None
+    logprobs: list  # per generated token, its log-probability under the model's logits (if asked), else None
 
 
 class _Slots:
-    """The decoder's state for B slots, all on the device with fixed shapes, so that one decode step touches
-    only these tensors and can be captured once as a CUDA graph and replayed:
+    """The decoder's state for B slots, all on the device with fixed shapes, so that one decode step touches only
+    these tensors and can be captured once as a CUDA graph and replayed:
         tok (B,) the token each slot feeds next   n_out (B,) tokens kept so far   budget (B,) tokens allowed
         done (B,) finished or empty               out (B, N+1) kept tokens        u (B, N+1) uniforms per step
-        ent (B, N+1) entropies (if asked)"""
+        ent, lp (B, N+1) entropies and log-probabilities of the kept tokens (if asked)"""
 
-    def __init__(self, B, N, device, entropy):
+    def __init__(self, B, N, device):
         z = lambda dt: torch.zeros(B, dtype=dt, device=device)  # noqa: E731
         self.tok, self.n_out, self.budget = z(torch.long), z(torch.long), z(torch.long)
         self.done = torch.ones(B, dtype=torch.bool, device=device)
-        # +1: a finished row writes past its end
-        self.out = torch.zeros(B, N + 1, dtype=torch.long, device=device)
+        self.out = torch.zeros(B, N + 1, dtype=torch.long, device=device)  # +1: a done row writes past its end
         self.u = torch.zeros(B, N + 1, device=device)
-        self.ent = torch.zeros(B, N + 1, device=device) if entropy else None
+        self.ent = torch.zeros(B, N + 1, device=device)
+        self.lp = torch.zeros(B, N + 1, device=device)
 
 
-def _emit(st, rows, logits, stop, sampling):
-    """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it:
-    kept unless it is a stop token or the slot was already done; done once stopped or out of
-    budget. Static shapes, no sync."""
+def _emit(st, rows, logits, stop, sampling, entropy, logprobs):
+    """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it: kept unless it
+    is a stop token or the slot was already done; done once stopped or out of budget. Static shapes, no sync."""
     n_out = st.n_out[rows]  # (n,)
     nxt = sample_next(logits, sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
     active = ~st.done[rows]
     keep = active & ~(nxt[:, None] == stop).any(-1)
     st.out[rows, n_out] = torch.where(keep, nxt, st.out[rows, n_out])
-    if st.ent is not None:
+    if entropy:
         ent = torch.special.entr(logits.float().softmax(-1)).sum(-1)  # (n,) nats; entr(0) = 0
         st.ent[rows, n_out] = torch.where(keep, ent, st.ent[rows, n_out])
+    if logprobs:  # of the chosen token under the model's own distribution (temperature 1): what RL's ratio uses
+        x = logits.float()
+        lp = x.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(x, dim=-1)  # (n,)
+        st.lp[rows, n_out] = torch.where(keep, lp, st.lp[rows, n_out])
     n_out = n_out + keep.long()
     st.n_out[rows] = n_out
     st.done[rows] = ~keep | (n_out >= st.budget[rows])
     st.tok[rows] = nxt
 
 
-@torch.no_grad()
+def _decode_step(model, cache, st, rows, stop, sampling, entropy, logprobs):
+    """One token for every slot; finished and empty slots run too (static shapes), their output unused."""
+    logits = model(st.tok[:, None], cache=cache)[:, 0]  # (B, V)
+    _emit(st, rows, logits, stop, sampling, entropy, logprobs)
+
+
+def _prefill(model, idx, cache, rows, lengths):
+    """Prompts idx (m, T), right-padded to their longest, into cache rows `rows` -> their last logits (m, V)."""
+    return model(idx, cache=cache, rows=rows, lengths=lengths, last=lengths - 1)
+
+
+class Engine:
+    """Generation for one model, kept between calls: B slots over a static KV cache of L positions, and N new
+    tokens at most per sequence. On CUDA the one-token decode step (the model, the sampler and the slots'
+    bookkeeping, static shapes, positions in tensors) is compiled into a few fused kernels per layer and
+    captured once as a CUDA graph per kind of sampling; prefills are compiled with dynamic shapes. Later calls
+    replay the same graph: weights the trainer changes in place (an optimizer step, LoRA adapters) are read by
+    the next call as they are, with no recapture and no copy of the model. free() gives the cache and the
+    graphs' memory back; memory() reports them, so a trainer can plan around them.
+
+        engine = Engine(model, slots=256, max_len=1024, max_new_tokens=512, ctx=autocast)
+        samples = engine.generate(prompts, Sampling(512, temperature=1.0, stop_ids=tok.stop_ids), logprobs=True)
+    """
+
+    def __init__(self, model, slots, max_len, max_new_tokens, ctx=nullcontext(), cuda_graph=None, compile=None):
+        self.model, self.B, self.L, self.N, self.ctx = model, slots, max_len, max_new_tokens, ctx
+        self.device = next(model.parameters()).device
+        cuda = self.device.type == "cuda"
+        self.graph = cuda if cuda_graph is None else cuda_graph
+        self.compiled = cuda if compile is None else compile
+        self.step = torch.compile(_decode_step, dynamic=False) if self.compiled else _decode_step
+        self.prefill = torch.compile(_prefill, dynamic=True) if self.compiled else _prefill
+        with ctx:
+            self.cache = model.make_cache(slots, max_len)
+        self.st = _Slots(slots, max_new_tokens, self.device)
+        self.rows = torch.arange(slots, device=self.device)
+        self.stop = torch.full((8,), -1, dtype=torch.long, device=self.device)  # -1: no token
+        self.graphs = {}  # (temperature, top_k, top_p, entropy, logprobs) -> a captured step's replay
+        self.steps = 0  # decode steps run so far (benchmarks divide by it)
+
+    def memory(self):
+        """Bytes this engine holds on the device: {"cache", "state", "graphs"} (graphs: their private pools)."""
+        st = sum(t.numel() * t.element_size() for t in vars(self.st).values())
+        cache = sum(t.numel() * t.element_size() for t in (self.cache.k, self.cache.v, self.cache.pos))
+        return {"cache": cache, "state": st, "graphs": getattr(self, "graph_bytes", 0)}
+
+    def free(self):
+        """Give back the cache, the slots' state and the captured graphs; the next generate() allocates again."""
+        self.graphs.clear()
+        self.cache = self.st = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _ready(self):
+        if self.cache is None:
+            with self.ctx:
+                self.cache = self.model.make_cache(self.B, self.L)
+            self.st = _Slots(self.B, self.N, self.device)
+
+    def _step_fn(self, sampling, entropy, logprobs, sync_each):
+        """The decode step for this kind of sampling: captured once as a CUDA graph (replayed from then on), or
+        called directly (eager, or when a stream needs each step's token)."""
+        def run():
+            with self.ctx:
+                self.step(self.model, self.cache, self.st, self.rows, self.stop, sampling, entropy, logprobs)
+        if not self.graph or sync_each:
+            return run
+        key = (sampling.temperature, sampling.top_k, sampling.top_p, entropy, logprobs)
+        if key not in self.graphs:
+            before = torch.cuda.memory_reserved(self.device)
+            self.graphs[key] = _capture(run, self.cache, self.st)
+            self.graph_bytes = getattr(self, "graph_bytes", 0) + torch.cuda.memory_reserved(self.device) - before
+        return self.graphs[key]
+
+    @torch.no_grad()
+    def generate(self, prompts, sampling, num_samples=1, stream=None, entropy=False, logprobs=False):
+        """num_samples continuations of each prompt (a list of token ids) under `sampling` (a Sampling) -> a list
+        of Sample, prompt-major (prompt 0's samples, then prompt 1's, ...).
+
+        Continuous batching: when a sequence ends, the next waiting prompt is prefilled into its slot, so the
+        batch never waits for its longest row. A prompt is prefilled once and its cache rows are copied to the
+        slots of its samples. A sequence stops at its first token in stop_ids, after max_new_tokens, or at the
+        model's max_seq_len. Every sequence's output is a function of its prompt, the seed and its index alone,
+        not of its batch mates or slot: greedy decoding picks the argmax, and sampling inverts the CDF at
+        uniforms drawn from numpy's generator seeded with (seed, sequence index). Finished rows are collected
+        every 16 steps with a CUDA graph (the only host syncs), else after every step. stream(i, token_id) is
+        called for every kept token of sequence i as soon as it is chosen (one sync per step). entropy=True
+        records each token's entropy, logprobs=True its log-probability."""
+        model, k = self.model, num_samples
+        if not prompts:
+            return []
+        max_seq = model.config.max_seq_len
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty")
+            if len(p) >= max_seq:
+                raise ValueError(f"prompt {i} has {len(p)} tokens, which leaves no room in the model's context "
+                                 f"of max_seq_len={max_seq} tokens")
+        if sampling.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {sampling.max_new_tokens}")
+        budgets = [min(sampling.max_new_tokens, max_seq - len(p), self.N) for p in prompts]
+        need = max(len(p) + b for p, b in zip(prompts, budgets))
+        if need > self.L or k > self.B or len(sampling.stop_ids) > len(self.stop):
+            raise ValueError(f"this engine holds {self.B} slots of {self.L} positions and up to {len(self.stop)} "
+                             f"stop ids; the call needs {k} slots, {need} positions, {len(sampling.stop_ids)} stop ids")
+        self._ready()
+        st, B, device = self.st, self.B, self.device
+        self.stop.fill_(-1)
+        self.stop[:len(sampling.stop_ids)] = torch.tensor(sorted(sampling.stop_ids), dtype=torch.long)
+        sync_every = 1 if stream is not None or not self.graph else 16
+        step = self._step_fn(sampling, entropy, logprobs, stream is not None)
+
+        n_seq = len(prompts) * k
+        results = [None] * n_seq
+        slot_seq = [-1] * B  # the sequence each slot holds, -1 = free
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: less padding
+        next_prompt = 0
+        pbar = tqdm(total=n_seq, desc="generate", unit="seq", leave=False, disable=n_seq < 64 or stream is not None)
+        while True:
+            # collect finished sequences (one host sync for the small state vectors)
+            done, n_out = st.done.tolist(), st.n_out.tolist()
+            finished = [b for b in range(B) if slot_seq[b] >= 0 and done[b]]
+            if finished:
+                idx = torch.tensor(finished, device=device)
+                outs = st.out[idx].tolist()
+                ents = st.ent[idx].tolist() if entropy else [None] * len(finished)
+                lps = st.lp[idx].tolist() if logprobs else [None] * len(finished)
+                for b, o, e, lp in zip(finished, outs, ents, lps):
+                    s, n = slot_seq[b], n_out[b]
+                    results[s] = Sample(o[:n], n < budgets[s // k], e and e[:n], lp and lp[:n])
+                    slot_seq[b] = -1
+                pbar.update(len(finished))
+            # admit waiting prompts into free slots, several at a time (each prefill call has a fixed cost)
+            free = [b for b in range(B) if slot_seq[b] < 0]
+            waiting = len(prompts) - next_prompt
+            if waiting and len(free) >= min(max(k, B // 8), waiting * k):
+                m = min(len(free) // k, waiting)
+                pids = order[next_prompt:next_prompt + m]
+                self._admit(prompts, pids, k, free[:m * k], budgets, sampling, entropy, logprobs)
+                for j, b in enumerate(free[:m * k]):
+                    slot_seq[b] = pids[j // k] * k + j % k
+                next_prompt += m
+                if stream is not None:
+                    _stream(stream, st, free[:m * k], slot_seq, [0] * B)
+            if all(s < 0 for s in slot_seq):
+                break
+            for _ in range(sync_every):
+                before = st.n_out.tolist() if stream is not None else None
+                step()
+                self.steps += 1
+                if stream is not None:
+                    _stream(stream, st, range(B), slot_seq, before)
+        pbar.close()
+        return results
+
+    def _admit(self, prompts, pids, k, slots, budgets, sampling, entropy, logprobs):
+        """Prefill prompts `pids` into the cache (one right-padded batch, into the first of each prompt's k
+        slots), copy each prompt's cache rows to its other k-1 slots, and emit every new sequence's first
+        token."""
+        st, cache, device = self.st, self.cache, self.device
+        m = len(pids)
+        ps = [prompts[i] for i in pids]
+        T = max(len(p) for p in ps)
+        idx = torch.tensor([p + [0] * (T - len(p)) for p in ps], device=device)  # (m, T)
+        lengths = torch.tensor([len(p) for p in ps], device=device)  # (m,)
+        slots_t = torch.tensor(slots, device=device).view(m, k)  # (m, k)
+        with self.ctx:
+            logits = self.prefill(self.model, idx, cache, slots_t[:, 0], lengths)  # (m, V)
+        if k > 1:  # the samples of a prompt share its prefill: copy the cache rows, not the computation
+            src, dst = slots_t[:, :1].expand(m, k - 1).reshape(-1), slots_t[:, 1:].reshape(-1)
+            cache.k[:, dst, :, :T] = cache.k[:, src, :, :T]
+            cache.v[:, dst, :, :T] = cache.v[:, src, :, :T]
+            cache.pos[dst] = cache.pos[src]
+            logits = logits.repeat_interleave(k, dim=0)  # (m * k, V)
+        rows = slots_t.reshape(-1)
+        seqs = [i * k + j for i in pids for j in range(k)]
+        st.n_out[rows] = 0
+        st.done[rows] = False
+        st.budget[rows] = torch.tensor([budgets[s // k] for s in seqs], device=device)
+        if sampling.temperature > 0:  # uniforms for every step of each sequence, a function of (seed, index) alone
+            u = np.stack([np.random.default_rng([sampling.seed, s]).random(st.u.size(1)) for s in seqs])
+            st.u[rows] = torch.from_numpy(u).to(device=device, dtype=st.u.dtype)
+        _emit(st, rows, logits, self.stop, sampling, entropy, logprobs)
+
+
 def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcontext(), stream=None, entropy=False,
-             cuda_graph=None):
-    """Generate num_samples continuations of each prompt (a list of token ids) under `sampling` (a Sampling)
-    -> a list of Sample, prompt-major (prompt 0's samples, then prompt 1's, ...).
-
-    Continuous batching over batch_size slots of a static KV cache: when a sequence ends, the next
-    waiting prompt is prefilled into its slot, so the batch never waits for its longest row. A prompt is
-    prefilled once and its cache rows are copied to the slots of its samples. A sequence stops at its
-    first token in stop_ids, after max_new_tokens, or at the model's max_seq_len. Every sequence's output
-    is a function of its prompt, the seed and its index alone, not of its batch mates or slot: greedy
-    decoding picks the argmax, and sampling inverts the CDF at uniforms drawn from numpy's generator
-    seeded with (seed, sequence index).
-
-    On CUDA the one-token decode step is captured once as a CUDA graph and replayed (cuda_graph=None: on
-    CUDA); finished rows are collected every 16 steps, the only host syncs. Elsewhere the same step runs
-    eagerly and rows are collected after every step. stream(i, token_id) is called for every kept token of
-    sequence i as soon as it is chosen (one sync per step). entropy=True also records each token's entropy."""
+             logprobs=False, cuda_graph=None):
+    """Engine(...).generate(...) with an engine sized for this call: min(batch_size, sequences) slots (at least
+    num_samples), as many positions as the longest prompt plus its budget (rounded up to 64 when compiled, so
+    that calls of similar sizes share their compiled code)."""
     if not prompts:
         return []
     max_seq = model.config.max_seq_len
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty")
-        if len(p) >= max_seq:
-            raise ValueError(f"prompt {i} has {len(p)} tokens, which leaves no room in the model's context of "
-                             f"max_seq_len={max_seq} tokens")
-    max_new_tokens = sampling.max_new_tokens
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    device = next(model.parameters()).device
-    k = num_samples
-    n_seq = len(prompts) * k
-    B = max(k, min(batch_size, n_seq))  # slots; a prompt's samples are admitted together
-    budgets = [min(max_new_tokens, max_seq - len(p)) for p in prompts]
-    N = max(budgets)
-    L = max(len(p) + b for p, b in zip(prompts, budgets))  # cache slots a sequence can need
-    # (S,); -1: no token
-    stop = torch.tensor(sorted(sampling.stop_ids) or [-1], dtype=torch.long, device=device)
-    graph = device.type == "cuda" if cuda_graph is None else cuda_graph
-    sync_every = 1 if stream is not None or not graph else 16
-
-    with ctx:
-        cache = model.make_cache(B, L)
-    st = _Slots(B, N, device, entropy)
-    all_rows = torch.arange(B, device=device)
-
-    # one token for every slot; finished and empty slots run too (static shapes), their output unused
-    def step():
-        with ctx:
-            logits = model(st.tok[:, None], cache=cache)[:, 0]  # (B, V)
-        _emit(st, all_rows, logits, stop, sampling)
-
-    if graph:
-        step = _capture(step, cache, st)
-
-    results = [None] * n_seq
-    slot_seq = [-1] * B  # the sequence each slot holds, -1 = free
-    # admitted longest first: less padding
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    next_prompt = 0
-    pbar = tqdm(total=n_seq, desc="generate", unit="seq", leave=False, disable=n_seq < 64 or stream is not None)
-    while True:
-        # collect finished sequences (one host sync for the small state vectors)
-        done, n_out = st.done.tolist(), st.n_out.tolist()
-        finished = [b for b in range(B) if slot_seq[b] >= 0 and done[b]]
-        if finished:
-            idx = torch.tensor(finished, device=device)
-            outs = st.out[idx].tolist()
-            ents = st.ent[idx].tolist() if st.ent is not None else [None] * len(finished)
-            for b, o, e in zip(finished, outs, ents):
-                s, n = slot_seq[b], n_out[b]
-                results[s] = Sample(o[:n], n < budgets[s // k], e[:n] if e is not None else None)
-                slot_seq[b] = -1
-            pbar.update(len(finished))
-        # admit waiting prompts into free slots, several at a time (each prefill call has a fixed cost)
-        free = [b for b in range(B) if slot_seq[b] < 0]
-        waiting = len(prompts) - next_prompt
-        if waiting and len(free) >= min(max(k, B // 8), waiting * k):
-            m = min(len(free) // k, waiting)
-            pids = order[next_prompt:next_prompt + m]
-            _admit(model, prompts, pids, k, free[:m * k], budgets, cache, st, stop, sampling, ctx)
-            for j, b in enumerate(free[:m * k]):
-                slot_seq[b] = pids[j // k] * k + j % k
-            next_prompt += m
-            if stream is not None:
-                _stream(stream, st, free[:m * k], slot_seq, [0] * B)
-        if all(s < 0 for s in slot_seq):
-            break
-        for _ in range(sync_every):
-            before = st.n_out.tolist() if stream is not None else None
-            step()
-            if stream is not None:
-                _stream(stream, st, range(B), slot_seq, before)
-    pbar.close()
-    return results
-
-
-def _admit(model, prompts, pids, k, slots, budgets, cache, st, stop, sampling, ctx):
-    """Prefill prompts `pids` into the cache (one right-padded batch, into the first of each
-    prompt's k slots), copy each prompt's cache rows to its other k-1 slots, and emit
-    every new sequence's first token."""
-    device = st.tok.device
-    m = len(pids)
-    ps = [prompts[i] for i in pids]
-    T = max(len(p) for p in ps)
-    idx = torch.tensor([p + [0] * (T - len(p)) for p in ps], device=device)  # (m, T)
-    lengths = torch.tensor([len(p) for p in ps], device=device)  # (m,)
-    slots_t = torch.tensor(slots, device=device).view(m, k)  # (m, k)
-    with ctx:
-        logits = model(idx, cache=cache, rows=slots_t[:, 0], lengths=lengths, last=lengths - 1)  # (m, V)
-    if k > 1:  # the samples of a prompt share its prefill: copy the cache rows, not the computation
-        src, dst = slots_t[:, :1].expand(m, k - 1).reshape(-1), slots_t[:, 1:].reshape(-1)
-        cache.k[:, dst, :, :T] = cache.k[:, src, :, :T]
-        cache.v[:, dst, :, :T] = cache.v[:, src, :, :T]
-        cache.pos[dst] = cache.pos[src]
-        logits = logits.repeat_interleave(k, dim=0)  # (m * k, V)
-    rows = slots_t.reshape(-1)
-    seqs = [i * k + j for i in pids for j in range(k)]
-    st.n_out[rows] = 0
-    st.done[rows] = False
-    st.budget[rows] = torch.tensor([budgets[s // k] for s in seqs], device=device)
-    # uniforms for every step of each sequence, a function of (seed, sequence index) alone
-    if sampling.temperature > 0:
-        u = np.stack([np.random.default_rng([sampling.seed, s]).random(st.u.size(1)) for s in seqs])
-        st.u[rows] = torch.from_numpy(u).to(device=device, dtype=st.u.dtype)
-    _emit(st, rows, logits, stop, sampling)
+    B = max(num_samples, min(batch_size, len(prompts) * num_samples))
+    N = max(1, max(min(sampling.max_new_tokens, max_seq - len(p)) for p in prompts))
+    L = max(len(p) + min(sampling.max_new_tokens, max_seq - len(p)) for p in prompts)
+    if next(model.parameters()).device.type == "cuda":
+        L = min(-(-L // 64) * 64, max(L, max_seq))
+    engine = Engine(model, B, L, N, ctx, cuda_graph)
+    return engine.generate(prompts, sampling, num_samples, stream, entropy, logprobs)
 
 
 def _stream(stream, st, rows, slot_seq, before):
@@ -257,12 +333,12 @@ def _stream(stream, st, rows, slot_seq, before):
 
 
 def _capture(step, cache, st):
-    """Record step() once as a CUDA graph and return its replay. The warm-up runs mutate the state, so it is
-    reset afterwards; replays then read and write the same tensors in place."""
+    """Record step() once as a CUDA graph and return its replay. The warm-up runs (which also compile it) mutate
+    the state, so it is reset afterwards; replays then read and write the same tensors in place."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        for _ in range(2):  # warm-up: lazy initialisation and kernel selection happen outside the graph
+        for _ in range(2):  # warm-up: compilation, lazy initialisation and kernel selection outside the graph
             step()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()

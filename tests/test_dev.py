@@ -12,15 +12,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "tests", "fixtures", "qwen2.5")
 
 
-def test_parity_script_runs_and_agrees(tmp_path):
+def tiny_qwen_with_real_tokenizer(folder):
     cfg = transformers.Qwen2Config(vocab_size=151936, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
     torch.manual_seed(0)
-    transformers.Qwen2ForCausalLM(cfg).save_pretrained(tmp_path)
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(folder)
     for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(os.path.join(TOKENIZER, f), tmp_path)
-    r = subprocess.run([sys.executable, "dev/parity_real.py", str(tmp_path), "--device", "cpu", "--new-tokens", "8"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+        shutil.copy(os.path.join(TOKENIZER, f), folder)
+
+
+def run(*args):
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "chat ids equal: True" in r.stdout, r.stdout
-    assert "torch.float32: greedy 8 tokens: first 8 identical" in r.stdout, r.stdout
+    return r.stdout
+
+
+def test_parity_script_runs_and_agrees(tmp_path):
+    tiny_qwen_with_real_tokenizer(tmp_path)
+    out = run("dev/parity_real.py", str(tmp_path), "--device", "cpu", "--new-tokens", "8")
+    assert "chat ids equal: True" in out and "torch.float32: greedy 8 tokens: first 8 identical" in out, out
+
+
+def test_engine_check_script_runs_and_agrees(tmp_path):
+    tiny_qwen_with_real_tokenizer(tmp_path)
+    out = run("dev/engine_check.py", "--model", str(tmp_path), "--device", "cpu", "--n", "6", "--new", "8")
+    assert "graph vs eager: 6/6 identical sequences" in out and "equals a fresh engine on 12/12" in out, out
+    assert "LoRA unmerged, graph vs eager: 6/6 identical" in out, out

@@ -55,6 +55,7 @@ class _Force:
 
 
 def generate(model, prompts, n, temperature=0.0, top_k=0, top_p=1.0, seed=0, stop_ids=(), **kw):
+    """engine.generate with the sampling settings as keywords."""
     sampling = E.Sampling(n, temperature, top_k, top_p, seed, tuple(sorted(stop_ids)))
     return E.generate(model, prompts, sampling, **kw)
 
@@ -234,3 +235,50 @@ def test_majority_vote():
     assert E._majority([rec("4", False), rec("5", True)])["extracted"] == "4"  # tie: the earliest
     assert E._majority([rec(None, False)]) is None
 
+
+
+# -----------------------------------------------------------------------------
+# an engine a training loop drives: kept between calls, weights changed in place, log-probs, LoRA unmerged
+
+
+def test_logprobs_equal_a_separate_forward_pass(model):
+    samples = generate(model, PROMPTS, 12, temperature=1.0, seed=3, logprobs=True)
+    for p, smp in zip(PROMPTS, samples):
+        assert len(smp.logprobs) == len(smp.ids) == 12
+        with torch.no_grad():
+            logits = model(torch.tensor([p + smp.ids]))[0, len(p) - 1:-1].float()  # the logits each token came from
+        want = torch.log_softmax(logits, -1).gather(1, torch.tensor(smp.ids)[:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(smp.logprobs), want, rtol=0, atol=1e-5)
+    assert generate(model, PROMPTS, 4)[0].logprobs is None  # not computed unless asked
+
+
+def test_weights_changed_in_place_reach_the_next_call_as_in_a_fresh_engine():
+    m = _tiny(seed=4)
+    engine = E.Engine(m, slots=3, max_len=40, max_new_tokens=12)
+    sampling = E.Sampling(12, temperature=1.0, seed=1)
+    first = [s.ids for s in engine.generate(PROMPTS, sampling, num_samples=2, logprobs=True)]
+    with torch.no_grad():  # what an optimizer step does: the same tensors, new values
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    second = [s.ids for s in engine.generate(PROMPTS, sampling, num_samples=2, logprobs=True)]
+    fresh = [s.ids for s in E.Engine(m, 3, 40, 12).generate(PROMPTS, sampling, num_samples=2, logprobs=True)]
+    assert second == fresh and second != first
+    used = engine.memory()
+    assert used["cache"] == 2 * 2 * 3 * 2 * 40 * 16 * 4 + 3 * 8 and used["state"] > 0  # k, v (fp32) and pos
+    engine.free()
+    assert engine.cache is None
+    assert [s.ids for s in engine.generate(PROMPTS, sampling, num_samples=2)] == fresh  # allocated again
+    with pytest.raises(ValueError, match="this engine holds 3 slots of 40 positions"):
+        engine.generate([[1] * 35], sampling)
+
+
+def test_lora_generates_unmerged_as_merged():
+    import model as M
+    m = M.apply_lora(_tiny(seed=5), rank=4, alpha=8, targets=("q", "v", "up"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in M.lora_layers(m):
+            layer.lora_B.copy_(0.2 * torch.randn(layer.lora_B.shape, generator=g))
+    unmerged = gen(m, PROMPTS, 10)
+    assert unmerged != gen(_tiny(seed=5), PROMPTS, 10)  # the adapters matter
+    assert gen(M.merge_lora(m), PROMPTS, 10) == unmerged
