@@ -162,7 +162,7 @@ def _bench_gen(args, device, dtype, tmp):
     print(f"machine: {machine()}" + (f"; device copy bandwidth measured now {bw / 1e12:.2f} TB/s" if bw else ""))
     print(f"model: {label} ({model.num_params() / 1e6:.0f}M parameters, {args.dtype}), loaded in {load_s:.1f}s")
     print(f"data: {args.dataset}/{args.split}, {len(problems)} problems, {fmt} prompts, greedy, <= {max_new} new "
-          f"tokens; cache of {L} positions per slot; compiled decode step captured as a CUDA graph")
+          f"tokens; cache of {L} positions per slot; compiled decode step captured as a CUDA graph", flush=True)
     print(f"{'slots':>6} {'compile+capture s':>17} {'gen s':>7} {'new tokens':>10} {'tokens/s':>9} {'ms/step':>8} "
           f"{'bound ms':>9} {'cache GiB':>9} {'accuracy':>9}")
     engines = {}
@@ -176,7 +176,7 @@ def _bench_gen(args, device, dtype, tmp):
         # every step reads the weights and the whole static cache (attention runs over all L positions, masked)
         bound = (w_bytes + slots * L * per_pos) / bw * 1e3 if bw else float("nan")
         print(f"{slots:>6} {warm:>17.1f} {dt:>7.2f} {n_tok:>10} {n_tok / dt:>9.0f} {dt / steps * 1e3:>8.2f} "
-              f"{bound:>9.2f} {engine.memory()['cache'] / 2**30:>9.2f} {acc:>9.4f}")
+              f"{bound:>9.2f} {engine.memory()['cache'] / 2**30:>9.2f} {acc:>9.4f}", flush=True)
         if slots != args.slots[-1]:
             engine.free()
     n_hf = min(args.hf_n, len(problems))

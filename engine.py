@@ -123,23 +123,19 @@ def _emit(st, rows, logits, stop, sampling, entropy, logprobs):
     st.tok[rows] = nxt
 
 
-def _decode_step(model, cache, st, rows, stop, sampling, entropy, logprobs):
-    """One token for every slot; finished and empty slots run too (static shapes), their output unused."""
-    logits = model(st.tok[:, None], cache=cache)[:, 0]  # (B, V)
-    _emit(st, rows, logits, stop, sampling, entropy, logprobs)
-
-
-def _prefill(model, idx, cache, rows, lengths):
-    """Prompts idx (m, T), right-padded to their longest, into cache rows `rows` -> their last logits (m, V)."""
-    return model(idx, cache=cache, rows=rows, lengths=lengths, last=lengths - 1)
+def _decode_logits(model, tok, cache):
+    """One token for every slot, tok (B,), through the model and its cache -> the next logits (B, V). Finished
+    and empty slots run too (static shapes), their output unused."""
+    return model(tok[:, None], cache=cache)[:, 0]
 
 
 class Engine:
     """Generation for one model, kept between calls: B slots over a static KV cache of L positions, and N new
     tokens at most per sequence. On CUDA the one-token decode step (the model, the sampler and the slots'
-    bookkeeping, static shapes, positions in tensors) is compiled into a few fused kernels per layer and
-    captured once as a CUDA graph per kind of sampling; prefills are compiled with dynamic shapes. Later calls
-    replay the same graph: weights the trainer changes in place (an optimizer step, LoRA adapters) are read by
+    bookkeeping, static shapes, positions in tensors) is captured once as a CUDA graph per kind of sampling,
+    with the model's part compiled into a few fused kernels per layer (the sampler stays eager: inductor
+    failed to generate its cumulative sum over the vocabulary, torch 2.11). Prefills run eagerly, batched
+    across the waiting prompts. Later calls replay the same graph: weights the trainer changes in place (an optimizer step, LoRA adapters) are read by
     the next call as they are, with no recapture and no copy of the model. free() gives the cache and the
     graphs' memory back; memory() reports them, so a trainer can plan around them.
 
@@ -153,8 +149,7 @@ class Engine:
         cuda = self.device.type == "cuda"
         self.graph = cuda if cuda_graph is None else cuda_graph
         self.compiled = cuda if compile is None else compile
-        self.step = torch.compile(_decode_step, dynamic=False) if self.compiled else _decode_step
-        self.prefill = torch.compile(_prefill, dynamic=True) if self.compiled else _prefill
+        self.forward = torch.compile(_decode_logits, dynamic=False) if self.compiled else _decode_logits
         with ctx:
             self.cache = model.make_cache(slots, max_len)
         self.st = _Slots(slots, max_new_tokens, self.device)
@@ -187,7 +182,8 @@ class Engine:
         called directly (eager, or when a stream needs each step's token)."""
         def run():
             with self.ctx:
-                self.step(self.model, self.cache, self.st, self.rows, self.stop, sampling, entropy, logprobs)
+                logits = self.forward(self.model, self.st.tok, self.cache)  # (B, V)
+            _emit(self.st, self.rows, logits, self.stop, sampling, entropy, logprobs)
         if not self.graph or sync_each:
             return run
         key = (sampling.temperature, sampling.top_k, sampling.top_p, entropy, logprobs)
@@ -290,7 +286,7 @@ class Engine:
         lengths = torch.tensor([len(p) for p in ps], device=device)  # (m,)
         slots_t = torch.tensor(slots, device=device).view(m, k)  # (m, k)
         with self.ctx:
-            logits = self.prefill(self.model, idx, cache, slots_t[:, 0], lengths)  # (m, V)
+            logits = self.model(idx, cache=cache, rows=slots_t[:, 0], lengths=lengths, last=lengths - 1)  # (m, V)
         if k > 1:  # the samples of a prompt share its prefill: copy the cache rows, not the computation
             src, dst = slots_t[:, :1].expand(m, k - 1).reshape(-1), slots_t[:, 1:].reshape(-1)
             cache.k[:, dst, :, :T] = cache.k[:, src, :, :T]

@@ -3,14 +3,17 @@
 #   bash dev/gpu/engine_bench.sh check    engine_check.py at 0.5B, then bench.py gen --slots 64,256,512 (no HF)
 #   bash dev/gpu/engine_bench.sh more     bench.py gen at 1.5B, and 0.5B head-to-head with HF generate (256)
 set -o pipefail
-export PYTHONUNBUFFERED=1
-F="Warn\|warn(\|Loading\|it/s\]\|generate:"
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+F="Warn\|warn("
 case ${1:-check} in
 check)
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
-  timeout 330 python3 dev/engine_check.py --model 0.5b --n 256 --new 128 2>&1 | grep -v "$F" | tee $OUT/engine_check.log
-  timeout 240 python3 bench.py gen --slots 64,256,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_05b.log ;;
+  date +%T
+  timeout 200 python3 dev/engine_check.py --model 0.5b --n 64 --new 64 2>&1 | grep -v "$F" | tee $OUT/engine_check.log
+  date +%T
+  timeout 280 python3 bench.py gen --n 512 --slots 64,256,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_05b.log
+  date +%T ;;
 more)
-  timeout 280 python3 bench.py gen --model 1.5b --slots 64,256,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_15b.log
-  timeout 300 python3 bench.py gen --slots 256 --hf-n 256 2>&1 | grep -v "$F" | tee $OUT/bench_gen_hf.log ;;
+  timeout 200 python3 bench.py gen --model 1.5b --n 512 --slots 64,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_15b.log
+  timeout 300 python3 bench.py gen --n 256 --slots 256 --hf-n 256 2>&1 | grep -v "$F" | tee $OUT/bench_gen_hf.log ;;
 esac
