@@ -161,7 +161,7 @@ class Engine:
     def memory(self):
         """Bytes this engine holds on the device: {"cache", "state", "graphs"} (graphs: their private pools)."""
         st = sum(t.numel() * t.element_size() for t in vars(self.st).values())
-        cache = sum(t.numel() * t.element_size() for t in (self.cache.k, self.cache.v, self.cache.pos))
+        cache = sum(t.numel() * t.element_size() for t in [*self.cache.k, *self.cache.v, self.cache.pos])
         return {"cache": cache, "state": st, "graphs": getattr(self, "graph_bytes", 0)}
 
     def free(self):
@@ -188,9 +188,8 @@ class Engine:
             return run
         key = (sampling.temperature, sampling.top_k, sampling.top_p, entropy, logprobs)
         if key not in self.graphs:
-            before = torch.cuda.memory_reserved(self.device)
-            self.graphs[key] = _capture(run, self.cache, self.st)
-            self.graph_bytes = getattr(self, "graph_bytes", 0) + torch.cuda.memory_reserved(self.device) - before
+            self.graphs[key], used = _capture(run, self.cache, self.st)
+            self.graph_bytes = getattr(self, "graph_bytes", 0) + used
         return self.graphs[key]
 
     @torch.no_grad()
@@ -289,8 +288,8 @@ class Engine:
             logits = self.model(idx, cache=cache, rows=slots_t[:, 0], lengths=lengths, last=lengths - 1)  # (m, V)
         if k > 1:  # the samples of a prompt share its prefill: copy the cache rows, not the computation
             src, dst = slots_t[:, :1].expand(m, k - 1).reshape(-1), slots_t[:, 1:].reshape(-1)
-            cache.k[:, dst, :, :T] = cache.k[:, src, :, :T]
-            cache.v[:, dst, :, :T] = cache.v[:, src, :, :T]
+            for buf in (*cache.k, *cache.v):
+                buf[dst, :, :T] = buf[src, :, :T]
             cache.pos[dst] = cache.pos[src]
             logits = logits.repeat_interleave(k, dim=0)  # (m * k, V)
         rows = slots_t.reshape(-1)
@@ -330,20 +329,22 @@ def _stream(stream, st, rows, slot_seq, before):
 
 def _capture(step, cache, st):
     """Record step() once as a CUDA graph and return its replay. The warm-up runs (which also compile it) mutate
-    the state, so it is reset afterwards; replays then read and write the same tensors in place."""
+    the state, so it is reset afterwards; replays then read and write the same tensors in place. -> (replay,
+    the bytes the capture reserved: its private memory pool)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         for _ in range(2):  # warm-up: compilation, lazy initialisation and kernel selection outside the graph
             step()
     torch.cuda.current_stream().wait_stream(s)
+    before = torch.cuda.memory_reserved()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         step()
     cache.pos.zero_()
     st.done.fill_(True)
     st.n_out.zero_()
-    return g.replay
+    return g.replay, torch.cuda.memory_reserved() - before  # the graph's private memory pool
 
 
 # -----------------------------------------------------------------------------

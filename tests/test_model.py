@@ -217,7 +217,7 @@ def test_grad_checkpointing_and_autocast():
     # the KV cache follows the autocast dtype, and decoding under autocast stays finite
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         cache = m.make_cache(2, 8)
-        assert cache.k.dtype == torch.bfloat16 and m.make_cache(2, 8, dtype=torch.float32).k.dtype == torch.float32
+        assert cache.k[0].dtype == torch.bfloat16 and m.make_cache(2, 8, dtype=torch.float32).k[0].dtype == torch.float32
         prefill = m(torch.tensor([[1, 2, 3], [4, 0, 0]]), cache=cache, rows=torch.arange(2), lengths=torch.tensor([3, 1]))
         assert torch.isfinite(prefill).all()
         assert torch.isfinite(m(torch.tensor([[5], [6]]), cache=cache)).all()

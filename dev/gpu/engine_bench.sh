@@ -9,9 +9,9 @@ case ${1:-check} in
 check)
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
   date +%T
-  timeout 200 python3 dev/engine_check.py --model 0.5b --n 64 --new 64 2>&1 | grep -v "$F" | tee $OUT/engine_check.log
-  date +%T
   timeout 280 python3 bench.py gen --n 512 --slots 64,256,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_05b.log
+  date +%T
+  timeout 150 python3 dev/engine_check.py --model 0.5b --n 64 --new 64 2>&1 | grep -v "$F" | tee $OUT/engine_check.log
   date +%T ;;
 more)
   timeout 200 python3 bench.py gen --model 1.5b --n 512 --slots 64,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_15b.log
