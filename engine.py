@@ -337,6 +337,8 @@ def _capture(step, cache, st):
         for _ in range(2):  # warm-up: compilation, lazy initialisation and kernel selection outside the graph
             step()
     torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # as torch.cuda.graph does on entry: what it reserves after this is its pool
     before = torch.cuda.memory_reserved()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
