@@ -164,9 +164,17 @@ def load_math(path):
 def load_pairs(path, prompt_key="prompt", response_key="response"):
     """Generic jsonl of prompt/response pairs: rejection-sampling data (sample.py --rft-out) or anything else.
     An 'answer' (or 'gold', as sample.py --eval writes it) is kept for grading; a boolean 'correct' becomes
-    the example's label, which a verifier learns (train.py objective=verifier)."""
+    the example's label, which a verifier learns (train.py objective=verifier). Rows with a prompt and an
+    answer but no response are problems to be solved (rl.py samples their solutions); their response is ""."""
     out = []
-    for i, (n, r) in enumerate(read_jsonl(path, required=(prompt_key, response_key), lines=True)):
+    rows = read_jsonl(path, required=(prompt_key,), lines=True)
+    for n, r in rows:
+        if response_key not in r and "answer" not in r:
+            raise ValueError(f"{path}:{n}: a '{prompt_key}' row needs a '{response_key}' or an 'answer'")
+        if not isinstance(r.get(response_key, ""), str):
+            raise ValueError(f"{path}:{n}: '{response_key}' must be a string")
+        r.setdefault(response_key, "")
+    for i, (n, r) in enumerate(rows):
         answer = r.get("answer", r.get("gold"))
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             answer = str(answer)
@@ -280,10 +288,10 @@ def load_dataset(name, split="train"):
         return load_gsm8k(name)
     if "problem" in rows[0]:
         return load_math(name)
-    if "prompt" in rows[0] and "response" in rows[0]:
+    if "prompt" in rows[0] and ("response" in rows[0] or "answer" in rows[0]):
         return load_pairs(name)
     raise ValueError(f"{name}:1: cannot tell the layout: expected question/answer (GSM8K), problem/solution (MATH) "
-                     f"or prompt/response keys; the line has {sorted(rows[0])}")
+                     f"or prompt/response (or prompt/answer) keys; the line has {sorted(rows[0])}")
 
 
 def parse_mixture(spec):
@@ -363,20 +371,23 @@ def pack_rows(lengths, order, seq_len, open_rows=64):
     return rows
 
 
-def collate(rows, examples, seq_len, pad_id):
+def collate(rows, examples, seq_len, pad_id, fields=()):
     """Rows of example indices -> tensors, all (B, T=seq_len): idx: token ids; targets: next token where it
     is a supervised response token else -100; pos: position within its own example; doc: document id within
     the row (pads get their own id, so they attend only to pads). Plus loss_index (N,): the flat positions of
     the supervised targets, found here on the CPU, not on the GPU. Examples with a "label" (graded samples: 1
     correct, 0 not) also give labels (M,) float, their label at each of their response tokens, and
     label_index (M,), those tokens' flat positions (a verifier's value head learns there whether the solution
-    it has read so far ends correct)."""
+    it has read so far ends correct). Each key of `fields` gives an (N,) float tensor aligned with loss_index,
+    from each example's value of that key: a number for all its supervised targets (an advantage), or a list
+    with one number per supervised target, in order (old log-probabilities)."""
     B, T = len(rows), seq_len
     idx = np.full((B, T), pad_id, dtype=np.int64)
     tgt = np.full((B, T), -100, dtype=np.int64)
     lab = np.full((B, T), -1.0, dtype=np.float32)
     pos = np.zeros((B, T), dtype=np.int64)
     doc = np.zeros((B, T), dtype=np.int64)
+    vals = {k: [] for k in fields}
     for b, row in enumerate(rows):
         t = 0
         for d, i in enumerate(row):
@@ -386,6 +397,13 @@ def collate(rows, examples, seq_len, pad_id):
             # target at position j is token j+1, if that one is supervised
             m = np.asarray(mask[1:n], dtype=bool)
             tgt[b, t:t + n - 1] = np.where(m, np.asarray(ids[1:n]), -100)
+            for key in fields:  # in loss_index's order: rows, then examples within a row, then positions
+                v, k = examples[i][key], int(m.sum())
+                v = np.full(k, v, dtype=np.float32) if np.isscalar(v) else np.asarray(v, dtype=np.float32)[:k]
+                if len(v) != k:
+                    raise ValueError(f"example {examples[i].get('id', i)}: '{key}' has {len(v)} values for {k} "
+                                     f"supervised tokens")
+                vals[key].append(v)
             if "label" in examples[i]:
                 lab[b, t:t + n] = np.where(np.asarray(mask[:n], dtype=bool), examples[i]["label"], -1.0)
             pos[b, t:t + n] = np.arange(n)
@@ -397,6 +415,8 @@ def collate(rows, examples, seq_len, pad_id):
     out["loss_index"] = torch.from_numpy(np.flatnonzero(tgt.reshape(-1) != -100))  # (N,)
     out["label_index"] = torch.from_numpy(np.flatnonzero(lab.reshape(-1) >= 0))  # (M,)
     out["labels"] = torch.from_numpy(lab.reshape(-1)[out["label_index"].numpy()])  # (M,)
+    for key, v in vals.items():
+        out[key] = torch.from_numpy(np.concatenate(v) if v else np.zeros(0, dtype=np.float32))  # (N,)
     return out
 
 
@@ -496,6 +516,51 @@ class Dataset:
                 "supervised_tokens": self.n_supervised, "examples_without_answer_tokens": self.n_no_answer}
 
 
+def held_out(spec, seed, val_size):
+    """The problems a mixture holds out: -> (parts, orders, held), per dataset its (name, weight, rows), its rows
+    in a fixed-seed order, and the set of its problem texts held out. val_size distinct problems in all, drawn
+    from each dataset's order in proportion to the problems it adds to the mixture (see build_datasets)."""
+    parts = [(name, w, load_dataset(name, "train")) for name, w in parse_mixture(spec)]
+    orders, new = [], []  # per dataset: its rows in a fixed-seed order; the problems it adds, in that order
+    seen = set()
+    for name, w, rows in parts:
+        order = np.random.default_rng([seed, 7]).permutation(len(rows))
+        orders.append(order)
+        fresh = list(dict.fromkeys(rows[i]["prompt"] for i in order if rows[i]["prompt"] not in seen))
+        new.append(fresh)
+        seen.update(fresh)
+    held = [set(fresh[:math.ceil(val_size * len(fresh) / max(1, len(seen))) if val_size else 0]) for fresh in new]
+    return parts, orders, held
+
+
+def split_problems(spec, seed=0, val_size=0, max_samples=0):
+    """Problems to train on by sampling (rl.py) and problems held out to pick best.pt, each problem once:
+    -> (train, val), lists of examples with their gold answers. The held-out problems are the ones
+    build_datasets holds out with the same spec, seed and val_size, so an SFT run and an RL run on the same
+    data select their checkpoints on the same problems. max_samples (if > 0) caps each dataset's problems."""
+    parts, orders, held = held_out(spec, seed, val_size)
+    train, val, seen = [], [], set().union(*held)
+    for (name, w, rows), order, mine in zip(parts, orders, held):
+        first = {}  # each held-out problem once, its first row in the order
+        for i in order:
+            if rows[i]["prompt"] in mine:
+                first.setdefault(rows[i]["prompt"], rows[i])
+        val += list(first.values())
+        tr = []
+        for i in order:
+            if rows[i]["prompt"] not in seen:
+                seen.add(rows[i]["prompt"])
+                tr.append(rows[i])
+        train += tr[:max_samples] if max_samples else tr
+    missing = next((ex["id"] for ex in train + val if ex.get("answer") is None), None)
+    if missing:
+        raise ValueError(f"datasets='{spec}': problem {missing} has no gold answer to grade against")
+    if not train:
+        raise ValueError(f"datasets='{spec}': no problems left to train on after the {len(seen)} held out; "
+                         f"lower val_size")
+    return train, val
+
+
 def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_samples=0, val_size=0,
                    system_prompt=SYSTEM_PROMPT):
     """Train and validation Datasets from a mixture spec ('gsm8k:1,math:0.5'). val_size *problems*
@@ -509,22 +574,11 @@ def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_sam
     dataset, leaves training, so the eval that picks best.pt never grades a trained-on problem. max_samples
     (if > 0) caps each dataset's training examples."""
     train, val, ranges = [], [], []
-    parts = [(name, w, load_dataset(name, "train")) for name, w in parse_mixture(spec)]
-    orders, new = [], []  # per dataset: its rows in a fixed-seed order; the problems it adds, in that order
-    seen = set()
-    for name, w, rows in parts:
-        order = np.random.default_rng([seed, 7]).permutation(len(rows))
-        orders.append(order)
-        fresh = list(dict.fromkeys(rows[i]["prompt"] for i in order if rows[i]["prompt"] not in seen))
-        new.append(fresh)
-        seen.update(fresh)
-    held = set()
-    for (name, w, rows), order, fresh in zip(parts, orders, new):
-        n_val = math.ceil(val_size * len(fresh) / max(1, len(seen))) if val_size else 0
-        mine = set(fresh[:n_val])
-        held |= mine
+    parts, orders, mine = held_out(spec, seed, val_size)
+    held = set().union(*mine)
+    for (name, w, rows), order, m in zip(parts, orders, mine):
         val += list({(rows[i]["prompt"], rows[i]["response"]): rows[i] for i in order
-                     if rows[i]["prompt"] in mine}.values())
+                     if rows[i]["prompt"] in m}.values())
     for (name, w, rows), order in zip(parts, orders):
         tr = [rows[i] for i in order if rows[i]["prompt"] not in held]
         if max_samples:

@@ -82,7 +82,8 @@ class Sample(NamedTuple):
     ids: list       # generated token ids, the stop token excluded
     stopped: bool   # ended by a stop token (False: it ran out of budget, max_new_tokens or the context)
     entropy: list   # per generated token, nats of the model's own next-token distribution (if asked), else None
-    logprobs: list  # per generated token, its log-probability under the model's logits (if asked), else None
+    logprobs: list  # per generated token, its log-probability under the model's logits, and for a stopped
+    #                 sequence one more, its stop token's (the policy chose to stop: RL trains on it too)
 
 
 class _Slots:
@@ -116,7 +117,7 @@ def _emit(st, rows, logits, stop, sampling, entropy, logprobs):
     if logprobs:  # of the chosen token under the model's own distribution (temperature 1): what RL's ratio uses
         x = logits.float()
         lp = x.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(x, dim=-1)  # (n,)
-        st.lp[rows, n_out] = torch.where(keep, lp, st.lp[rows, n_out])
+        st.lp[rows, n_out] = torch.where(active, lp, st.lp[rows, n_out])  # a stop token's too
     n_out = n_out + keep.long()
     st.n_out[rows] = n_out
     st.done[rows] = ~keep | (n_out >= st.budget[rows])
@@ -193,7 +194,7 @@ class Engine:
         return self.graphs[key]
 
     @torch.no_grad()
-    def generate(self, prompts, sampling, num_samples=1, stream=None, entropy=False, logprobs=False):
+    def generate(self, prompts, sampling, num_samples=1, stream=None, entropy=False, logprobs=False, first=0):
         """num_samples continuations of each prompt (a list of token ids) under `sampling` (a Sampling) -> a list
         of Sample, prompt-major (prompt 0's samples, then prompt 1's, ...).
 
@@ -205,7 +206,8 @@ class Engine:
         uniforms drawn from numpy's generator seeded with (seed, sequence index). Finished rows are collected
         every 16 steps with a CUDA graph (the only host syncs), else after every step. stream(i, token_id) is
         called for every kept token of sequence i as soon as it is chosen (one sync per step). entropy=True
-        records each token's entropy, logprobs=True its log-probability."""
+        records each token's entropy, logprobs=True its log-probability. first: the index of this call's first
+        sequence in a larger batch split over calls or processes (its draws are those it has there)."""
         model, k = self.model, num_samples
         if not prompts:
             return []
@@ -247,7 +249,8 @@ class Engine:
                 lps = st.lp[idx].tolist() if logprobs else [None] * len(finished)
                 for b, o, e, lp in zip(finished, outs, ents, lps):
                     s, n = slot_seq[b], n_out[b]
-                    results[s] = Sample(o[:n], n < budgets[s // k], e and e[:n], lp and lp[:n])
+                    stopped = n < budgets[s // k]
+                    results[s] = Sample(o[:n], stopped, e and e[:n], lp and lp[:n + stopped])
                     slot_seq[b] = -1
                 pbar.update(len(finished))
             # admit waiting prompts into free slots, several at a time (each prefill call has a fixed cost)
@@ -256,7 +259,7 @@ class Engine:
             if waiting and len(free) >= min(max(k, B // 8), waiting * k):
                 m = min(len(free) // k, waiting)
                 pids = order[next_prompt:next_prompt + m]
-                self._admit(prompts, pids, k, free[:m * k], budgets, sampling, entropy, logprobs)
+                self._admit(prompts, pids, k, free[:m * k], budgets, sampling, entropy, logprobs, first)
                 for j, b in enumerate(free[:m * k]):
                     slot_seq[b] = pids[j // k] * k + j % k
                 next_prompt += m
@@ -273,7 +276,7 @@ class Engine:
         pbar.close()
         return results
 
-    def _admit(self, prompts, pids, k, slots, budgets, sampling, entropy, logprobs):
+    def _admit(self, prompts, pids, k, slots, budgets, sampling, entropy, logprobs, first):
         """Prefill prompts `pids` into the cache (one right-padded batch, into the first of each prompt's k
         slots), copy each prompt's cache rows to its other k-1 slots, and emit every new sequence's first
         token."""
@@ -298,7 +301,7 @@ class Engine:
         st.done[rows] = False
         st.budget[rows] = torch.tensor([budgets[s // k] for s in seqs], device=device)
         if sampling.temperature > 0:  # uniforms for every step of each sequence, a function of (seed, index) alone
-            u = np.stack([np.random.default_rng([sampling.seed, s]).random(st.u.size(1)) for s in seqs])
+            u = np.stack([np.random.default_rng([sampling.seed, first + s]).random(st.u.size(1)) for s in seqs])
             st.u[rows] = torch.from_numpy(u).to(device=device, dtype=st.u.dtype)
         _emit(st, rows, logits, self.stop, sampling, entropy, logprobs)
 

@@ -241,13 +241,23 @@ def test_majority_vote():
 # an engine a training loop drives: kept between calls, weights changed in place, log-probs, LoRA unmerged
 
 
+def _greedy_next(model, ids):
+    with torch.no_grad():
+        return int(model(torch.tensor([ids]))[0, -1].argmax())
+
+
 def test_logprobs_equal_a_separate_forward_pass(model):
-    samples = generate(model, PROMPTS, 12, temperature=1.0, seed=3, logprobs=True)
-    for p, smp in zip(PROMPTS, samples):
-        assert len(smp.logprobs) == len(smp.ids) == 12
+    full = generate(model, PROMPTS, 12)
+    stops = {full[0].ids[4], full[2].ids[7]}  # two rows end on a stop token, whose log-prob comes last
+    samples = generate(model, PROMPTS, 12, temperature=1.0, seed=3, logprobs=True) + \
+        generate(model, PROMPTS, 12, stop_ids=stops, logprobs=True)
+    assert sum(s.stopped for s in samples) >= 2
+    for p, smp in zip(PROMPTS + PROMPTS, samples):
+        ids = smp.ids + ([_greedy_next(model, p + smp.ids)] if smp.stopped else [])  # the stop token, greedy
+        assert len(smp.logprobs) == len(ids) == len(smp.ids) + smp.stopped
         with torch.no_grad():
-            logits = model(torch.tensor([p + smp.ids]))[0, len(p) - 1:-1].float()  # the logits each token came from
-        want = torch.log_softmax(logits, -1).gather(1, torch.tensor(smp.ids)[:, None]).squeeze(1)
+            logits = model(torch.tensor([p + ids]))[0, len(p) - 1:-1].float()  # the logits each token came from
+        want = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids)[:, None]).squeeze(1)
         torch.testing.assert_close(torch.tensor(smp.logprobs), want, rtol=0, atol=1e-5)
     assert generate(model, PROMPTS, 4)[0].logprobs is None  # not computed unless asked
 
