@@ -467,11 +467,13 @@ def export_hf(model, tok, out_dir):
 #   lora           {"rank", "alpha", "dropout", "targets"} or absent       value_head   a verifier's head
 #   optimizer      keyed by parameter name ("optimizer_format": "fqn"), so any sharding resumes it
 #   scaler, rng    the fp16 GradScaler's state and every random generator (resume is bit for bit)
-# ckpt-*.pt only: optimizer, optimizer_format, scaler, rng.
+#   data_position  problems consumed (rl.py, whose steps may sample more problems than others)
+# ckpt-*.pt only: optimizer, optimizer_format, scaler, rng, data_position.
 
 
 def save_training_checkpoint(path, model_state, model_config, config, *, step, best, global_batch, world_size=1,
-                             base=None, lora=None, value_head=False, optimizer=None, scaler=None, keep_last=0):
+                             base=None, lora=None, value_head=False, optimizer=None, scaler=None, keep_last=0,
+                             extra=None):
     """Write one training checkpoint (the layout above) atomically. model_state: the model's whole
     state_dict, or only its trained part with `base` naming the checkpoint it goes on. With `optimizer`
     (its state dict, keyed by parameter name) it is a ckpt-*.pt: the RNG state is taken here, and keep_last
@@ -485,7 +487,7 @@ def save_training_checkpoint(path, model_state, model_config, config, *, step, b
     if lora:
         state["lora"] = lora
     if optimizer is not None:
-        state.update(optimizer=optimizer, optimizer_format="fqn", scaler=scaler, rng=rng_state())
+        state.update(optimizer=optimizer, optimizer_format="fqn", scaler=scaler, rng=rng_state(), **(extra or {}))
     save_checkpoint(state, path)
     if optimizer is not None and keep_last > 0:
         for old in list_checkpoints(os.path.dirname(path))[:-keep_last]:

@@ -84,6 +84,7 @@ class Sample(NamedTuple):
     entropy: list   # per generated token, nats of the model's own next-token distribution (if asked), else None
     logprobs: list  # per generated token, its log-probability under the model's logits, and for a stopped
     #                 sequence one more, its stop token's (the policy chose to stop: RL trains on it too)
+    stop_id: int    # the stop token that ended it (None: it ran out of budget)
 
 
 class _Slots:
@@ -110,7 +111,7 @@ def _emit(st, rows, logits, stop, sampling, entropy, logprobs):
     nxt = sample_next(logits, sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
     active = ~st.done[rows]
     keep = active & ~(nxt[:, None] == stop).any(-1)
-    st.out[rows, n_out] = torch.where(keep, nxt, st.out[rows, n_out])
+    st.out[rows, n_out] = torch.where(active, nxt, st.out[rows, n_out])  # a stop token lands after the kept ones
     if entropy:
         ent = torch.special.entr(logits.float().softmax(-1)).sum(-1)  # (n,) nats; entr(0) = 0
         st.ent[rows, n_out] = torch.where(keep, ent, st.ent[rows, n_out])
@@ -194,7 +195,8 @@ class Engine:
         return self.graphs[key]
 
     @torch.no_grad()
-    def generate(self, prompts, sampling, num_samples=1, stream=None, entropy=False, logprobs=False, first=0):
+    def generate(self, prompts, sampling, num_samples=1, stream=None, entropy=False, logprobs=False, first=0,
+                 progress=True):
         """num_samples continuations of each prompt (a list of token ids) under `sampling` (a Sampling) -> a list
         of Sample, prompt-major (prompt 0's samples, then prompt 1's, ...).
 
@@ -207,7 +209,8 @@ class Engine:
         every 16 steps with a CUDA graph (the only host syncs), else after every step. stream(i, token_id) is
         called for every kept token of sequence i as soon as it is chosen (one sync per step). entropy=True
         records each token's entropy, logprobs=True its log-probability. first: the index of this call's first
-        sequence in a larger batch split over calls or processes (its draws are those it has there)."""
+        sequence in a larger batch split over calls or processes (its draws are those it has there). progress:
+        a progress bar (for 64 sequences or more)."""
         model, k = self.model, num_samples
         if not prompts:
             return []
@@ -237,7 +240,8 @@ class Engine:
         slot_seq = [-1] * B  # the sequence each slot holds, -1 = free
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: less padding
         next_prompt = 0
-        pbar = tqdm(total=n_seq, desc="generate", unit="seq", leave=False, disable=n_seq < 64 or stream is not None)
+        pbar = tqdm(total=n_seq, desc="generate", unit="seq", leave=False,
+                    disable=not progress or n_seq < 64 or stream is not None)
         while True:
             # collect finished sequences (one host sync for the small state vectors)
             done, n_out = st.done.tolist(), st.n_out.tolist()
@@ -250,7 +254,7 @@ class Engine:
                 for b, o, e, lp in zip(finished, outs, ents, lps):
                     s, n = slot_seq[b], n_out[b]
                     stopped = n < budgets[s // k]
-                    results[s] = Sample(o[:n], stopped, e and e[:n], lp and lp[:n + stopped])
+                    results[s] = Sample(o[:n], stopped, e and e[:n], lp and lp[:n + stopped], o[n] if stopped else None)
                     slot_seq[b] = -1
                 pbar.update(len(finished))
             # admit waiting prompts into free slots, several at a time (each prefill call has a fixed cost)
@@ -374,7 +378,7 @@ def _majority(recs, weight=lambda r: 1):
 
 @torch.no_grad()
 def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt=data.SYSTEM_PROMPT, num_samples=1,
-             batch_size=64, ctx=nullcontext(), entropy=False, verifier=None):
+             batch_size=64, ctx=nullcontext(), entropy=False, verifier=None, engine=None):
     """Generate for each problem ({"id", "prompt", "answer", ...}) under `sampling` (a Sampling; with no stop
     ids, the tokenizer's) and grade it. Returns (summary, records): summary {"accuracy", "format_rate",
     "answer_reward" (= accuracy), "format_reward" (= format_rate), "mean_length" (tokens), "tokens_per_s",
@@ -384,7 +388,8 @@ def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt
     ended by the token budget, not a stop token). The model runs in eval mode under no_grad and gets its
     previous mode back. verifier = (model with a value head, its tokenizer, prompt format, system prompt):
     every record gets its "score" (P(correct)), and with k > 1 samples the summary adds "verifier@k" (accuracy
-    of each problem's top-scored sample) and "weighted_maj@k" (votes weighted by score)."""
+    of each problem's top-scored sample) and "weighted_maj@k" (votes weighted by score). engine: an
+    Engine of this model to generate with (its cache and graphs kept), else one is made for the call."""
     was_training = model.training
     model.eval()
     try:
@@ -401,7 +406,10 @@ def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt
         t0 = time.time()
         if not sampling.stop_ids:
             sampling = dataclasses.replace(sampling, stop_ids=tuple(sorted(tok.stop_ids)))
-        samples = generate(model, prompts, sampling, num_samples, batch_size, ctx, entropy=entropy)
+        if engine is not None:  # the caller's engine for this model (rl.py: no second cache)
+            samples = engine.generate(prompts, sampling, num_samples, entropy=entropy)
+        else:
+            samples = generate(model, prompts, sampling, num_samples, batch_size, ctx, entropy=entropy)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.time()

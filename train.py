@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 
 import data
-from checkpoint import (check_output_folder, list_checkpoints, load_for_resume, remove_orphan_tmp,
-                        restore_training_state, resume_path, save_tokenizer, write_text)
+from checkpoint import (list_checkpoints, load_for_resume, remove_orphan_tmp, restore_training_state,
+                        resume_path, save_tokenizer, write_text)
 from engine import Sampling, score_examples, verifier_metrics
-from model import LORA_TARGETS, PRESETS, gpu_peak_flops
-from training import (LateValues, RunLog, TrainingError, apply_update, build_model, eval_problems,
-                      evaluate_loss, forward_backward, generation_eval, improved, lr_at, make_optimizer,
-                      out_of_time, parse_config, save_run, setup, sft_loss, teardown, verifier_loss,
-                      whole_model, wrap_model)
+from model import PRESETS, gpu_peak_flops
+from training import (LateValues, RunLog, TrainingError, apply_update, build_model, check_common,
+                      eval_problems, evaluate_loss, forward_backward, generation_eval, improved, lr_at,
+                      make_optimizer, out_of_time, parse_config, save_run, setup, sft_loss, teardown,
+                      verifier_loss, whole_model, wrap_model)
 
 
 @dataclass
@@ -119,10 +119,7 @@ def check_config(cfg):
         if not ok:
             bad.append(f"{key}={getattr(cfg, key)!r}: {what}")
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
-    need(cfg.out_dir.strip() != "", "out_dir", "must name a folder")
-    why = cfg.out_dir.strip() and check_output_folder(cfg.out_dir)
-    need(not why, "out_dir", why)
-    need(cfg.init_from.strip() != "", "init_from", "must be 'scratch' or a checkpoint")
+    bad += check_common(cfg)
     if cfg.init_from == "scratch":
         need(cfg.model_preset in PRESETS, "model_preset", f"must be one of {sorted(PRESETS)}")
         for k in ("n_layer", "n_embd", "n_head"):
@@ -130,18 +127,7 @@ def check_config(cfg):
         if cfg.n_embd > 0 and cfg.n_head > 0:
             need(cfg.n_embd % (2 * cfg.n_head) == 0, "n_embd", f"must be a multiple of 2 * n_head = "
                  f"{2 * cfg.n_head}")
-    need(cfg.resume in ("", "auto") or os.path.isfile(cfg.resume), "resume",
-         "must be '', 'auto' or an existing ckpt-*.pt file")
-    try:
-        mixture = data.parse_mixture(cfg.datasets)
-    except ValueError as e:
-        bad.append(str(e))
-        mixture = []
-    for name, _ in mixture:
-        need(name in data.DATASETS or os.path.exists(name), "datasets",
-             f"'{name}' is not a known name ({', '.join(list(data.DATASETS)[:5])}, arith1-9) nor a file or "
-             f"folder")
-    need(cfg.prompt_format in ("chat", "plain"), "prompt_format", "must be 'chat' or 'plain'")
+    mixture = data.parse_mixture(cfg.datasets) if not any(b.startswith("datasets=") for b in bad) else []
     need(cfg.seq_len >= 2, "seq_len", "must be >= 2 (a prompt token and an answer token)")
     for k in ("max_samples", "val_size", "max_iters", "warmup_iters", "keep_last", "eval_samples"):
         need(getattr(cfg, k) >= 0, k, "must be >= 0")
@@ -150,20 +136,6 @@ def check_config(cfg):
         need(getattr(cfg, k) >= 1, k, "must be >= 1")
     need(cfg.max_iters > 0 or (finite(cfg.epochs) and cfg.epochs > 0), "epochs",
          "must be > 0 when max_iters = 0")
-    need(finite(cfg.max_time) and cfg.max_time >= 0, "max_time", "must be >= 0 seconds (0 = no limit)")
-    need(finite(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
-    need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be > 0")
-    need(finite(cfg.min_lr_ratio) and 0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
-    need(cfg.schedule in ("cosine", "linear", "constant"), "schedule", "must be cosine, linear or constant")
-    need(finite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
-    for k in ("beta1", "beta2"):
-        need(finite(getattr(cfg, k)) and 0 <= getattr(cfg, k) < 1, k, "must be in [0, 1)")
-    need(finite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
-    need(cfg.grad_checkpointing >= -1, "grad_checkpointing",
-         "must be -1 (all blocks), 0 (none) or a number of blocks")
-    need(finite(cfg.activation_budget) and 0 < cfg.activation_budget <= 1, "activation_budget",
-         "must be in (0, 1]")
-    need(cfg.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = full fine-tuning)")
     need(cfg.objective in ("sft", "verifier"), "objective", "must be sft or verifier")
     if cfg.objective == "verifier":
         need(cfg.init_from != "scratch", "objective",
@@ -176,12 +148,6 @@ def check_config(cfg):
              "held-out samples, not by generating)")
         need(not cfg.fsdp, "fsdp", "a verifier trains with DDP or on one GPU (not FSDP yet)")
     if cfg.lora_rank:
-        need(cfg.init_from != "scratch", "lora_rank", "LoRA adapts a pretrained model: set init_from")
-        need(finite(cfg.lora_alpha) and cfg.lora_alpha > 0, "lora_alpha", "must be > 0")
-        need(finite(cfg.lora_dropout) and 0 <= cfg.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
-        targets = cfg.lora_targets.split(",")
-        need(targets and set(targets) <= set(LORA_TARGETS), "lora_targets",
-             f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
         need(not cfg.fsdp, "fsdp", "LoRA with FSDP is not supported yet (LoRA runs use DDP)")
     if cfg.eval_dataset:
         same = lambda n: os.path.exists(n) and os.path.samefile(n, cfg.eval_dataset)  # noqa: E731

@@ -40,9 +40,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
-from checkpoint import attach_trained_parts, atomic_write, load_model, save_training_checkpoint
+from checkpoint import (attach_trained_parts, atomic_write, check_output_folder, load_model,
+                        save_training_checkpoint)
 from engine import evaluate, sample_table
-from model import PRESETS, ModelConfig, Transformer, setup_numerics
+from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
 
 
@@ -128,6 +129,54 @@ def _set_key(cfg, fields, aliases, key, value, where, from_cli=False):
     if type(value) is not type(default):
         raise SystemExit(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
     setattr(cfg, key, value)
+
+def check_common(cfg):
+    """The checks every training loop's config shares (output, data mixture, optimisation, numerics, LoRA):
+    -> a list of "key=value: what is wrong" lines, empty when all is well. Nothing is loaded or written."""
+    bad = []
+
+    def need(ok, key, what):
+        if not ok:
+            bad.append(f"{key}={getattr(cfg, key)!r}: {what}")
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    need(cfg.out_dir.strip() != "", "out_dir", "must name a folder")
+    why = cfg.out_dir.strip() and check_output_folder(cfg.out_dir)
+    need(not why, "out_dir", why)
+    need(cfg.init_from.strip() != "", "init_from", "must be 'scratch' or a checkpoint")
+    need(cfg.resume in ("", "auto") or os.path.isfile(cfg.resume), "resume",
+         "must be '', 'auto' or an existing ckpt-*.pt file")
+    try:
+        mixture = data.parse_mixture(cfg.datasets)
+    except ValueError as e:
+        bad.append(str(e))
+        mixture = []
+    for name, _ in mixture:
+        need(name in data.DATASETS or os.path.exists(name), "datasets",
+             f"'{name}' is not a known name ({', '.join(list(data.DATASETS)[:5])}, arith1-9) nor a file or "
+             f"folder")
+    need(cfg.prompt_format in ("chat", "plain"), "prompt_format", "must be 'chat' or 'plain'")
+    need(finite(cfg.max_time) and cfg.max_time >= 0, "max_time", "must be >= 0 seconds (0 = no limit)")
+    need(finite(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
+    need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be > 0")
+    need(finite(cfg.min_lr_ratio) and 0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+    need(cfg.schedule in ("cosine", "linear", "constant"), "schedule", "must be cosine, linear or constant")
+    need(finite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
+    for k in ("beta1", "beta2"):
+        need(finite(getattr(cfg, k)) and 0 <= getattr(cfg, k) < 1, k, "must be in [0, 1)")
+    need(finite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
+    need(cfg.grad_checkpointing >= -1, "grad_checkpointing",
+         "must be -1 (all blocks), 0 (none) or a number of blocks")
+    need(finite(cfg.activation_budget) and 0 < cfg.activation_budget <= 1, "activation_budget",
+         "must be in (0, 1]")
+    need(cfg.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = full fine-tuning)")
+    if cfg.lora_rank:
+        need(cfg.init_from != "scratch", "lora_rank", "LoRA adapts a pretrained model: set init_from")
+        need(finite(cfg.lora_alpha) and cfg.lora_alpha > 0, "lora_alpha", "must be > 0")
+        need(finite(cfg.lora_dropout) and 0 <= cfg.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        targets = cfg.lora_targets.split(",")
+        need(targets and set(targets) <= set(LORA_TARGETS), "lora_targets",
+             f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
+    return bad
 
 # -----------------------------------------------------------------------------
 # processes and numerics
@@ -312,7 +361,8 @@ def whole_model(model, fsdp, env):
     return whole.to(env.device)
 
 
-def save_run(path, model, opt, env, step, best, fsdp, part, config, global_batch, keep_last=0, full=True):
+def save_run(path, model, opt, env, step, best, fsdp, part, config, global_batch, keep_last=0, full=True,
+             extra=None):
     """One training checkpoint of `model` (the plain module): ckpt-*.pt with the optimizer state
     (full), or best.pt with the weights only. Every rank calls it (FSDP gathers); rank 0 writes. A
     run that trains part of the model (LoRA adapters, a verifier's head on a frozen backbone)
@@ -328,7 +378,7 @@ def save_run(path, model, opt, env, step, best, fsdp, part, config, global_batch
                                  base=part["base"] if partial else None, lora=part["lora"],
                                  value_head=part["value_head"], optimizer=osd,
                                  scaler=env.scaler.state_dict() if full and env.scaler else None,
-                                 keep_last=keep_last)
+                                 keep_last=keep_last, extra=extra)
     env.barrier()
 
 # -----------------------------------------------------------------------------
