@@ -203,6 +203,12 @@ def _checked_inputs(args, ap):
             ap.error("no prompts: give --prompt, --prompts FILE (not empty), text on stdin, --eval or --export-hf")
         plan["texts"], outs = texts, {}
     outs = {k: p for k, p in outs.items() if p}
+    files = [os.path.abspath(p) for k, p in outs.items() if k != "export"]
+    if len(set(files)) < len(files):
+        ap.error(f"--out and --rft-out (and the summary next to --out) must be different files: {files}")
+    folder_named = next((p for k, p in outs.items() if k != "export" and os.path.isdir(p)), None)
+    if folder_named:
+        ap.error(f"{folder_named} is a folder: name a file")
     folders = [p if k == "export" else os.path.dirname(p) or "." for k, p in outs.items()]
     for path, folder in zip(outs.values(), folders):
         why = check_output_folder(folder)

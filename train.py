@@ -160,6 +160,11 @@ def check_config(cfg):
                        f"problems held out from the training data (val_size), or give a file of your own")
         elif not os.path.exists(cfg.eval_dataset):
             bad.append(f"eval_dataset={cfg.eval_dataset!r}: no such file or folder")
+        else:
+            try:  # read now, not after the model is built
+                data.load_dataset(cfg.eval_dataset)
+            except ValueError as e:
+                bad.append(f"eval_dataset={cfg.eval_dataset!r}: {e}")
     elif cfg.eval_samples:
         need(cfg.val_size > 0, "val_size", "must be > 0 for eval_samples > 0 (the held-out problems it "
              "grades), or set eval_dataset to a file")

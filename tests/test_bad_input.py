@@ -300,6 +300,9 @@ def test_sample_outputs_are_checked_before_the_model_loads(run_dir, tmp_path, mo
     fails(S.main, ["--ckpt", str(tmp_path / "nope"), "--prompt", "x"], match="nope")
     fails(S.main, base + ["--verifier", str(tmp_path / "no_verifier")], match="no_verifier")
     fails(S.main, ["--ckpt", str(run_dir), "--prompts", str(tmp_path / "none.txt")], match="none.txt")
+    fails(S.main, base + ["--out", str(tmp_path / "e.jsonl"), "--rft-out", str(tmp_path / "e.jsonl")],
+          match="must be different files")
+    fails(S.main, base + ["--out", str(tmp_path / "hf"), "--overwrite"], match="is a folder: name a file")
     assert not (tmp_path / "e.jsonl").exists() and sorted(os.listdir(tmp_path)) == ["a_file", "hf"]
 
 
@@ -320,6 +323,11 @@ def test_a_failed_later_output_leaves_no_earlier_one_behind(run_dir, tmp_path, m
     monkeypatch.setattr(S, "write_text", real)
     S.main(args)
     assert (tmp_path / "e.jsonl").exists() and (tmp_path / "r.jsonl").exists()
+
+
+def test_eval_dataset_that_cannot_be_read_is_refused_first(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, tmp_path / "o", f"--eval_dataset={run_dir}", "--eval_samples=4", match="eval_dataset=")
 
 
 def test_out_dir_that_cannot_be_written_is_refused_first(tmp_path, monkeypatch):
