@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 
@@ -36,13 +35,12 @@ import torch.distributed as dist
 
 import data
 import grade as G
-from checkpoint import (list_checkpoints, load_for_resume, remove_orphan_tmp, restore_training_state,
-                        resume_path, save_tokenizer, write_text)
+from checkpoint import remove_orphan_tmp, restore_training_state, save_tokenizer, write_text
 from engine import Engine, Sampling, evaluate
 from model import Transformer, set_lora_enabled
-from training import (LateValues, RunLog, TrainingError, apply_update, build_model, check_common,
-                      forward_backward, improved, lr_at, make_optimizer, out_of_time, parse_config, save_run,
-                      setup, teardown, wrap_model)
+from training import (LateValues, RunLog, apply_update, build_model, check_common, find_resume,
+                      forward_backward, improved, lr_at, make_optimizer, out_of_time, parse_config, run_main,
+                      save_run, setup, teardown, wrap_model)
 
 
 @dataclass
@@ -278,25 +276,6 @@ def global_sum(x, env):
 # the run
 
 
-def find_resume(cfg, env):
-    path = resume_path(cfg.resume, cfg.out_dir)
-    if not path:
-        held = list_checkpoints(cfg.out_dir) or os.path.exists(os.path.join(cfg.out_dir, "best.pt"))
-        if held and not cfg.overwrite:
-            raise SystemExit(f"out_dir={cfg.out_dir!r} already holds a run (ckpt-*.pt / best.pt): continue "
-                             f"it with --resume=auto, replace it with --overwrite=true, or choose another "
-                             f"out_dir")
-        return None
-    try:
-        ckpt = load_for_resume(path, dataclasses.asdict(cfg), RESUME_KEYS,
-                               cfg.prompts_per_step * cfg.group_size, "prompts_per_step x group_size",
-                               f"{cfg.prompts_per_step} x {cfg.group_size}")
-    except ValueError as e:
-        raise SystemExit(str(e))
-    env.say(f"resuming from {path} at step {ckpt['step']}")
-    return ckpt
-
-
 def first_batch_checks(groups, cfg, log, env):
     """Before the first update: a reward that is the same for every sample (of every process)
     leaves nothing to learn: stop and say why; a max_new_tokens that cuts most samples off earns
@@ -327,7 +306,8 @@ def train(cfg):
     env.say(f"device {env.device}{f' x {env.world} processes' if env.world > 1 else ''}, compute dtype "
             f"{env.dtype}")
     env.say("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
-    ckpt = find_resume(cfg, env)
+    ckpt = find_resume(cfg, env, RESUME_KEYS, cfg.prompts_per_step * cfg.group_size,
+                       "prompts_per_step x group_size", f"{cfg.prompts_per_step} x {cfg.group_size}")
     problems, held = data.split_problems(cfg.datasets, cfg.seed, cfg.val_size, cfg.max_samples)
     model, tok, part = build_model(cfg, env.device, env.dtype)
     if ckpt:
@@ -479,15 +459,7 @@ def step_record(groups, examples, stats, n_tok, last, env):
 
 
 def main(argv=None):
-    cfg = load_config(sys.argv[1:] if argv is None else argv)
-    try:
-        summary = train(cfg)
-    except TrainingError as e:
-        raise SystemExit(f"training stopped: {e}")
-    except (ValueError, OSError) as e:  # bad input (a dataset, a checkpoint, a file): one line, no traceback
-        raise SystemExit(f"error: {e}")
-    if summary["stop_reason"] == "interrupted":
-        raise SystemExit(130)
+    run_main(load_config, train, argv)
 
 
 if __name__ == "__main__":

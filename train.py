@@ -11,21 +11,19 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
 import data
-from checkpoint import (list_checkpoints, load_for_resume, remove_orphan_tmp, restore_training_state,
-                        resume_path, save_tokenizer, write_text)
+from checkpoint import remove_orphan_tmp, restore_training_state, save_tokenizer, write_text
 from engine import Sampling, score_examples, verifier_metrics
 from model import PRESETS, gpu_peak_flops
-from training import (LateValues, RunLog, TrainingError, apply_update, build_model, check_common,
-                      eval_problems, evaluate_loss, forward_backward, generation_eval, improved, lr_at,
-                      make_optimizer, out_of_time, parse_config, save_run, setup, sft_loss, teardown,
-                      verifier_loss, whole_model, wrap_model)
+from training import (LateValues, RunLog, apply_update, build_model, check_common, eval_problems,
+                      evaluate_loss, find_resume, forward_backward, generation_eval, improved, lr_at,
+                      make_optimizer, out_of_time, parse_config, run_main, save_run, setup, sft_loss,
+                      teardown, verifier_loss, whole_model, wrap_model)
 
 
 @dataclass
@@ -172,30 +170,6 @@ def check_config(cfg):
         raise SystemExit("config: " + "; ".join(bad))
 
 
-def find_resume(cfg, env, rows_per_step):
-    """The checkpoint this run continues (None: a fresh run), checked against cfg. A fresh run will not
-    replace an out_dir that holds one, unless overwrite."""
-    path = resume_path(cfg.resume, cfg.out_dir)
-    if cfg.resume == "auto":
-        env.say(f"resume=auto: found {path}" if path else
-                f"resume=auto: no ckpt-*.pt in {cfg.out_dir}/, starting a fresh run")
-    if not path:
-        held = list_checkpoints(cfg.out_dir) or os.path.exists(os.path.join(cfg.out_dir, "best.pt"))
-        if held and not cfg.overwrite:
-            raise SystemExit(f"out_dir={cfg.out_dir!r} already holds a run (ckpt-*.pt / best.pt): continue "
-                             f"it with --resume=auto, replace it with --overwrite=true, or choose another "
-                             f"out_dir")
-        return None
-    try:
-        ckpt = load_for_resume(path, dataclasses.asdict(cfg), RESUME_KEYS, rows_per_step,
-                               "batch_size x grad_accum x processes",
-                               f"{cfg.batch_size} x {cfg.grad_accum} x {env.world}")
-    except ValueError as e:
-        raise SystemExit(str(e))
-    env.say(f"resuming from {path} at step {ckpt['step']}")
-    return ckpt
-
-
 def run_eval(cfg, env, model, fsdp, tok, val_ds, problems, step, log):
     """Validation loss on every rank (under FSDP each forward gathers from all ranks); on rank 0 a verifier's
     metrics on the held-out samples, or generation and grading of held-out problems (on the model itself, or
@@ -232,7 +206,8 @@ def train(cfg):
     env.say(f"device {env.device}{procs}, compute dtype {env.dtype}{', GradScaler' if env.scaler else ''}")
     env.say("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
     rows_per_step = cfg.batch_size * cfg.grad_accum * env.world  # the global batch
-    ckpt = find_resume(cfg, env, rows_per_step)
+    ckpt = find_resume(cfg, env, RESUME_KEYS, rows_per_step, "batch_size x grad_accum x processes",
+                       f"{cfg.batch_size} x {cfg.grad_accum} x {env.world}")
 
     # the model and the data: built and checked before anything is written
     verifier = cfg.objective == "verifier"
@@ -386,15 +361,7 @@ def check_labels(cfg, train_ds, val_ds):
 
 
 def main(argv=None):
-    cfg = load_config(sys.argv[1:] if argv is None else argv)
-    try:
-        summary = train(cfg)
-    except TrainingError as e:
-        raise SystemExit(f"training stopped: {e}")
-    except (ValueError, OSError) as e:  # bad input (a dataset, a checkpoint, a file): one line, no traceback
-        raise SystemExit(f"error: {e}")
-    if summary["stop_reason"] == "interrupted":
-        raise SystemExit(130)  # Ctrl-C, after the checkpoint is saved
+    run_main(load_config, train, argv)
 
 
 if __name__ == "__main__":

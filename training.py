@@ -40,8 +40,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
-from checkpoint import (attach_trained_parts, atomic_write, check_output_folder, load_model,
-                        save_training_checkpoint)
+from checkpoint import (attach_trained_parts, atomic_write, check_output_folder, list_checkpoints,
+                        load_for_resume, load_model, resume_path, save_training_checkpoint)
 from engine import evaluate, sample_table
 from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
@@ -177,6 +177,41 @@ def check_common(cfg):
         need(targets and set(targets) <= set(LORA_TARGETS), "lora_targets",
              f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
     return bad
+
+def find_resume(cfg, env, keys, global_batch, batch_name, batch_now):
+    """The checkpoint a run continues (None: a fresh run), checked against cfg on `keys` and the global batch
+    (checkpoint.load_for_resume). A fresh run will not replace an out_dir that holds one, unless overwrite."""
+    path = resume_path(cfg.resume, cfg.out_dir)
+    if cfg.resume == "auto":
+        env.say(f"resume=auto: found {path}" if path else
+                f"resume=auto: no ckpt-*.pt in {cfg.out_dir}/, starting a fresh run")
+    if not path:
+        held = list_checkpoints(cfg.out_dir) or os.path.exists(os.path.join(cfg.out_dir, "best.pt"))
+        if held and not cfg.overwrite:
+            raise SystemExit(f"out_dir={cfg.out_dir!r} already holds a run (ckpt-*.pt / best.pt): continue "
+                             f"it with --resume=auto, replace it with --overwrite=true, or choose another "
+                             f"out_dir")
+        return None
+    try:
+        ckpt = load_for_resume(path, dataclasses.asdict(cfg), keys, global_batch, batch_name, batch_now)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    env.say(f"resuming from {path} at step {ckpt['step']}")
+    return ckpt
+
+
+def run_main(load_config, train, argv):
+    """An entry script's main: its config from argv, its train(); a run that cannot go on and bad input (a
+    dataset, a checkpoint, a file) end in one line and a non-zero exit, Ctrl-C in 130 after a checkpoint."""
+    cfg = load_config(sys.argv[1:] if argv is None else argv)
+    try:
+        summary = train(cfg)
+    except TrainingError as e:
+        raise SystemExit(f"training stopped: {e}")
+    except (ValueError, OSError) as e:  # one line, no traceback
+        raise SystemExit(f"error: {e}")
+    if summary["stop_reason"] == "interrupted":
+        raise SystemExit(130)  # Ctrl-C, after the checkpoint is saved
 
 # -----------------------------------------------------------------------------
 # processes and numerics

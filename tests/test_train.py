@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import train  # noqa: E402
+import training  # noqa: E402
 from model import Transformer  # noqa: E402
 
 TINY = ["--n_layer=1", "--n_embd=32", "--n_head=2", "--seq_len=96", "--batch_size=4", "--max_samples=300",
@@ -203,7 +204,7 @@ def test_nonfinite_step_is_skipped_and_reported(tmp_path, monkeypatch):
     assert {float(v["step"]) for v in opt_state.values()} == {5.0}
     # several in a row: a clear stop
     calls["n"], bad = 0, set(range(2, 100))
-    with pytest.raises(train.TrainingError, match="non-finite steps in a row"):
+    with pytest.raises(training.TrainingError, match="non-finite steps in a row"):
         train.train(tiny_cfg(tmp_path / "b", "--max_iters=20", "--max_bad_steps=3"))
 
 
