@@ -36,10 +36,11 @@ import torch.distributed as dist
 import data
 import grade as G
 from checkpoint import remove_orphan_tmp, restore_training_state, save_tokenizer, write_text
+from config import parse_config
 from engine import Engine, Sampling, evaluate
 from model import Transformer, set_lora_enabled
 from training import (LateValues, RunLog, apply_update, build_model, check_common, find_resume,
-                      forward_backward, improved, lr_at, make_optimizer, out_of_time, parse_config, run_main,
+                      forward_backward, improved, lr_at, make_optimizer, out_of_time, run_main,
                       save_run, setup, teardown, wrap_model)
 
 

@@ -18,11 +18,12 @@ import torch
 
 import data
 from checkpoint import remove_orphan_tmp, restore_training_state, save_tokenizer, write_text
+from config import parse_config
 from engine import Sampling, score_examples, verifier_metrics
 from model import PRESETS, gpu_peak_flops
 from training import (LateValues, RunLog, apply_update, build_model, check_common, eval_problems,
                       evaluate_loss, find_resume, forward_backward, generation_eval, improved, lr_at,
-                      make_optimizer, out_of_time, parse_config, run_main, save_run, setup, sft_loss,
+                      make_optimizer, out_of_time, run_main, save_run, setup, sft_loss,
                       teardown, verifier_loss, whole_model, wrap_model)
 
 

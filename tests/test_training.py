@@ -12,6 +12,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import checkpoint as C  # noqa: E402
+import config  # noqa: E402
 import data  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
@@ -65,12 +66,12 @@ def test_config_loader_serves_any_dataclass(tmp_path, capsys):
         lr: float = 1e-6
     p = tmp_path / "exp.py"
     p.write_text("group_size = 4\n")
-    cfg = training.parse_config(Other, [str(p), "--lr=2e-6"], script="rl.py")
+    cfg = config.parse_config(Other, [str(p), "--lr=2e-6"], script="rl.py")
     assert (cfg.group_size, cfg.lr) == (4, 2e-6)
     with pytest.raises(SystemExit, match="did you mean 'group_size'"):
-        training.parse_config(Other, ["--group_sise=3"])
+        config.parse_config(Other, ["--group_sise=3"])
     with pytest.raises(SystemExit):
-        training.parse_config(Other, ["-h"], script="rl.py")
+        config.parse_config(Other, ["-h"], script="rl.py")
     assert "python rl.py" in capsys.readouterr().out
 
 
