@@ -169,6 +169,7 @@ class Engine:
     def free(self):
         """Give back the cache, the slots' state and the captured graphs; the next generate() allocates again."""
         self.graphs.clear()
+        self.graph_bytes = 0
         self.cache = self.st = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
