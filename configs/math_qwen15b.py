@@ -6,9 +6,11 @@ out_dir = "out/math_qwen15b"
 datasets = "math"
 prompt_format = "chat"
 seq_len = 1024
-pack = False              # one example per row, as in the recipe: 32 examples per optimizer step
+pack = True               # rows of 1024 tokens hold ~3 examples: 97.1% real tokens, against 31.9% one example
+                          # per row, as the seeds' recipe had it (counted with data.build_datasets and the Qwen2.5
+                          # tokenizer; the speed-up on the GPU is not measured yet)
 batch_size = 4
-grad_accum = 8
+grad_accum = 3            # 12 rows, ~36 examples per optimizer step (the recipe: 32)
 epochs = 3.0
 max_iters = 0
 lr = 1e-5                 # full fine-tuning; the LoRA variant uses 1e-4
