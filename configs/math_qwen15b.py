@@ -1,5 +1,5 @@
-# Qwen2.5-Math-1.5B fine-tuned on MATH (the seeds' recipe): lr 1e-5, batch 4 x accumulation 8, 3 epochs,
-# length 1024, 100 warmup steps, clip 1.0, eval and save every 500 steps, keep 3.
+# Qwen2.5-Math-1.5B fine-tuned on MATH (the seeds' recipe: lr 1e-5, 32 examples per step, 3 epochs, length 1024,
+# 100 warmup steps, clip 1.0, eval and save every 500 steps, keep 3), its examples packed into rows.
 # `huggingface-cli download Qwen/Qwen2.5-Math-1.5B`, or set init_from to the folder.
 init_from = "Qwen/Qwen2.5-Math-1.5B"
 out_dir = "out/math_qwen15b"
