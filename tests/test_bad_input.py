@@ -406,3 +406,27 @@ def test_a_rendezvous_that_never_completes_ends_with_a_message(tmp_path):
     assert r.returncode == 1 and time.time() - t0 < 60
     assert "MASTER_ADDR:MASTER_PORT=127.0.0.1" in r.stderr and "dist_timeout" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- rl.py
+
+
+def test_rl_inputs_are_refused_before_sampling(run_dir, tmp_path, monkeypatch, capsys):
+    import rl
+    base = ["--datasets=arith2", "--prompt_format=plain", "--seq_len=128", "--val_size=20", "--eval_samples=8",
+            "--device=cpu", f"--init_from={run_dir}", f"--out_dir={tmp_path / 'o'}"]
+
+    def refused(*flags, match):
+        fails(rl.main, base + list(flags), match=match)
+        assert not (tmp_path / "o").exists()
+    with monkeypatch.context() as m:
+        m.setattr(rl, "build_model", never_loaded)
+        refused("--group_size=1", match="group_size=1: must be >= 2")
+        refused("--prompts_per_step=0", match="prompts_per_step")
+        refused("--temperature=0", match="temperature")
+        no_answers = tmp_path / "p.jsonl"
+        no_answers.write_text(json.dumps({"prompt": "What is 1 + 1?", "response": "2"}) + "\n")
+        refused(f"--datasets={no_answers}", "--val_size=0", "--eval_samples=0", match="has no gold answer")
+    # one new token: every sample is cut off and earns 0: nothing to learn, said before any update, the rate too
+    refused("--max_new_tokens=1", "--prompts_per_step=4", "--group_size=2", match="nothing to learn")
+    assert "100% of the first batch's samples reached max_new_tokens=1" in capsys.readouterr().out
