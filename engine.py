@@ -21,6 +21,7 @@ comparable:
     grade.is_equiv, ties to the earliest).
 """
 import dataclasses
+import sys
 import time
 from contextlib import nullcontext
 from typing import NamedTuple
@@ -152,6 +153,7 @@ class Engine:
         self.graph = cuda if cuda_graph is None else cuda_graph
         self.compiled = cuda if compile is None else compile
         self.forward = torch.compile(_decode_logits, dynamic=False) if self.compiled else _decode_logits
+        self.tried = False  # the compiled forward has been called once
         with ctx:
             self.cache = model.make_cache(slots, max_len)
         self.st = _Slots(slots, max_new_tokens, self.device)
@@ -183,6 +185,16 @@ class Engine:
     def _step_fn(self, sampling, entropy, logprobs, sync_each):
         """The decode step for this kind of sampling: captured once as a CUDA graph (replayed from then on), or
         called directly (eager, or when a stream needs each step's token)."""
+        if self.compiled and not self.tried:  # the first call compiles; a compiler failure must not stop a run
+            self.tried = True
+            try:  # harmless on the state: every slot is free now, and an admitted row is prefilled afresh
+                with self.ctx:
+                    self.forward(self.model, self.st.tok, self.cache)
+            except Exception as e:
+                print(f"warning: compiling the decode step failed ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0][:200]}); decoding eagerly", file=sys.stderr)
+                self.forward, self.compiled = _decode_logits, False
+
         def run():
             with self.ctx:
                 logits = self.forward(self.model, self.st.tok, self.cache)  # (B, V)

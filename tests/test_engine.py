@@ -292,3 +292,15 @@ def test_lora_generates_unmerged_as_merged():
     unmerged = gen(m, PROMPTS, 10)
     assert unmerged != gen(_tiny(seed=5), PROMPTS, 10)  # the adapters matter
     assert gen(M.merge_lora(m), PROMPTS, 10) == unmerged
+
+
+def test_a_compiler_failure_falls_back_to_eager_decoding(model, monkeypatch, capsys):
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("InductorError: codegen failed")
+        return call
+    monkeypatch.setattr(E.torch, "compile", broken)
+    engine = E.Engine(model, 3, 40, 12, compile=True, cuda_graph=False)
+    assert [s.ids for s in engine.generate(PROMPTS, E.Sampling(12))] == gen(model, PROMPTS, 12)
+    assert "compiling the decode step failed (RuntimeError: InductorError: codegen failed); decoding eagerly" \
+        in capsys.readouterr().err and not engine.compiled
