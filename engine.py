@@ -11,14 +11,14 @@ comparable:
     data.SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}." A nanomath
     checkpoint is prompted the way it was trained (its config's prompt_format / system_prompt), a Hugging Face
     model in chat format if its tokenizer has a chat template, else in plain format (data.PLAIN_TEMPLATE).
-  - decoding: greedy, stopping at any of the tokenizer's end tokens (for Qwen both <|im_end|> and <|endoftext|>),
-    at most data.DATASETS[name].max_new_tokens new tokens (and never past the model's max_seq_len).
-  - grading: grade.grade(response, gold): the answer in <answer> tags, else the last \\boxed{} (then "####", "the
-    answer is", last number), compared by mathematical equivalence. accuracy = correct / n; format rate = share of
-    responses whose answer came in a recognised form (not the last-number fallback).
-  - with num_samples k > 1 (and temperature > 0): accuracy is the mean over all k*n samples, pass@k the share of
-    problems with at least one correct sample, maj@k the accuracy of the majority answer (answers grouped by
-    grade.is_equiv, ties to the earliest).
+  - decoding: greedy, stopping at any of the tokenizer's end tokens (for Qwen both <|im_end|> and
+    <|endoftext|>), at most data.DATASETS[name].max_new_tokens new tokens (never past max_seq_len).
+  - grading: grade.grade(response, gold): the answer in <answer> tags, else the last \\boxed{} (then "####",
+    "the answer is", last number), compared by mathematical equivalence. accuracy = correct / n; format rate =
+    share of responses whose answer came in a recognised form (not the last-number fallback).
+  - with num_samples k > 1 (and temperature > 0): accuracy is the mean over all k*n samples, pass@k the share
+    of problems with at least one correct sample, maj@k the accuracy of the majority answer (answers grouped
+    by grade.is_equiv, ties to the earliest).
 """
 import dataclasses
 import sys
@@ -36,7 +36,7 @@ import grade as G
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """How tokens are chosen: one object through generate, evaluate, sample.py and the evals during training."""
+    """How tokens are chosen: one object through generate, evaluate, sample.py and the evals in training."""
     max_new_tokens: int = 256  # per sequence (and never past the model's max_seq_len)
     temperature: float = 0.0   # 0 = greedy (argmax)
     top_k: int = 0             # keep the k most likely tokens (0 = all)
@@ -82,15 +82,15 @@ def sample_next(logits, sampling, u=None):
 class Sample(NamedTuple):
     ids: list       # generated token ids, the stop token excluded
     stopped: bool   # ended by a stop token (False: it ran out of budget, max_new_tokens or the context)
-    entropy: list   # per generated token, nats of the model's own next-token distribution (if asked), else None
+    entropy: list   # per generated token, nats of the model's next-token distribution (if asked), else None
     logprobs: list  # per generated token, its log-probability under the model's logits, and for a stopped
     #                 sequence one more, its stop token's (the policy chose to stop: RL trains on it too)
     stop_id: int    # the stop token that ended it (None: it ran out of budget)
 
 
 class _Slots:
-    """The decoder's state for B slots, all on the device with fixed shapes, so that one decode step touches only
-    these tensors and can be captured once as a CUDA graph and replayed:
+    """The decoder's state for B slots, all on the device with fixed shapes, so that one decode step touches
+    only these tensors and can be captured once as a CUDA graph and replayed:
         tok (B,) the token each slot feeds next   n_out (B,) tokens kept so far   budget (B,) tokens allowed
         done (B,) finished or empty               out (B, N+1) kept tokens        u (B, N+1) uniforms per step
         ent, lp (B, N+1) entropies and log-probabilities of the kept tokens (if asked)"""
@@ -99,24 +99,28 @@ class _Slots:
         z = lambda dt: torch.zeros(B, dtype=dt, device=device)  # noqa: E731
         self.tok, self.n_out, self.budget = z(torch.long), z(torch.long), z(torch.long)
         self.done = torch.ones(B, dtype=torch.bool, device=device)
-        self.out = torch.zeros(B, N + 1, dtype=torch.long, device=device)  # +1: a done row writes past its end
+        # +1: a done row writes past its end
+        self.out = torch.zeros(B, N + 1, dtype=torch.long, device=device)
         self.u = torch.zeros(B, N + 1, device=device)
         self.ent = torch.zeros(B, N + 1, device=device)
         self.lp = torch.zeros(B, N + 1, device=device)
 
 
 def _emit(st, rows, logits, stop, sampling, entropy, logprobs):
-    """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it: kept unless it
-    is a stop token or the slot was already done; done once stopped or out of budget. Static shapes, no sync."""
+    """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it:
+    kept unless it is a stop token or the slot was already done; done once stopped or out of
+    budget. Static shapes, no sync."""
     n_out = st.n_out[rows]  # (n,)
     nxt = sample_next(logits, sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
     active = ~st.done[rows]
     keep = active & ~(nxt[:, None] == stop).any(-1)
-    st.out[rows, n_out] = torch.where(active, nxt, st.out[rows, n_out])  # a stop token lands after the kept ones
+    # a stop token lands after the kept ones
+    st.out[rows, n_out] = torch.where(active, nxt, st.out[rows, n_out])
     if entropy:
         ent = torch.special.entr(logits.float().softmax(-1)).sum(-1)  # (n,) nats; entr(0) = 0
         st.ent[rows, n_out] = torch.where(keep, ent, st.ent[rows, n_out])
-    if logprobs:  # of the chosen token under the model's own distribution (temperature 1): what RL's ratio uses
+    # of the chosen token under the model's own distribution (temperature 1): what RL's ratio uses
+    if logprobs:
         x = logits.float()
         lp = x.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(x, dim=-1)  # (n,)
         st.lp[rows, n_out] = torch.where(active, lp, st.lp[rows, n_out])  # a stop token's too
@@ -133,20 +137,22 @@ def _decode_logits(model, tok, cache):
 
 
 class Engine:
-    """Generation for one model, kept between calls: B slots over a static KV cache of L positions, and N new
-    tokens at most per sequence. On CUDA the one-token decode step (the model, the sampler and the slots'
-    bookkeeping, static shapes, positions in tensors) is captured once as a CUDA graph per kind of sampling,
-    with the model's part compiled into a few fused kernels per layer (the sampler stays eager: inductor
-    failed to generate its cumulative sum over the vocabulary, torch 2.11). Prefills run eagerly, batched
-    across the waiting prompts. Later calls replay the same graph: weights the trainer changes in place (an optimizer step, LoRA adapters) are read by
-    the next call as they are, with no recapture and no copy of the model. free() gives the cache and the
-    graphs' memory back; memory() reports them, so a trainer can plan around them.
+    """Generation for one model, kept between calls: B slots over a static KV cache of L positions, and N
+    new tokens at most per sequence. On CUDA the one-token decode step (the model, the sampler and the
+    slots' bookkeeping, static shapes, positions in tensors) is captured once as a CUDA graph per kind of
+    sampling, with the model's part compiled into a few fused kernels per layer (the sampler stays eager:
+    inductor failed to generate its cumulative sum over the vocabulary, torch 2.11). Prefills run
+    eagerly, batched across the waiting prompts. Later calls replay the same graph: weights the trainer
+    changes in place (an optimizer step, LoRA adapters) are read by the next call as they are, with no
+    recapture and no copy of the model. free() gives the cache and the graphs' memory back; memory()
+    reports them, so a trainer can plan around them.
 
         engine = Engine(model, slots=256, max_len=1024, max_new_tokens=512, ctx=autocast)
-        samples = engine.generate(prompts, Sampling(512, temperature=1.0, stop_ids=tok.stop_ids), logprobs=True)
+        samples = engine.generate(prompts, Sampling(512, 1.0, stop_ids=tok.stop_ids), logprobs=True)
     """
 
-    def __init__(self, model, slots, max_len, max_new_tokens, ctx=nullcontext(), cuda_graph=None, compile=None):
+    def __init__(self, model, slots, max_len, max_new_tokens, ctx=nullcontext(), cuda_graph=None,
+                 compile=None):
         self.model, self.B, self.L, self.N, self.ctx = model, slots, max_len, max_new_tokens, ctx
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
@@ -163,13 +169,13 @@ class Engine:
         self.steps = 0  # decode steps run so far (benchmarks divide by it)
 
     def memory(self):
-        """Bytes this engine holds on the device: {"cache", "state", "graphs"} (graphs: their private pools)."""
+        """Bytes this engine holds on the device: {"cache", "state", "graphs"} (the graphs' memory pools)."""
         st = sum(t.numel() * t.element_size() for t in vars(self.st).values())
         cache = sum(t.numel() * t.element_size() for t in [*self.cache.k, *self.cache.v, self.cache.pos])
         return {"cache": cache, "state": st, "graphs": getattr(self, "graph_bytes", 0)}
 
     def free(self):
-        """Give back the cache, the slots' state and the captured graphs; the next generate() allocates again."""
+        """Give back the cache, the slots' state and the captured graphs (generate() allocates them again)."""
         self.graphs.clear()
         self.graph_bytes = 0
         self.cache = self.st = None
@@ -183,9 +189,10 @@ class Engine:
             self.st = _Slots(self.B, self.N, self.device)
 
     def _step_fn(self, sampling, entropy, logprobs, sync_each):
-        """The decode step for this kind of sampling: captured once as a CUDA graph (replayed from then on), or
-        called directly (eager, or when a stream needs each step's token)."""
-        if self.compiled and not self.tried:  # the first call compiles; a compiler failure must not stop a run
+        """The decode step for this kind of sampling: captured once as a CUDA graph (replayed from then on),
+        or called directly (eager, or when a stream needs each step's token)."""
+        # the first call compiles; a compiler failure must not stop a run
+        if self.compiled and not self.tried:
             self.tried = True
             try:  # harmless on the state: every slot is free now, and an admitted row is prefilled afresh
                 with self.ctx:
@@ -210,20 +217,20 @@ class Engine:
     @torch.no_grad()
     def generate(self, prompts, sampling, num_samples=1, stream=None, entropy=False, logprobs=False, first=0,
                  progress=True):
-        """num_samples continuations of each prompt (a list of token ids) under `sampling` (a Sampling) -> a list
-        of Sample, prompt-major (prompt 0's samples, then prompt 1's, ...).
+        """num_samples continuations of each prompt (a list of token ids) under `sampling` (a Sampling) -> a
+        list of Sample, prompt-major (prompt 0's samples, then prompt 1's, ...).
 
         Continuous batching: when a sequence ends, the next waiting prompt is prefilled into its slot, so the
         batch never waits for its longest row. A prompt is prefilled once and its cache rows are copied to the
         slots of its samples. A sequence stops at its first token in stop_ids, after max_new_tokens, or at the
-        model's max_seq_len. Every sequence's output is a function of its prompt, the seed and its index alone,
-        not of its batch mates or slot: greedy decoding picks the argmax, and sampling inverts the CDF at
-        uniforms drawn from numpy's generator seeded with (seed, sequence index). Finished rows are collected
-        every 16 steps with a CUDA graph (the only host syncs), else after every step. stream(i, token_id) is
-        called for every kept token of sequence i as soon as it is chosen (one sync per step). entropy=True
-        records each token's entropy, logprobs=True its log-probability. first: the index of this call's first
-        sequence in a larger batch split over calls or processes (its draws are those it has there). progress:
-        a progress bar (for 64 sequences or more)."""
+        model's max_seq_len. Every sequence's output is a function of its prompt, the seed and its index
+        alone, not of its batch mates or slot: greedy decoding picks the argmax, and sampling inverts the CDF
+        at uniforms drawn from numpy's generator seeded with (seed, sequence index). Finished rows are
+        collected every 16 steps with a CUDA graph (the only host syncs), else after every step. stream(i,
+        token_id) is called for every kept token of sequence i as soon as it is chosen (one sync per step).
+        entropy=True records each token's entropy, logprobs=True its log-probability. first: the index of this
+        call's first sequence in a larger batch split over calls or processes (its draws are those it has
+        there). progress: a progress bar (for 64 sequences or more)."""
         model, k = self.model, num_samples
         if not prompts:
             return []
@@ -232,15 +239,16 @@ class Engine:
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty")
             if len(p) >= max_seq:
-                raise ValueError(f"prompt {i} has {len(p)} tokens, which leaves no room in the model's context "
-                                 f"of max_seq_len={max_seq} tokens")
+                raise ValueError(f"prompt {i} has {len(p)} tokens, which leaves no room in the model's "
+                                 f"context of max_seq_len={max_seq} tokens")
         if sampling.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {sampling.max_new_tokens}")
         budgets = [min(sampling.max_new_tokens, max_seq - len(p), self.N) for p in prompts]
         need = max(len(p) + b for p, b in zip(prompts, budgets))
         if need > self.L or k > self.B or len(sampling.stop_ids) > len(self.stop):
-            raise ValueError(f"this engine holds {self.B} slots of {self.L} positions and up to {len(self.stop)} "
-                             f"stop ids; the call needs {k} slots, {need} positions, {len(sampling.stop_ids)} stop ids")
+            raise ValueError(f"this engine holds {self.B} slots of {self.L} positions and up to "
+                             f"{len(self.stop)} stop ids; the call needs {k} slots, {need} positions, "
+                             f"{len(sampling.stop_ids)} stop ids")
         self._ready()
         st, B, device = self.st, self.B, self.device
         self.stop.fill_(-1)
@@ -267,7 +275,8 @@ class Engine:
                 for b, o, e, lp in zip(finished, outs, ents, lps):
                     s, n = slot_seq[b], n_out[b]
                     stopped = n < budgets[s // k]
-                    results[s] = Sample(o[:n], stopped, e and e[:n], lp and lp[:n + stopped], o[n] if stopped else None)
+                    results[s] = Sample(o[:n], stopped, e and e[:n], lp and lp[:n + stopped],
+                                        o[n] if stopped else None)
                     slot_seq[b] = -1
                 pbar.update(len(finished))
             # admit waiting prompts into free slots, several at a time (each prefill call has a fixed cost)
@@ -305,7 +314,8 @@ class Engine:
         lengths = torch.tensor([len(p) for p in ps], device=device)  # (m,)
         slots_t = torch.tensor(slots, device=device).view(m, k)  # (m, k)
         with self.ctx:
-            logits = self.model(idx, cache=cache, rows=slots_t[:, 0], lengths=lengths, last=lengths - 1)  # (m, V)
+            # (m, V)
+            logits = self.model(idx, cache=cache, rows=slots_t[:, 0], lengths=lengths, last=lengths - 1)
         if k > 1:  # the samples of a prompt share its prefill: copy the cache rows, not the computation
             src, dst = slots_t[:, :1].expand(m, k - 1).reshape(-1), slots_t[:, 1:].reshape(-1)
             for buf in (*cache.k, *cache.v):
@@ -317,17 +327,19 @@ class Engine:
         st.n_out[rows] = 0
         st.done[rows] = False
         st.budget[rows] = torch.tensor([budgets[s // k] for s in seqs], device=device)
-        if sampling.temperature > 0:  # uniforms for every step of each sequence, a function of (seed, index) alone
-            u = np.stack([np.random.default_rng([sampling.seed, first + s]).random(st.u.size(1)) for s in seqs])
+        # uniforms for every step of each sequence, a function of (seed, index) alone
+        if sampling.temperature > 0:
+            rngs = [np.random.default_rng([sampling.seed, first + s]) for s in seqs]
+            u = np.stack([g.random(st.u.size(1)) for g in rngs])
             st.u[rows] = torch.from_numpy(u).to(device=device, dtype=st.u.dtype)
         _emit(st, rows, logits, self.stop, sampling, entropy, logprobs)
 
 
-def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcontext(), stream=None, entropy=False,
-             logprobs=False, cuda_graph=None):
-    """Engine(...).generate(...) with an engine sized for this call: min(batch_size, sequences) slots (at least
-    num_samples), as many positions as the longest prompt plus its budget (rounded up to 64 when compiled, so
-    that calls of similar sizes share their compiled code)."""
+def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcontext(), stream=None,
+             entropy=False, logprobs=False, cuda_graph=None):
+    """Engine(...).generate(...) with an engine sized for this call: min(batch_size, sequences) slots (at
+    least num_samples), as many positions as the longest prompt plus its budget (rounded up to 64 when
+    compiled, so that calls of similar sizes share their compiled code)."""
     if not prompts:
         return []
     max_seq = model.config.max_seq_len
@@ -348,9 +360,9 @@ def _stream(stream, st, rows, slot_seq, before):
 
 
 def _capture(step, cache, st):
-    """Record step() once as a CUDA graph and return its replay. The warm-up runs (which also compile it) mutate
-    the state, so it is reset afterwards; replays then read and write the same tensors in place. -> (replay,
-    the bytes the capture reserved: its private memory pool)."""
+    """Record step() once as a CUDA graph and return its replay. The warm-up runs (which also compile it)
+    mutate the state, so it is reset afterwards; replays then read and write the same tensors in place. ->
+    (replay, the bytes the capture reserved: its private memory pool)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -390,8 +402,8 @@ def _majority(recs, weight=lambda r: 1):
 
 
 @torch.no_grad()
-def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt=data.SYSTEM_PROMPT, num_samples=1,
-             batch_size=64, ctx=nullcontext(), entropy=False, verifier=None, engine=None):
+def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt=data.SYSTEM_PROMPT,
+             num_samples=1, batch_size=64, ctx=nullcontext(), entropy=False, verifier=None, engine=None):
     """Generate for each problem ({"id", "prompt", "answer", ...}) under `sampling` (a Sampling; with no stop
     ids, the tokenizer's) and grade it. Returns (summary, records): summary {"accuracy", "format_rate",
     "answer_reward" (= accuracy), "format_reward" (= format_rate), "mean_length" (tokens), "tokens_per_s",
@@ -410,8 +422,8 @@ def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt
         for p in problems:
             ids = data.render_prompt(tok, p["prompt"], prompt_format, system_prompt)
             if len(ids) >= model.config.max_seq_len:
-                raise ValueError(f"problem {p['id']}: the prompt has {len(ids)} tokens, which leaves no room in the "
-                                 f"model's context of max_seq_len={model.config.max_seq_len} tokens")
+                raise ValueError(f"problem {p['id']}: the prompt has {len(ids)} tokens, which leaves no room "
+                                 f"in the model's context of max_seq_len={model.config.max_seq_len} tokens")
             prompts.append(ids)
         dev = next(model.parameters()).device
         if dev.type == "cuda":
@@ -435,16 +447,16 @@ def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt
         response = tok.decode(smp.ids)
         g = G.grade(response, p["answer"], truncated=not smp.stopped)
         records.append({"id": p["id"], "prompt": p["prompt"], "response": response, "extracted": g.extracted,
-                        "gold": p["answer"], "correct": g.correct, "formatted": g.formatted, "n_tokens": len(smp.ids),
-                        "sample": k % num_samples, "truncated": not smp.stopped})
+                        "gold": p["answer"], "correct": g.correct, "formatted": g.formatted,
+                        "n_tokens": len(smp.ids), "sample": k % num_samples, "truncated": not smp.stopped})
     t2 = time.time()
     n = len(records)
     n_tok = sum(r["n_tokens"] for r in records)
     acc = sum(r["correct"] for r in records) / max(n, 1)
     fmt = sum(r["formatted"] for r in records) / max(n, 1)
     summary = {"accuracy": acc, "format_rate": fmt, "answer_reward": acc, "format_reward": fmt,
-               "mean_length": n_tok / max(n, 1), "tokens_per_s": n_tok / max(t1 - t0, 1e-9), "generate_s": t1 - t0,
-               "grade_s": t2 - t1, "n": n}
+               "mean_length": n_tok / max(n, 1), "tokens_per_s": n_tok / max(t1 - t0, 1e-9),
+               "generate_s": t1 - t0, "grade_s": t2 - t1, "n": n}
     if entropy:
         summary["mean_entropy"] = sum(sum(smp.entropy) for smp in samples) / max(n_tok, 1)
     if num_samples > 1:
@@ -464,7 +476,8 @@ def evaluate(model, tok, problems, sampling, prompt_format="chat", system_prompt
             top = [max(rs, key=lambda r: r["score"]) for rs in per]  # max keeps the first of equal scores
             summary[f"verifier@{num_samples}"] = sum(r["correct"] for r in top) / max(len(per), 1)
             wmaj = [_majority(rs, weight=lambda r: r["score"]) for rs in per]
-            summary[f"weighted_maj@{num_samples}"] = sum(bool(m and m["correct"]) for m in wmaj) / max(len(per), 1)
+            wins = sum(bool(m and m["correct"]) for m in wmaj)
+            summary[f"weighted_maj@{num_samples}"] = wins / max(len(per), 1)
     return summary, records
 
 
@@ -485,8 +498,10 @@ def score_examples(model, examples, ctx=nullcontext(), batch_size=64):
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
             T = max(len(examples[i]["ids"]) for i in chunk)
-            idx = torch.tensor([examples[i]["ids"] + [0] * (T - len(examples[i]["ids"])) for i in chunk], device=dev)
-            last = torch.tensor([max(j for j, m in enumerate(examples[i]["mask"]) if m) for i in chunk], device=dev)
+            idx = torch.tensor([examples[i]["ids"] + [0] * (T - len(examples[i]["ids"])) for i in chunk],
+                               device=dev)
+            last = torch.tensor([max(j for j, m in enumerate(examples[i]["mask"]) if m) for i in chunk],
+                                device=dev)
             with ctx:
                 p = model.value(idx, last).tolist()
             for i, v in zip(chunk, p):
@@ -515,7 +530,8 @@ def verifier_metrics(p, y):
         i = j + 1
     n_pos = int(y_t.sum())
     n_neg = n - n_pos
-    auroc = float((ranks[y_t == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)) if n_pos and n_neg else float("nan")
+    auroc = float((ranks[y_t == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)) if n_pos and n_neg \
+        else float("nan")
     bins = torch.clamp((p_t * 10).long(), max=9)
     ece = sum(float((bins == b).sum()) / n * abs(float(p_t[bins == b].mean() - y_t[bins == b].mean()))
               for b in range(10) if (bins == b).any())

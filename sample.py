@@ -2,7 +2,7 @@
 Generate from a model, evaluate it on GSM8K / MATH, or export it to a Hugging Face folder.
 
     python sample.py --ckpt out/best.pt --prompt "What is 12 + 30?"         # streams one answer
-    python sample.py --ckpt Qwen/Qwen2.5-0.5B-Instruct --prompts questions.txt --temperature 0.7 --num-samples 4
+    python sample.py --ckpt Qwen/Qwen2.5-0.5B-Instruct --prompts qs.txt --temperature 0.7 --num-samples 4
     python sample.py --ckpt out/best.pt --eval gsm8k --max-samples 200      # accuracy, format rate, tokens/s
     python sample.py --ckpt out/best.pt --export-hf out/hf                  # transformers can load out/hf
 
@@ -54,7 +54,8 @@ def read_prompts(path):
     """Prompts from a file ('-' = stdin): a .jsonl (one object per line with a prompt / question / problem
     key) or plain text, one prompt per non-empty line."""
     if path.endswith(".jsonl"):
-        return [next(row[k] for k in PROMPT_KEYS if k in row) for row in data.read_jsonl(path, one_of=PROMPT_KEYS)]
+        rows = data.read_jsonl(path, one_of=PROMPT_KEYS)
+        return [next(row[k] for k in PROMPT_KEYS if k in row) for row in rows]
     try:
         if path == "-":
             text = sys.stdin.read()
@@ -73,13 +74,13 @@ def read_prompts(path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", required=True, help="best.pt / ckpt-*.pt / their folder, HF folder, or cached hub id")
+    ap.add_argument("--ckpt", required=True, help="best.pt / ckpt-*.pt / their folder, HF folder, or hub id")
     ap.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     ap.add_argument("--prompts", help="file of prompts: one per line, or .jsonl; '-' = stdin")
     ap.add_argument("--format", choices=("auto", "chat", "plain", "raw"), default="auto",
-                    help="auto: as trained / chat for chat models; plain: data.PLAIN_TEMPLATE; raw: text as is")
-    ap.add_argument("--system-prompt", default=None, help="default: the checkpoint's, else data.SYSTEM_PROMPT")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: 256, or the protocol's with --eval")
+                    help="auto: as trained / chat for chat models; plain: data.PLAIN_TEMPLATE; raw: as is")
+    ap.add_argument("--system-prompt", default=None, help="default: the checkpoint's, or data.SYSTEM_PROMPT")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: 256, the protocol's in --eval")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -88,27 +89,28 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=0,
                     help="sequences decoded at once (KV-cache slots); 0 = 256 on CUDA, 32 elsewhere")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto", help="weights and compute dtype: auto, float32, bfloat16, float16")
+    ap.add_argument("--dtype", default="auto", help="weights and compute dtype: auto, float32, bfloat16, "
+                    "float16")
     ap.add_argument("--entropy", action="store_true", help="also report the mean per-token entropy (costs a "
                     "softmax over the vocabulary per token)")
-    ap.add_argument("--eval", help="gsm8k, math, math500 (the pinned protocol) or a .jsonl of problems with answers: "
-                    "generate and grade")
+    ap.add_argument("--eval", help="gsm8k, math, math500 (the pinned protocol) or a .jsonl of problems with "
+                    "answers: generate and grade")
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-samples", type=int, default=0, help="evaluate the first N problems (0 = all)")
-    ap.add_argument("--out", help="eval output jsonl (default: eval-<checkpoint>-<dataset>-<split>[-n<N>][-k<k>-t<T>]"
-                    ".jsonl next to the checkpoint)")
+    ap.add_argument("--out", help="eval output jsonl (default: eval-<checkpoint>-<dataset>-<split>[-n<N>]"
+                    "[-k<k>-t<T>].jsonl next to the checkpoint)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing eval output files")
     ap.add_argument("--export-hf", metavar="DIR", help="write a Hugging Face checkpoint folder and exit")
-    ap.add_argument("--verifier", metavar="CKPT", help="with --eval: score every sample with this verifier (a "
-                    "checkpoint of train.py objective=verifier); with --num-samples k adds verifier@k and "
+    ap.add_argument("--verifier", metavar="CKPT", help="with --eval: score every sample with this verifier "
+                    "(a checkpoint of train.py objective=verifier); with --num-samples k adds verifier@k and "
                     "weighted_maj@k")
-    ap.add_argument("--rft-out", metavar="FILE", help="with --eval: also write the correct, finished, distinct "
-                    "samples as a jsonl train.py trains on (rejection-sampling fine-tuning)")
+    ap.add_argument("--rft-out", metavar="FILE", help="with --eval: also write the correct, finished, "
+                    "distinct samples as a jsonl train.py trains on (rejection-sampling fine-tuning)")
     ap.add_argument("--rft-max-per-problem", type=int, default=0, help="distinct solutions kept per problem "
                     "(0 = all)")
     ap.add_argument("--rft-with", metavar="FILE", action="append", default=[], help="with --rft-out: graded "
-                    "samples of an earlier round (its --out file, same --eval problems); their solutions come first "
-                    "and the new round adds only distinct ones (expert iteration; repeatable)")
+                    "samples of an earlier round (its --out file, same --eval problems); their solutions "
+                    "come first and the new round adds only distinct ones (expert iteration; repeatable)")
     # one line, exit 1
     ap.error = lambda msg: sys.exit(f"sample.py: {msg} (python sample.py -h lists the options)")
     args = ap.parse_args(argv)
@@ -118,8 +120,9 @@ def main(argv=None):
         ap.error(f"--eval: unknown dataset {args.eval!r}; choose from {', '.join(data.DATASETS)} or give a "
                  f".jsonl file of problems with answers")
     if named and args.split not in named.splits:
-        ap.error(f"--split {args.split!r}: {args.eval} has " + (f"only a {named.splits[0]} split" if len(named.splits)
-                                                               == 1 else f"the splits {', '.join(named.splits)}"))
+        splits = named.splits
+        has = f"only a {splits[0]} split" if len(splits) == 1 else f"the splits {', '.join(splits)}"
+        ap.error(f"--split {args.split!r}: {args.eval} has {has}")
     if args.num_samples < 1:
         ap.error("--num-samples must be >= 1")
     if args.num_samples > 1 and args.temperature <= 0:
@@ -148,15 +151,15 @@ def _graded_samples(path):
     for n, r in rows:
         bad = next((k for k in ("correct", "formatted", "truncated") if not isinstance(r.get(k), bool)), None)
         if bad:
-            raise ValueError(f"{path}:{n}: '{bad}' must be true or false (expected the --out file of sample.py "
-                             f"--eval), got {r.get(bad)!r}")
+            raise ValueError(f"{path}:{n}: '{bad}' must be true or false (expected the --out file of "
+                             f"sample.py --eval), got {r.get(bad)!r}")
         r.setdefault("gold", None)
     return [r for _, r in rows]
 
 
 def _eval_out_path(args, ckpt_file, ckpt_dir):
-    """Where --eval writes: --out, or a name that says what was evaluated, next to one of our checkpoints (else in
-    the current folder)."""
+    """Where --eval writes: --out, or a name that says what was evaluated, next to one of our
+    checkpoints (else in the current folder)."""
     if args.out:
         return args.out
     stem = os.path.splitext(os.path.basename((ckpt_file or ckpt_dir).rstrip("/")))[0]
@@ -169,9 +172,9 @@ def _eval_out_path(args, ckpt_file, ckpt_dir):
 
 
 def _checked_inputs(args, ap):
-    """The validation pass: everything this run reads and writes, checked before a model is loaded, so a mistake
-    costs seconds, not an hour of sampling. The checkpoints exist; the problems load and have answers; earlier
-    rounds' samples parse; every output's folder exists or can be made, and no output exists unless
+    """The validation pass: everything this run reads and writes, checked before a model is loaded, so a
+    mistake costs seconds, not an hour of sampling. The checkpoints exist; the problems load and have answers;
+    earlier rounds' samples parse; every output's folder exists or can be made, and no output exists unless
     --overwrite. Output folders are made here. -> what the run needs: problems, earlier, outputs, texts."""
     ckpt_file = checkpoint_file(args.ckpt)
     ckpt_dir = None if ckpt_file else str(resolve_checkpoint_dir(args.ckpt))  # names where it looked
@@ -181,7 +184,7 @@ def _checked_inputs(args, ap):
     if args.export_hf:
         outs = {"export": args.export_hf}
         if os.path.isdir(args.export_hf) and os.listdir(args.export_hf) and not args.overwrite:
-            ap.error(f"--export-hf {args.export_hf}: the folder is not empty: pass --overwrite to write into it")
+            ap.error(f"--export-hf {args.export_hf}: the folder is not empty: --overwrite writes in it")
     elif args.eval:
         problems = data.load_dataset(args.eval, args.split)  # a file is used as it is (no split)
         if args.eval not in data.DATASETS and any(p["answer"] is None for p in problems):
@@ -200,7 +203,8 @@ def _checked_inputs(args, ap):
         if not texts and not sys.stdin.isatty():
             texts = read_prompts("-")
         if not texts:
-            ap.error("no prompts: give --prompt, --prompts FILE (not empty), text on stdin, --eval or --export-hf")
+            ap.error("no prompts: give --prompt, --prompts FILE (not empty), text on stdin, --eval or "
+                     "--export-hf")
         plan["texts"], outs = texts, {}
     outs = {k: p for k, p in outs.items() if p}
     files = [os.path.abspath(p) for k, p in outs.items() if k != "export"]
@@ -221,8 +225,8 @@ def _checked_inputs(args, ap):
 
 
 def _write_all(files):
-    """Write (path, text) pairs, all or none: if one fails, the ones this call wrote are removed, so a re-run is
-    not refused for an output of a run that did not finish."""
+    """Write (path, text) pairs, all or none: if one fails, the ones this call wrote are removed, so a re-run
+    is not refused for an output of a run that did not finish."""
     done = []
     try:
         for path, text in files:
@@ -262,7 +266,8 @@ def _main(args, ap):
     single = len(prompts) * args.num_samples == 1
     stream = TextStream(tok) if single else None
     t0 = time.time()
-    sampling = Sampling(max_new, args.temperature, args.top_k, args.top_p, args.seed, tuple(sorted(tok.stop_ids)))
+    stop_ids = tuple(sorted(tok.stop_ids))
+    sampling = Sampling(max_new, args.temperature, args.top_k, args.top_p, args.seed, stop_ids)
     samples = generate(model, prompts, sampling, args.num_samples, batch_size, stream=stream)
     dt = time.time() - t0
     outs = [smp.ids for smp in samples]
@@ -292,7 +297,8 @@ def _eval(args, ap, plan, model, tok, info, fmt, system, device, dtype, batch_si
         verifier = (vm.eval(), vtok, vinfo["prompt_format"], vinfo["system_prompt"])
     label = f"{args.eval}/{args.split}" if named else args.eval
     print(f"eval {label}: {len(problems)} problems, prompt format {fmt}, system prompt {system!r}, "
-          f"max_new_tokens {max_new}, temperature {args.temperature}, samples {args.num_samples}", file=sys.stderr)
+          f"max_new_tokens {max_new}, temperature {args.temperature}, samples {args.num_samples}",
+          file=sys.stderr)
     sampling = Sampling(max_new, args.temperature, args.top_k, args.top_p, args.seed)
     summary, records = evaluate(model, tok, problems, sampling, fmt, system, args.num_samples, batch_size,
                                 entropy=args.entropy, verifier=verifier)

@@ -8,6 +8,7 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))
 TRAINING_PATH = ("train.py", "training.py", "rl.py")
+SCREEN_WIDE = TRAINING_PATH + ("config.py", "engine.py", "sample.py")  # kept within 110 characters so far
 
 # functions over 80 lines, and why each may be: a new one needs a reason here, or a split
 LONG_OK = {
@@ -102,8 +103,8 @@ def test_lab_notebook_is_in_dev():
     assert not [f for f in tracked if f.startswith("notes/")]
 
 
-def test_training_path_lines_fit_on_a_screen():
-    for name in TRAINING_PATH:
+def test_lines_fit_on_a_screen():
+    for name in SCREEN_WIDE:
         path = os.path.join(ROOT, name)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
