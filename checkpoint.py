@@ -456,9 +456,10 @@ def export_hf(model, tok, out_dir):
         cfg = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id, "do_sample": False}
         write_text(gen, json.dumps(cfg, indent=2) + "\n")
 
-# ----------------------------------------------------------------------------- training checkpoints: one
-# format, one resume path, owned here. A run writes ckpt-NNNNNN.pt (everything to continue it) and
-# best.pt (weights only) as a dict:
+
+# -----------------------------------------------------------------------------
+# training checkpoints: one format, one resume path, owned here. A run writes ckpt-NNNNNN.pt (everything to
+# continue it) and best.pt (weights only) as a dict:
 #   model          state_dict; a run that trains part of the model (LoRA adapters, a verifier's head on a frozen
 #                  backbone) stores only that part, plus "base": the checkpoint it was put on
 #   model_config   ModelConfig as a dict       config       the run's config as a dict (train.Config, rl.Config)

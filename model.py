@@ -313,8 +313,8 @@ class KVCache:
         self.max_len = max_len
 
 
-# ----------------------------------------------------------------------------- LoRA (Hu et al. 2021): a
-# frozen linear layer plus a trainable low-rank update, y = x W^T + b + s * (x A^T) B^T
+# -----------------------------------------------------------------------------
+# LoRA (Hu et al. 2021): a frozen linear layer plus a trainable low-rank update, y = x W^T + b + s * (x A^T) B^T
 
 LORA_TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                 "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -431,10 +431,9 @@ class Transformer(nn.Module):
                 reduction="mean", loss_index=None, loss_fn=None):
         """idx (B, T) long token ids; pos, doc, cache, rows, lengths as in hidden().
 
-        loss_fn(model, x) -> loss: any objective, as a function of the final hidden
-        states x (B, T, C); training.py
-            holds them (cross-entropy, a verifier's value loss, the policy gradient). Through forward, so that DDP
-            and FSDP see the call.
+        loss_fn(model, x) -> loss: any objective, as a function of the final hidden states x (B, T, C);
+            training.py holds them (cross-entropy, a verifier's value loss, the policy gradient). Through
+            forward, so that DDP and FSDP see the call.
         targets (B, T) long with -100 = ignore: returns the fp32 cross-entropy (token_loss), reduction "mean"
             (over supervised tokens) or "sum" (0, not NaN, when nothing is supervised).
             loss_index (N,) long: the flat positions where targets != -100, if the caller has them (data.collate

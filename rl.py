@@ -37,11 +37,11 @@ import data
 import grade as G
 from checkpoint import remove_orphan_tmp, restore_training_state, save_tokenizer, write_text
 from config import parse_config
-from engine import Engine, Sampling, evaluate
+from engine import Engine, Sampling
 from model import Transformer, set_lora_enabled
 from training import (LateValues, RunLog, apply_update, build_model, check_common, find_resume,
-                      forward_backward, improved, lr_at, make_optimizer, out_of_time, run_main,
-                      save_run, setup, teardown, wrap_model)
+                      forward_backward, generation_eval, improved, lr_at, make_optimizer, out_of_time,
+                      run_main, save_run, setup, teardown, wrap_model)
 
 
 @dataclass
@@ -409,10 +409,9 @@ def train(cfg):
                 rec["engine_gib"] = sum(engine.memory().values()) / 2**30
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
                 if env.master and eval_set:
-                    s, _ = evaluate(model, tok, eval_set, greedy, cfg.prompt_format, cfg.system_prompt,
-                                    ctx=env.ctx, engine=engine)
-                    rec.update(eval_accuracy=s["accuracy"], eval_format_rate=s["format_rate"],
-                               eval_length=s["mean_length"])
+                    rec.update(generation_eval(model, tok, eval_set, greedy, cfg.prompt_format,
+                                               cfg.system_prompt, cfg.slots, env.ctx,
+                                               os.path.join(cfg.out_dir, "samples.jsonl"), step, log, engine))
                 if improved(rec.get("eval_accuracy"), best, env):
                     best = rec["eval_accuracy"] if env.master else best
                     save_run(os.path.join(cfg.out_dir, "best.pt"), step=step, best=best, full=False, **saving)

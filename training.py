@@ -553,11 +553,12 @@ def eval_problems(pool, n):
 
 
 def generation_eval(model, tok, problems, sampling, prompt_format, system_prompt, batch_size, ctx,
-                    samples_path, step, log):
-    """Generate and grade held-out problems (engine.evaluate, greedy under `sampling`): -> the eval_* fields
-    of a metrics row. The first five generations go to samples_path, three to the console."""
+                    samples_path, step, log, engine=None):
+    """Generate and grade held-out problems (engine.evaluate, greedy under `sampling`; with `engine`, on the
+    caller's engine): -> the eval_* fields of a metrics row. The first five generations go to samples_path,
+    three to the console."""
     summary, records = evaluate(model, tok, problems, sampling, prompt_format, system_prompt,
-                                batch_size=batch_size, ctx=ctx, entropy=True)
+                                batch_size=batch_size, ctx=ctx, entropy=True, engine=engine)
     with open(samples_path, "a") as f:
         for r in records[:5]:
             f.write(json.dumps({"step": step, **r}) + "\n")

@@ -297,7 +297,7 @@ def test_doc_block_mask_equals_create_block_mask(T):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunk_ce_gradient_is_softmax_minus_one_hot(dtype):
-    # the loss's per-chunk kernel returns d loss / d logits itself (LinearCrossEntropy uses it in the forward
+    # the loss's per-chunk kernel returns d loss / d logits itself (LinearTokenLoss uses it in the forward
     # pass): it must equal autograd's gradient of the fp32 cross-entropy, and the loss its value
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(13, 50, generator=g) * 4).to(dtype)
