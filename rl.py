@@ -335,7 +335,8 @@ def train(cfg):
         save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
         write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
     log = RunLog(cfg.out_dir, env.master, ckpt["step"] if ckpt else None, cfg.wandb_project,
-                 dataclasses.asdict(cfg), plot_keys=("reward", "eval_accuracy", "response_length", "kl"))
+                 dataclasses.asdict(cfg),
+                 plot_keys=("reward", "eval_accuracy", "response_length", "entropy", "kl"))
     env.barrier()
     ref_model = None
     # full fine-tuning: a frozen copy of the start, in the compute dtype
@@ -361,6 +362,11 @@ def train(cfg):
     # -------------------------------------------------------------------------
     # the loop: sample, grade, compare, update; every step on the current weights
     env.say(f"RL for {cfg.max_iters} steps of {cfg.prompts_per_step} problems x {cfg.group_size} samples")
+    if step == 0 and env.master and eval_set:  # where the policy starts: step 0 of the curves (not a best.pt)
+        rec = generation_eval(model, tok, eval_set, greedy, cfg.prompt_format, cfg.system_prompt, cfg.slots,
+                              env.ctx, os.path.join(cfg.out_dir, "samples.jsonl"), 0, log, engine)
+        log.say(f"step 0 | eval_accuracy {rec['eval_accuracy']:.4g} (the starting model)")
+        log.write({"step": 0, **rec})
     stop_reason, cuda = "max_iters", env.device.startswith("cuda")
     try:
         while step < cfg.max_iters:
@@ -389,12 +395,12 @@ def train(cfg):
             lr = lr_at(step, cfg, cfg.max_iters)
             for g in opt.param_groups:
                 g["lr"] = lr
-            stats = {k: torch.zeros((), device=env.device) for k in ("clipped", "kl")}
+            stats = {k: torch.zeros((), device=env.device) for k in ("clipped", "kl")[:1 + (cfg.kl_coef > 0)]}
             loss_fn = functools.partial(pg_loss, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, stats=stats)
             for epoch in range(cfg.ppo_epochs if n_tok else 0):  # every group flat: nothing to update
                 if epoch == cfg.ppo_epochs - 1:
-                    stats["clipped"].zero_()
-                    stats["kl"].zero_()
+                    for v in stats.values():
+                        v.zero_()
                 loss, _ = forward_backward(step_model, micro, env.ctx, env.scaler, env.device, env.world,
                                            n_tok, loss_fn)
                 late.push(step + 1, apply_update(opt, params, loss, cfg.grad_clip, env.scaler), {"lr": lr})
@@ -440,7 +446,8 @@ def train(cfg):
 def step_record(groups, examples, stats, n_tok, last, env):
     """One step's numbers (this process's samples; under torchrun rank 0's): rewards, flat groups, lengths,
     truncation, the policy's entropy (-mean log-prob of its own samples at temperature 1: an unbiased
-    estimate), KL to the start and clipped share (of the last pass), the update's loss and gradient norm."""
+    estimate), KL to the start (with kl_coef) and clipped share (of the last pass), the update's loss and
+    gradient norm."""
     rewards = [r for g in groups for r in g["rewards"]]
     lengths = [len(s.ids) for g in groups for s in g["samples"]]
     logps = [lp for g in groups for s in g["samples"] for lp in s.logprobs]
@@ -454,7 +461,8 @@ def step_record(groups, examples, stats, n_tok, last, env):
            "grad_norm": last.get("grad_norm")}
     if n_tok:
         rec["clip_frac"] = stats["clipped"].item() * env.world / n_tok
-        rec["kl"] = stats["kl"].item() * env.world / n_tok
+        if "kl" in stats:
+            rec["kl"] = stats["kl"].item() * env.world / n_tok
     return rec
 
 

@@ -142,13 +142,17 @@ def run_rl(sft, out, *flags):
     return rl.train(rl.load_config(RL + [f"--init_from={sft}", f"--out_dir={out}", *flags]))
 
 
-def rows(out):
-    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+def rows(out, start=False):
+    """metrics.jsonl's step rows; with start, the fresh run's step-0 row (the starting model's eval) too."""
+    got = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    return got if start else [r for r in got if r["step"] > 0]
 
 
 def test_a_tiny_model_raises_its_reward(sft, tmp_path):
     run_rl(sft, tmp_path, "--prompts_per_step=16", "--group_size=16", "--slots=256", "--batch_size=128",
            "--lr=1e-3", "--max_iters=60", "--eval_interval=60", "--max_samples=16")
+    start = rows(tmp_path, start=True)[0]  # the starting model's held-out accuracy, before any update
+    assert start["step"] == 0 and "eval_accuracy" in start and "reward" not in start
     r = [x["reward"] for x in rows(tmp_path)]
     first, last = np.mean(r[:20]), np.mean(r[-20:])
     print(f"\nmean reward, steps 1-20: {first:.3f}; steps 41-60: {last:.3f}")
