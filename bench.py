@@ -17,7 +17,8 @@ generates --max-new-tokens: the same work for both sides. Accuracy means somethi
 transformers is needed only for the reference; without it the reference is skipped.
 
 train: GSM8K SFT steps with train.py's own pieces (packed rows of --seq-len, compiled blocks with flex attention
-unless --no-compile, chunked loss, fused AdamW, fp32 master weights + bf16 autocast) against the Hugging Face
+unless --no-compile, chunked loss, fused AdamW, fp32 master weights with bf16 working copies under autocast;
+--autocast-weights: autocast casts the fp32 weights at every call instead) against the Hugging Face
 Trainer recipe (fp32 weights + bf16 autocast, batches of 16 examples right-padded to their longest, SDPA, its
 default AdamW), on the same examples. It prints real (non-padding) tokens/s, MFU against the datasheet peak and
 against a bf16 matmul peak measured in the same run, peak memory, the time to the first step, and the ratios.
@@ -232,6 +233,8 @@ def ours_train(args, folder, steps):
     train_ds, _ = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
                                       val_size=cfg.val_size, system_prompt=cfg.system_prompt)
     model.grad_checkpointing = cfg.grad_checkpointing
+    if cuda and not args.autocast_weights:
+        model.set_working_dtype(torch.bfloat16)  # as training.wrap_model does
     opt, params = training.make_optimizer(model, cfg)
     rows_per_step = cfg.batch_size * cfg.grad_accum
     micro = lambda step: [train_ds.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size)  # noqa: E731
@@ -366,7 +369,8 @@ def bench_train(args):
         print(f"model: {label}; {cfg.datasets} train, {cfg.prompt_format} format, loss on answers; ours"
               f"{' (' + args.config + ')' if args.config else ''}: {'packed ' if cfg.pack else ''}rows of "
               f"{cfg.seq_len} ({ours['fill']:.1%} real tokens), batch {cfg.batch_size} x accumulation "
-              f"{cfg.grad_accum}, compile {cfg.compile}, grad checkpointing {cfg.grad_checkpointing}, "
+              f"{cfg.grad_accum}, compile {cfg.compile}, bf16 working weights {not args.autocast_weights}, "
+              f"grad checkpointing {cfg.grad_checkpointing}, "
               f"activation budget {cfg.activation_budget}; "
               f"HF: batches of {args.hf_batch_size}; {args.steps} steps, the first {args.warmup} not timed")
         rows = [ours]
@@ -410,6 +414,8 @@ def main(argv=None):
     t.add_argument("--grad-checkpointing", type=int, default=0)
     t.add_argument("--activation-budget", type=float, default=train.Config.activation_budget)
     t.add_argument("--no-compile", action="store_true")
+    t.add_argument("--autocast-weights", action="store_true",
+                   help="no bf16 working copies of the weights: autocast casts them at every call (as before)")
     t.add_argument("--steps", type=int, default=40)
     t.add_argument("--warmup", type=int, default=5, help="steps not timed (compilation, allocator warm-up)")
     t.add_argument("--hf-steps", type=int, default=40, help="0 = no reference run")

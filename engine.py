@@ -249,6 +249,7 @@ class Engine:
             raise ValueError(f"this engine holds {self.B} slots of {self.L} positions and up to "
                              f"{len(self.stop)} stop ids; the call needs {k} slots, {need} positions, "
                              f"{len(sampling.stop_ids)} stop ids")
+        model.refresh_working()  # weights changed in place since the last call: their bf16 copies follow
         self._ready()
         st, B, device = self.st, self.B, self.device
         self.stop.fill_(-1)

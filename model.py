@@ -13,6 +13,8 @@ not). Module names inside match the HF names minus the leading "model." so check
 
 Numerics: RMSNorm, rotary angles and the loss are computed in fp32 whatever the weight / autocast dtype;
 softmax happens inside scaled_dot_product_attention (fp32 accumulation in every backend).
+Under autocast, fp32 weights that train can carry working copies in the autocast dtype
+(Transformer.set_working_dtype): the Linear layers multiply by those, recast only when a weight changes.
 Only torch and the standard library are imported here (tests check it).
 """
 
@@ -110,15 +112,46 @@ def apply_rope(x, cos, sin):
 MASKED_SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 
+class _ToWorking(torch.autograd.Function):
+    """A weight's working copy in the compute dtype, standing in for the weight itself: the forward costs
+    nothing (the copy was made once, at the last optimizer step) and the gradient reaches the fp32 weight
+    upcast to fp32, as through autocast's cast. So the numbers are autocast's, bit for bit."""
+
+    @staticmethod
+    def forward(ctx, weight, working):
+        ctx.dtype = weight.dtype
+        return working.view_as(working)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtype), None
+
+
+class Linear(nn.Linear):
+    """nn.Linear that, given a working copy of its fp32 weight in the autocast dtype (Transformer.
+    set_working_dtype), multiplies by that copy under autocast instead of casting the weight at every call:
+    autocast's cast reads 4 and writes 2 bytes per weight for each forward (a decode step or a micro-batch),
+    the copy is refreshed once per weight change."""
+    working = None  # (out, in) in the compute dtype, or None
+
+    def forward(self, x):
+        w = self.working
+        if w is None or not torch.is_autocast_enabled(x.device.type):
+            return F.linear(x, self.weight, self.bias)
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            w = _ToWorking.apply(self.weight, w)
+        return F.linear(x, w, self.bias)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         C, hd = config.n_embd, config.head_dim
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, hd
-        self.q_proj = nn.Linear(C, config.n_head * hd, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(C, config.n_kv_head * hd, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(C, config.n_kv_head * hd, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(config.n_head * hd, C, bias=False)
+        self.q_proj = Linear(C, config.n_head * hd, bias=config.qkv_bias)
+        self.k_proj = Linear(C, config.n_kv_head * hd, bias=config.qkv_bias)
+        self.v_proj = Linear(C, config.n_kv_head * hd, bias=config.qkv_bias)
+        self.o_proj = Linear(config.n_head * hd, C, bias=False)
 
     def forward(self, x, cos, sin, mask, kv=None):
         B, T, _ = x.shape
@@ -171,9 +204,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.n_embd, bias=False)
+        self.gate_proj = Linear(config.n_embd, config.intermediate_size, bias=False)
+        self.up_proj = Linear(config.n_embd, config.intermediate_size, bias=False)
+        self.down_proj = Linear(config.intermediate_size, config.n_embd, bias=False)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -236,9 +269,10 @@ class LinearTokenLoss(torch.autograd.Function):
     against fp32 1.2e-5 instead of 1.6e-3 (dev/README.md)."""
 
     @staticmethod
-    def forward(ctx, h, weight, t, chunk, ce, fn):
+    def forward(ctx, h, weight, t, chunk, ce, fn, working=None):
         with torch.autocast(h.device.type, enabled=False):  # every cast below is explicit
-            w = weight.to(h.dtype)  # (V, C): one cast per call
+            # (V, C): the weight's working copy in h's dtype, or one cast per call
+            w = working if working is not None else weight.to(h.dtype)
             dh = torch.empty_like(h)  # (N, C)
             dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] \
                 else None
@@ -278,7 +312,7 @@ class LinearTokenLoss(torch.autograd.Function):
         dh, dw = ctx.saved_tensors
         gh = (dh.float() * grad_loss).to(dh.dtype)
         gw = None if dw is None else (dw * grad_loss).to(ctx.weight_dtype)
-        return gh, gw, None, None, None, None
+        return gh, gw, None, None, None, None, None
 
 
 class KVCache:
@@ -368,14 +402,14 @@ def set_lora_enabled(model, enabled):
 
 @torch.no_grad()
 def merge_lora(model):
-    """Fold every adapter into its weight (W += s * B A, computed in fp32) and put plain nn.Linear layers back."""
+    """Fold every adapter into its weight (W += s * B A, computed in fp32) and put plain Linear layers back."""
     for block in model.layers:
         for path in LORA_TARGETS.values():
             parent, name = path.split(".")
             owner = getattr(block, parent)
             m = getattr(owner, name)
             if isinstance(m, LoRALinear):
-                lin = nn.Linear(m.weight.size(1), m.weight.size(0), bias=m.bias is not None, device="meta")
+                lin = Linear(m.weight.size(1), m.weight.size(0), bias=m.bias is not None, device="meta")
                 w = m.weight.float() + m.scale * (m.lora_B @ m.lora_A)
                 lin.weight = nn.Parameter(w.to(m.weight.dtype), requires_grad=True)
                 lin.bias = m.bias
@@ -397,7 +431,7 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
         self.layers = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.norm = RMSNorm(config.n_embd, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight  # one Parameter, one gradient
             # load_state_dict(assign=True) (meta-device loading) replaces both Parameters with two different
@@ -411,6 +445,8 @@ class Transformer(nn.Module):
         self.loss_chunk = 1024  # rows of the vocab projection per chunk in the loss
         self.chunk_ce = self._chunk_ce  # compile_blocks() compiles it
         self.source_dir = None  # set by checkpoint.from_pretrained: where config/tokenizer files came from
+        self.working = []  # set_working_dtype(): the Linear layers with a working copy, and the weight
+        # versions the copies were made from
         self.apply(self._init_weights)
         for block in self.layers:
             # projections that write into the residual stream get std / sqrt(2 * n_layer) so it does not grow
@@ -426,6 +462,32 @@ class Transformer(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    @torch.no_grad()
+    def set_working_dtype(self, dtype):
+        """Give every Linear layer whose weight trains in fp32 a working copy in `dtype`, the autocast dtype
+        (None: drop them): fp32 master weights (what the optimizer updates and checkpoints hold) with bf16
+        working weights that the forward uses (training and the engine) with no cast per call. The copies
+        follow the weights by themselves: every forward (and Engine.generate) first recasts those whose
+        weight changed in place since (an optimizer step, a load), by the weights' version counters.
+        Costs the copies' memory (2 bytes per weight in bf16), about what autocast's cast cache held."""
+        self.working = []
+        for m in self.modules():
+            if isinstance(m, Linear):
+                w = m.weight
+                keep = dtype is not None and w.requires_grad and w.dtype == torch.float32 and dtype != w.dtype
+                m.working = w.detach().to(dtype) if keep else None
+                if keep:
+                    self.working.append([m, w._version])
+
+    @torch.no_grad()
+    def refresh_working(self):
+        """Recast the working copies whose weight changed since they were made (see set_working_dtype)."""
+        stale = [e for e in self.working if e[0].weight._version != e[1]]
+        if stale:
+            torch._foreach_copy_([m.working for m, _ in stale], [m.weight.detach() for m, _ in stale])
+            for e in stale:
+                e[1] = e[0].weight._version
 
     def forward(self, idx, targets=None, *, pos=None, doc=None, cache=None, rows=None, lengths=None, last=None,
                 reduction="mean", loss_index=None, loss_fn=None):
@@ -467,6 +529,8 @@ class Transformer(nn.Module):
         """
         B, T = idx.shape
         cfg = self.config
+        if self.working and not torch.compiler.is_compiling():  # compiled decoding: Engine.generate does it
+            self.refresh_working()
         mask, kv_index = None, None
         arange_T = torch.arange(T, device=idx.device)
         # the dtype q and k have in attention: the autocast dtype if on, else the weights'
@@ -538,9 +602,11 @@ class Transformer(nn.Module):
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         h, w, n = h.to(dt), self.lm_head.weight, self.loss_chunk
+        working = self.lm_head.working  # set_working_dtype's copy in the compute dtype, if any
+        working = working if working is not None and working.dtype == dt else None
         if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad):
-            return LinearTokenLoss.apply(h, w, t, n, self.chunk_ce, fn)
-        w = w.to(dt)
+            return LinearTokenLoss.apply(h, w, t, n, self.chunk_ce, fn, working)
+        w = working if working is not None else w.to(dt)
         logp = [self.chunk_ce(h[i:i + n] @ w.T, t[i:i + n], False)[0] for i in range(0, h.size(0), n)]
         fn = fn or (lambda lp, sl: -lp)
         loss = sum(fn(lp, slice(i * n, i * n + lp.numel())).sum() for i, lp in enumerate(logp))

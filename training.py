@@ -30,6 +30,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.autograd.graph import increment_version
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -276,9 +277,12 @@ def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0):
     """The module the step calls, and whether it is sharded: under torchrun FSDP2 (each block, then the
     rest, sharded across the ranks; gathered in the compute dtype for each block's forward and backward,
     gradients reduced in fp32; blocks eager) or DDP (gradients as views into its all-reduce buckets: one
-    copy in memory, not two); on CUDA the blocks compiled (flex attention for packed rows). `model`
-    itself stays the plain module: compiled blocks, DDP and FSDP share its parameters, and its
-    state_dict names are the checkpoint's."""
+    copy in memory, not two); on CUDA the blocks compiled (flex attention for packed rows). Unsharded,
+    the fp32 weights that train get working copies in the compute dtype (model.set_working_dtype): the
+    forward reads those instead of casting every weight at every call, gradients still reach the fp32
+    weights (accumulated in fp32 across micro-batches, reduced in fp32 by DDP). `model` itself stays the
+    plain module: compiled blocks, DDP and FSDP share its parameters, and its state_dict names are the
+    checkpoint's."""
     sharded = fsdp and env.world > 1
     if sharded:
         mp = MixedPrecisionPolicy(param_dtype=None if env.dtype == "float32" else getattr(torch, env.dtype),
@@ -287,6 +291,7 @@ def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0):
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         return model, True
+    model.set_working_dtype(None if env.dtype == "float32" else getattr(torch, env.dtype))
     if compile and env.device.startswith("cuda"):
         model.compile_blocks(activation_budget=activation_budget)
     if env.world > 1:
@@ -446,6 +451,8 @@ def apply_update(opt, params, loss, grad_clip, scaler=None):
     else:
         opt.found_inf = (~(torch.isfinite(loss) & torch.isfinite(gnorm))).float()
         opt.step()
+    for p in params:  # the fused kernel leaves the version counters as they were: the working copies
+        increment_version(p)  # (model.set_working_dtype) learn of a change from them
     opt.zero_grad(set_to_none=True)
     return torch.stack([loss.float(), gnorm.float()])
 

@@ -48,6 +48,9 @@ def runs(tmp_path_factory):
     rf = run(d / "fsdp", 2, "--batch_size=2", "--grad_accum=2", "--max_iters=4", "--fsdp=true", "--eval_samples=3",
              "--eval_max_new_tokens=4")  # eval gathers the shards into a whole model on rank 0
     assert "x 2 processes (FSDP2)" in rf.stdout and "x 2 processes (DDP)" in r2.stdout
+    # bf16: the fp32 weights train through bf16 working copies (training.wrap_model), DDP reducing fp32 gradients
+    run(d / "one_bf16", 1, "--batch_size=4", "--grad_accum=2", "--max_iters=4", "--dtype=bfloat16")
+    run(d / "two_bf16", 2, "--batch_size=2", "--grad_accum=2", "--max_iters=4", "--dtype=bfloat16")
     return d, r2
 
 
@@ -62,6 +65,23 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
     assert "x 2 processes" in r2.stdout and r2.stdout.count("done:") == 1  # one rank logs
     val = [json.loads(line) for line in open(d / "two" / "metrics.jsonl") if "val_loss" in line]
     assert [r["step"] for r in val] == [3, 4]  # evaluated once, by rank 0
+
+
+def test_two_processes_equal_one_in_bf16_with_working_weights(runs):
+    d, _ = runs
+    one, two = losses(d / "one_bf16"), losses(d / "two_bf16")
+    assert list(one) == list(two) == [1, 2, 3, 4]
+    assert list(two.values()) == pytest.approx(list(one.values()), rel=1e-5)
+    wa, wb = weights(d / "one_bf16" / "ckpt-000004.pt"), weights(d / "two_bf16" / "ckpt-000004.pt")
+    assert all(v.dtype == torch.float32 for v in wb.values())  # the checkpoint holds the fp32 master weights
+    # bf16 rounds each micro-batch's weight gradient (a sum over its rows, which differ between one and two
+    # processes), and Adam turns a tiny gradient's rounding into up to a whole step of that weight: compare the
+    # two runs' last two updates as wholes
+    w2 = weights(d / "one_bf16" / "ckpt-000002.pt")
+    diff = torch.cat([(wb[k] - wa[k]).flatten() for k in wa]).norm()
+    step = torch.cat([(wa[k] - w2[k]).flatten() for k in wa]).norm()
+    print(f"two vs one process, bf16: weights differ by {diff / step:.2%} of the last two updates")
+    assert diff < 0.01 * step
 
 
 def test_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):

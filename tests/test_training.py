@@ -107,3 +107,56 @@ def test_a_loop_built_from_the_library_checkpoints_and_resumes_exactly(tmp_path)
     resumed, tail = run(6, resume=str(tmp_path / "ckpt-000003.pt"))
     assert tail == losses[3:] and losses[-1] < losses[0]
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_bf16_working_weights_train_bit_for_bit_as_autocast_casts(one_thread):
+    # wrap_model gives the fp32 weights bf16 working copies; the update must equal autocast's cast-at-every-call,
+    # exactly: the same bf16 products, gradients upcast to fp32 and summed over micro-batches in fp32. The
+    # copies follow each optimizer step (fused AdamW) by the version counters: a stale copy changes the losses.
+    cfg = train.load_config(["--n_layer=2", "--n_embd=32", "--n_head=2", "--seq_len=96", "--lr=3e-3"])
+    env = training.setup("cpu", "bfloat16")
+    runs = []
+    for working in (False, True):
+        model, tok, _ = training.build_model(cfg, env.device)
+        ds, _ = data.build_datasets("arith2", tok, 96, "plain", pack=True, max_samples=200, seed=0)
+        if working:
+            model, _ = training.wrap_model(model, env, compile=False)
+            assert len(model.working) == 2 * 7 + 1  # every projection and the output head
+        opt, params = training.make_optimizer(model, cfg)
+        losses = []
+        for step in range(20):
+            micro = [ds.batch((2 * step + i) * 2, 2) for i in range(2)]  # packed rows, 2 micro-batches
+            loss, _ = training.forward_backward(model, micro, env.ctx, None, env.device)
+            losses.append(training.apply_update(opt, params, loss, cfg.grad_clip)[0].item())
+        runs.append((model, losses))
+    (a, la), (b, lb) = runs
+    assert la == lb and la[-1] < la[0]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with env.ctx, torch.no_grad():
+        x = torch.randint(0, 20, (2, 9))
+        assert torch.equal(a(x), b(x))  # the forward recast the copies the last update left stale
+    assert all(torch.equal(m.working, m.weight.detach().to(torch.bfloat16)) for m, _ in b.working)
+
+
+def test_working_copies_follow_weights_changed_outside_the_optimizer(one_thread):
+    # a load or any in-place change reaches the copies at the next forward and the next Engine.generate (whose
+    # CUDA graph would otherwise replay stale copies)
+    from engine import Engine, Sampling
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+    m, ref = _tiny(), _tiny()
+    m.set_working_dtype(torch.bfloat16)
+    engine = Engine(m, slots=4, max_len=32, max_new_tokens=8, ctx=ctx)
+    prompts, greedy = [[1, 2, 3], [4, 5]], Sampling(8)
+    engine.generate(prompts, greedy)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ref.load_state_dict(m.state_dict())  # no working copies: autocast casts the changed weights
+    got = [s.ids for s in engine.generate(prompts, greedy)]
+    assert got == [s.ids for s in Engine(ref, 4, 32, 8, ctx=ctx).generate(prompts, greedy)]
+    m.load_state_dict(_tiny().state_dict())
+    with ctx, torch.no_grad():
+        x = torch.randint(0, 96, (2, 7))
+        assert torch.equal(m(x), _tiny()(x))
+    m.set_working_dtype(None)
+    assert m.working == [] and m.lm_head.working is None
