@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import data
 import grade as G
+from model import run_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,22 +131,24 @@ def _emit(st, rows, logits, stop, sampling, entropy, logprobs):
     st.tok[rows] = nxt
 
 
-def _decode_logits(model, tok, cache):
-    """One token for every slot, tok (B,), through the model and its cache -> the next logits (B, V). Finished
-    and empty slots run too (static shapes), their output unused."""
-    return model(tok[:, None], cache=cache)[:, 0]
+def _decode_logits(model, tok, cache, block=None):
+    """One token for every slot, tok (B,), through the model and its cache -> the next logits (B, V), each
+    layer through `block` (run_block compiled) if given. Finished and empty slots run too (static shapes),
+    their output unused."""
+    return model(tok[:, None], cache=cache, decode_block=block)[:, 0]
 
 
 class Engine:
     """Generation for one model, kept between calls: B slots over a static KV cache of L positions, and N
     new tokens at most per sequence. On CUDA the one-token decode step (the model, the sampler and the
     slots' bookkeeping, static shapes, positions in tensors) is captured once as a CUDA graph per kind of
-    sampling, with the model's part compiled into a few fused kernels per layer (the sampler stays eager:
-    inductor failed to generate its cumulative sum over the vocabulary, torch 2.11). Prefills run
-    eagerly, batched across the waiting prompts. Later calls replay the same graph: weights the trainer
-    changes in place (an optimizer step, LoRA adapters) are read by the next call as they are, with no
-    recapture and no copy of the model. free() gives the cache and the graphs' memory back; memory()
-    reports them, so a trainer can plan around them.
+    sampling, each layer compiled into a few fused kernels (model.run_block: one compile serves every
+    layer; the embedding, masks, final norm, head and sampler stay eager, inside the graph at no launch
+    cost; inductor failed to generate the sampler's cumulative sum over the vocabulary, torch 2.11).
+    Prefills run eagerly, batched across the waiting prompts. Later calls replay the same graph: weights
+    the trainer changes in place (an optimizer step, LoRA adapters) are read by the next call as they are,
+    with no recapture and no copy of the model (bf16 working copies are recast first). free() gives the
+    cache and the graphs' memory back; memory() reports them, so a trainer can plan around them.
 
         engine = Engine(model, slots=256, max_len=1024, max_new_tokens=512, ctx=autocast)
         samples = engine.generate(prompts, Sampling(512, 1.0, stop_ids=tok.stop_ids), logprobs=True)
@@ -158,8 +161,9 @@ class Engine:
         cuda = self.device.type == "cuda"
         self.graph = cuda if cuda_graph is None else cuda_graph
         self.compiled = cuda if compile is None else compile
-        self.forward = torch.compile(_decode_logits, dynamic=False) if self.compiled else _decode_logits
-        self.tried = False  # the compiled forward has been called once
+        # the decode step's blocks compiled: one compile serves every layer (model.run_block)
+        self.block = torch.compile(run_block, dynamic=False) if self.compiled else None
+        self.tried = False  # the compiled block has been called once
         with ctx:
             self.cache = model.make_cache(slots, max_len)
         self.st = _Slots(slots, max_new_tokens, self.device)
@@ -196,15 +200,15 @@ class Engine:
             self.tried = True
             try:  # harmless on the state: every slot is free now, and an admitted row is prefilled afresh
                 with self.ctx:
-                    self.forward(self.model, self.st.tok, self.cache)
+                    _decode_logits(self.model, self.st.tok, self.cache, self.block)
             except Exception as e:
                 print(f"warning: compiling the decode step failed ({type(e).__name__}: "
                       f"{str(e).strip().splitlines()[0][:200]}); decoding eagerly", file=sys.stderr)
-                self.forward, self.compiled = _decode_logits, False
+                self.block, self.compiled = None, False
 
         def run():
             with self.ctx:
-                logits = self.forward(self.model, self.st.tok, self.cache)  # (B, V)
+                logits = _decode_logits(self.model, self.st.tok, self.cache, self.block)  # (B, V)
             _emit(self.st, self.rows, logits, self.stop, sampling, entropy, logprobs)
         if not self.graph or sync_each:
             return run

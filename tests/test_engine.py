@@ -304,3 +304,14 @@ def test_a_compiler_failure_falls_back_to_eager_decoding(model, monkeypatch, cap
     assert [s.ids for s in engine.generate(PROMPTS, E.Sampling(12))] == gen(model, PROMPTS, 12)
     assert "compiling the decode step failed (RuntimeError: InductorError: codegen failed); decoding eagerly" \
         in capsys.readouterr().err and not engine.compiled
+
+
+def test_compiled_decoding_equals_eager_with_one_compile_for_every_layer(model):
+    # the decode step runs each layer through model.run_block compiled once (the block is an argument): a
+    # model of any depth compiles one graph, not one unrolled over its layers
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    engine = E.Engine(model, 3, 40, 12, compile=True, cuda_graph=False)
+    assert [s.ids for s in engine.generate(PROMPTS, E.Sampling(12))] == gen(model, PROMPTS, 12)
+    assert engine.compiled and model.config.n_layer == 2 and counters["stats"]["unique_graphs"] == 1
