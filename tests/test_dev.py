@@ -38,3 +38,9 @@ def test_engine_check_script_runs_and_agrees(tmp_path):
     out = run("dev/engine_check.py", "--model", str(tmp_path), "--device", "cpu", "--n", "6", "--new", "8")
     assert "graph vs eager: 6/6 identical sequences" in out and "equals a fresh engine on 12/12" in out, out
     assert "LoRA unmerged, graph vs eager: 6/6 identical" in out, out
+
+
+def test_attention_decode_bench_agrees_on_cpu():
+    out = run("dev/attn_decode_bench.py", "--device", "cpu", "--slots", "3,5", "--max-len", "256", "--iters", "1")
+    rows = [line.split() for line in out.splitlines() if line.split()[1:2] in (["sdpa"], ["flex"])]
+    assert len(rows) == 4 and all(float(r[-1]) < 1e-5 for r in rows), out

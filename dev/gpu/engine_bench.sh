@@ -2,6 +2,7 @@
 # The engine on one H200 (random weights, no transfer). Two calls, chained while the machine is warm:
 #   bash dev/gpu/engine_bench.sh check    engine_check.py at 0.5B, then bench.py gen --slots 64,256,512 (no HF)
 #   bash dev/gpu/engine_bench.sh more     bench.py gen at 1.5B, and 0.5B head-to-head with HF generate (256)
+#   bash dev/gpu/engine_bench.sh attn     the decode step's attention alone: the engine's SDPA vs flex decoding
 set -o pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 F="Warn\|warn("
@@ -16,4 +17,6 @@ check)
 more)
   timeout 200 python3 bench.py gen --model 1.5b --n 512 --slots 64,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_15b.log
   timeout 300 python3 bench.py gen --n 256 --slots 256 --hf-n 256 2>&1 | grep -v "$F" | tee $OUT/bench_gen_hf.log ;;
+attn)
+  timeout 300 python3 dev/attn_decode_bench.py 2>&1 | grep -v "$F" | tee $OUT/attn_decode.log ;;
 esac
