@@ -288,11 +288,18 @@ def ours_train(args, folder, steps):
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            sync()
+            t0 = time.time()
             for step in range(3):
                 loss, _ = training.forward_backward(model, micro(steps + step), ctx, scaler, device)
                 training.apply_update(opt, params, loss, 1.0, scaler)
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+            sync()
+            wall = time.time() - t0
+        avg = prof.key_averages()
+        print(avg.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+        busy = avg.total_average().self_device_time_total / 1e6  # seconds of kernels (each counted once)
+        print(f"profiled 3 steps: {wall:.3f} s wall, {busy:.3f} s of GPU kernels: the GPU idle "
+              f"{max(0.0, 1 - busy / wall):.1%} of the time (the profiler slows the host, so this is an upper bound)")
     del model, opt
     if cuda:
         torch.cuda.empty_cache()
@@ -420,7 +427,8 @@ def main(argv=None):
     t.add_argument("--warmup", type=int, default=5, help="steps not timed (compilation, allocator warm-up)")
     t.add_argument("--hf-steps", type=int, default=40, help="0 = no reference run")
     t.add_argument("--hf-batch-size", type=int, default=16)
-    t.add_argument("--profile", action="store_true", help="print the top CUDA kernels of 3 more steps")
+    t.add_argument("--profile", action="store_true",
+                   help="print the top CUDA kernels of 3 more steps and the fraction of time the GPU idled")
     args = ap.parse_args(argv)
     if args.what == "gen":
         bench_gen(args)
