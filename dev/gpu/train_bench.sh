@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
-# On the GPU machine (random weights, no transfer): training benchmarks for the speed issue.
+# On the GPU machine (random weights, no transfer): training benchmarks for the speed issues.
+#   bash dev/gpu/train_bench.sh          0.5B against the HF Trainer recipe (with --profile), eager, the 1.5B MATH config
+#   bash dev/gpu/train_bench.sh working  0.5B with bf16 working weights and with autocast's casts, alternating, then the
+#                                        1.5B MATH config (packed) and its LoRA variant
 set -o pipefail
 export PYTHONUNBUFFERED=1
 F="Warn\|warn(\|Loading\|it/s\]"
-timeout 280 python3 bench.py train --profile 2>&1 | grep -v "$F" | tee $OUT/train_05b.log
-timeout 100 python3 bench.py train --no-compile --hf-steps 0 --steps 25 2>&1 | grep -v "$F" | tee $OUT/train_05b_eager.log
-timeout 200 python3 bench.py train --model 1.5b --config configs/math_qwen15b.py --hf-steps 0 --steps 12 --warmup 3 2>&1 | grep -v "$F" | tee $OUT/train_15b.log
+case ${1:-all} in
+all)
+  timeout 280 python3 bench.py train --profile 2>&1 | grep -v "$F" | tee $OUT/train_05b.log
+  timeout 100 python3 bench.py train --no-compile --hf-steps 0 --steps 25 2>&1 | grep -v "$F" | tee $OUT/train_05b_eager.log
+  timeout 200 python3 bench.py train --model 1.5b --config configs/math_qwen15b.py --hf-steps 0 --steps 12 --warmup 3 2>&1 \
+    | grep -v "$F" | tee $OUT/train_15b.log ;;
+working)
+  for flag in "" --autocast-weights "" --autocast-weights; do
+    timeout 100 python3 bench.py train --activation-budget 0.7 --hf-steps 0 $flag 2>&1 | grep -v "$F" | tail -4 \
+      | tee -a $OUT/train_working.log
+  done
+  timeout 120 python3 bench.py train --model 1.5b --config configs/math_qwen15b.py --hf-steps 0 --steps 12 --warmup 3 \
+    2>&1 | grep -v "$F" | tee $OUT/train_15b.log
+  timeout 120 python3 bench.py train --model 1.5b --config configs/math_qwen15b_lora.py --hf-steps 0 --steps 12 \
+    --warmup 3 2>&1 | grep -v "$F" | tee $OUT/train_15b_lora.log ;;
+esac
