@@ -195,6 +195,22 @@ def test_two_processes_equal_one_with_the_whole_batch(sft, tmp_path):
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("lora", [True, False])
+def test_kl_ppo_passes_refill_and_lora_run_end_to_end(sft, tmp_path, lora):
+    # every option at once: a KL penalty to the start (LoRA: the base with adapters off; full: a frozen copy),
+    # two PPO passes per batch, flat groups replaced by other problems, std-normalised advantages
+    run_rl(sft, tmp_path, "--prompts_per_step=8", "--group_size=8", "--slots=64", "--batch_size=64", "--lr=1e-3",
+           "--max_iters=3", "--eval_interval=1000", "--max_samples=32", "--kl_coef=0.05", "--ppo_epochs=2",
+           "--refill=2", "--std_normalize=true", *(["--lora_rank=4", "--lora_alpha=8", "--lr=1e-2"] if lora else []))
+    r = rows(tmp_path)
+    assert [x["step"] for x in r] == [1, 2, 3]
+    assert all(x["kl"] > 0 for x in r)  # the last pass runs after an update: the policy has moved from the start
+    assert all(0 <= x["clip_frac"] <= 1 for x in r) and any(x["clip_frac"] > 0 for x in r)
+    assert any(x["groups"] > 8 for x in r)  # all-equal groups were replaced by other problems
+    saved = torch.load(tmp_path / "ckpt-000003.pt", weights_only=True)["model"]
+    assert all("lora" in k for k in saved) == lora  # LoRA keeps only the adapters
+
+
 def test_math_problems_run_end_to_end(sft, tmp_path):
     # MATH's loader, prompts and grader through a run (its problems earn this model nothing; arithmetic's do).
     # MATH prompts outgrow the 64-token context the model was trained with: the same weights, a longer limit
