@@ -477,8 +477,9 @@ class Transformer(nn.Module):
         (None: drop them): fp32 master weights (what the optimizer updates and checkpoints hold) with bf16
         working weights that the forward uses (training and the engine) with no cast per call. The copies
         follow the weights by themselves: every forward (and Engine.generate) first recasts those whose
-        weight changed in place since (an optimizer step, a load), by the weights' version counters.
-        Costs the copies' memory (2 bytes per weight in bf16), about what autocast's cast cache held."""
+        weight changed in place since (a load, an optimizer step), by the weights' version counters (fused
+        AdamW leaves them as they were: training.apply_update bumps them). Costs the copies' memory, 2 bytes
+        per weight in bf16: the size of the copies autocast caches during a forward pass."""
         self.working = []
         for m in self.modules():
             if isinstance(m, Linear):
@@ -539,7 +540,9 @@ class Transformer(nn.Module):
         """
         B, T = idx.shape
         cfg = self.config
-        if self.working and not torch.compiler.is_compiling():  # compiled decoding: Engine.generate does it
+        # recast the stale working copies (a CUDA graph replays without this: Engine.generate does it first;
+        # torch.compile of the whole model cannot read version counters)
+        if self.working and not torch.compiler.is_compiling():
             self.refresh_working()
         mask, kv_index = None, None
         arange_T = torch.arange(T, device=idx.device)
