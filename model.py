@@ -453,8 +453,9 @@ class Transformer(nn.Module):
         self.loss_chunk = 1024  # rows of the vocab projection per chunk in the loss
         self.chunk_ce = self._chunk_ce  # compile_blocks() compiles it
         self.source_dir = None  # set by checkpoint.from_pretrained: where config/tokenizer files came from
-        self.working = []  # set_working_dtype(): the Linear layers with a working copy, and the weight
-        # versions the copies were made from
+        # set_working_dtype(): the dtype of the working copies, and [layer, weight, version of the copy] for
+        # each Linear layer that has one
+        self.working_dtype, self.working = None, []
         self.apply(self._init_weights)
         for block in self.layers:
             # projections that write into the residual stream get std / sqrt(2 * n_layer) so it does not grow
@@ -480,23 +481,28 @@ class Transformer(nn.Module):
         weight changed in place since (a load, an optimizer step), by the weights' version counters (fused
         AdamW leaves them as they were: training.apply_update bumps them). Costs the copies' memory, 2 bytes
         per weight in bf16: the size of the copies autocast caches during a forward pass."""
-        self.working = []
+        self.working, self.working_dtype = [], dtype
         for m in self.modules():
             if isinstance(m, Linear):
                 w = m.weight
                 keep = dtype is not None and w.requires_grad and w.dtype == torch.float32 and dtype != w.dtype
                 m.working = w.detach().to(dtype) if keep else None
                 if keep:
-                    self.working.append([m, w._version])
+                    self.working.append([m, w, w._version])  # the layer, its weight, the copy's version
 
     @torch.no_grad()
     def refresh_working(self):
-        """Recast the working copies whose weight changed since they were made (see set_working_dtype)."""
-        stale = [e for e in self.working if e[0].weight._version != e[1]]
+        """Recast the working copies whose weight changed since they were made (see set_working_dtype); a
+        weight replaced by another tensor (load_state_dict(assign=True)) gets a new copy."""
+        for e in self.working:
+            m = e[0]
+            if m.weight is not e[1]:  # replaced (load_state_dict(assign=True)): a new copy
+                e[1], e[2], m.working = m.weight, m.weight._version, m.weight.detach().to(self.working_dtype)
+        stale = [e for e in self.working if e[1]._version != e[2]]
         if stale:
-            torch._foreach_copy_([m.working for m, _ in stale], [m.weight.detach() for m, _ in stale])
+            torch._foreach_copy_([m.working for m, _, _ in stale], [w.detach() for _, w, _ in stale])
             for e in stale:
-                e[1] = e[0].weight._version
+                e[2] = e[1]._version
 
     def forward(self, idx, targets=None, *, pos=None, doc=None, cache=None, rows=None, lengths=None, last=None,
                 reduction="mean", loss_index=None, loss_fn=None, decode_block=None):

@@ -135,7 +135,7 @@ def test_bf16_working_weights_train_bit_for_bit_as_autocast_casts(one_thread):
     with env.ctx, torch.no_grad():
         x = torch.randint(0, 20, (2, 9))
         assert torch.equal(a(x), b(x))  # the forward recast the copies the last update left stale
-    assert all(torch.equal(m.working, m.weight.detach().to(torch.bfloat16)) for m, _ in b.working)
+    assert all(torch.equal(m.working, m.weight.detach().to(torch.bfloat16)) for m, _, _ in b.working)
 
 
 def test_working_copies_follow_weights_changed_outside_the_optimizer(one_thread):
@@ -158,5 +158,9 @@ def test_working_copies_follow_weights_changed_outside_the_optimizer(one_thread)
     with ctx, torch.no_grad():
         x = torch.randint(0, 96, (2, 7))
         assert torch.equal(m(x), _tiny()(x))
+    other = M.Transformer(m.config)
+    m.load_state_dict(other.state_dict(), assign=True)  # new weight tensors, not new values
+    with ctx, torch.no_grad():
+        assert torch.equal(m(x), other(x))
     m.set_working_dtype(None)
     assert m.working == [] and m.lm_head.working is None
