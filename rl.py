@@ -410,6 +410,8 @@ def train(cfg):
             position += used
             rec = {"step": step, **step_record(groups, examples, stats, n_tok, late.last, env),
                    "sample_s": t1 - t0, "train_s": t2 - t1}
+            rec["sampled_tok_s"] = rec["sampled_tokens"] / max(t1 - t0, 1e-9)
+            rec["trained_tok_s"] = rec["trained_tokens"] / max(t2 - t1, 1e-9)
             if cuda:
                 rec["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 rec["engine_gib"] = sum(engine.memory().values()) / 2**30

@@ -204,6 +204,7 @@ def test_kl_ppo_passes_refill_and_lora_run_end_to_end(sft, tmp_path, lora):
            "--refill=2", "--std_normalize=true", *(["--lora_rank=4", "--lora_alpha=8", "--lr=1e-2"] if lora else []))
     r = rows(tmp_path)
     assert [x["step"] for x in r] == [1, 2, 3]
+    assert all(x["sampled_tok_s"] > 0 and x["trained_tok_s"] > 0 and x["sample_s"] > 0 for x in r)
     assert all(x["kl"] > 0 for x in r)  # the last pass runs after an update: the policy has moved from the start
     assert all(0 <= x["clip_frac"] <= 1 for x in r) and any(x["clip_frac"] > 0 for x in r)
     assert any(x["groups"] > 8 for x in r)  # all-equal groups were replaced by other problems
