@@ -357,14 +357,17 @@ def train(cfg):
                   global_batch=cfg.prompts_per_step * cfg.group_size, keep_last=cfg.keep_last)
     late = LateValues(env.device, log, cfg.max_bad_steps, env.scaler)
     eval_set = held[:cfg.eval_samples]
-    greedy = Sampling(cfg.eval_max_new_tokens, seed=cfg.seed)
+    # greedy accuracy on the held-out problems, on the run's engine: held_out_eval(step) -> the eval_* fields
+    held_out_eval = functools.partial(
+        generation_eval, model, tok, eval_set, Sampling(cfg.eval_max_new_tokens, seed=cfg.seed),
+        cfg.prompt_format, cfg.system_prompt, cfg.slots, env.ctx, os.path.join(cfg.out_dir, "samples.jsonl"),
+        log=log, engine=engine)
 
     # -------------------------------------------------------------------------
     # the loop: sample, grade, compare, update; every step on the current weights
     env.say(f"RL for {cfg.max_iters} steps of {cfg.prompts_per_step} problems x {cfg.group_size} samples")
     if step == 0 and env.master and eval_set:  # where the policy starts: step 0 of the curves (not a best.pt)
-        rec = generation_eval(model, tok, eval_set, greedy, cfg.prompt_format, cfg.system_prompt, cfg.slots,
-                              env.ctx, os.path.join(cfg.out_dir, "samples.jsonl"), 0, log, engine)
+        rec = held_out_eval(step=0)
         log.say(f"step 0 | eval_accuracy {rec['eval_accuracy']:.4g} (the starting model)")
         log.write({"step": 0, **rec})
     stop_reason, cuda = "max_iters", env.device.startswith("cuda")
@@ -395,7 +398,8 @@ def train(cfg):
             lr = lr_at(step, cfg, cfg.max_iters)
             for g in opt.param_groups:
                 g["lr"] = lr
-            stats = {k: torch.zeros((), device=env.device) for k in ("clipped", "kl")[:1 + (cfg.kl_coef > 0)]}
+            tracked = ("clipped", "kl") if cfg.kl_coef else ("clipped",)
+            stats = {k: torch.zeros((), device=env.device) for k in tracked}
             loss_fn = functools.partial(pg_loss, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, stats=stats)
             for epoch in range(cfg.ppo_epochs if n_tok else 0):  # every group flat: nothing to update
                 if epoch == cfg.ppo_epochs - 1:
@@ -410,16 +414,14 @@ def train(cfg):
             position += used
             rec = {"step": step, **step_record(groups, examples, stats, n_tok, late.last, env),
                    "sample_s": t1 - t0, "train_s": t2 - t1}
-            rec["sampled_tok_s"] = rec["sampled_tokens"] / max(t1 - t0, 1e-9)
-            rec["trained_tok_s"] = rec["trained_tokens"] / max(t2 - t1, 1e-9)
+            rec.update(sampled_tok_s=rec["sampled_tokens"] / max(t1 - t0, 1e-9),
+                       trained_tok_s=rec["trained_tokens"] / max(t2 - t1, 1e-9))
             if cuda:
                 rec["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 rec["engine_gib"] = sum(engine.memory().values()) / 2**30
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
                 if env.master and eval_set:
-                    rec.update(generation_eval(model, tok, eval_set, greedy, cfg.prompt_format,
-                                               cfg.system_prompt, cfg.slots, env.ctx,
-                                               os.path.join(cfg.out_dir, "samples.jsonl"), step, log, engine))
+                    rec.update(held_out_eval(step=step))
                 if improved(rec.get("eval_accuracy"), best, env):
                     best = rec["eval_accuracy"] if env.master else best
                     save_run(os.path.join(cfg.out_dir, "best.pt"), step=step, best=best, full=False, **saving)

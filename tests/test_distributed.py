@@ -54,12 +54,17 @@ def runs(tmp_path_factory):
     return d, r2
 
 
+def same_losses(one, two):
+    """Two runs logged steps 1-4 with the same losses (to 1e-5) -> their final weights."""
+    a, b = losses(one), losses(two)
+    assert list(a) == list(b) == [1, 2, 3, 4]
+    assert list(b.values()) == pytest.approx(list(a.values()), rel=1e-5)
+    return weights(one / "ckpt-000004.pt"), weights(two / "ckpt-000004.pt")
+
+
 def test_two_processes_equal_one_with_the_same_global_batch(runs):
     d, r2 = runs
-    one, two = losses(d / "one"), losses(d / "two")
-    assert list(one) == list(two) == [1, 2, 3, 4]
-    assert list(two.values()) == pytest.approx(list(one.values()), rel=1e-5)
-    wa, wb = weights(d / "one" / "ckpt-000004.pt"), weights(d / "two" / "ckpt-000004.pt")
+    wa, wb = same_losses(d / "one", d / "two")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
     assert "x 2 processes" in r2.stdout and r2.stdout.count("done:") == 1  # one rank logs
@@ -69,10 +74,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
 
 def test_two_processes_equal_one_in_bf16_with_working_weights(runs):
     d, _ = runs
-    one, two = losses(d / "one_bf16"), losses(d / "two_bf16")
-    assert list(one) == list(two) == [1, 2, 3, 4]
-    assert list(two.values()) == pytest.approx(list(one.values()), rel=1e-5)
-    wa, wb = weights(d / "one_bf16" / "ckpt-000004.pt"), weights(d / "two_bf16" / "ckpt-000004.pt")
+    wa, wb = same_losses(d / "one_bf16", d / "two_bf16")
     assert all(v.dtype == torch.float32 for v in wb.values())  # the checkpoint holds the fp32 master weights
     # bf16 rounds each micro-batch's weight gradient (a sum over its rows, which differ between one and two
     # processes), and Adam turns a tiny gradient's rounding into up to a whole step of that weight: compare the
