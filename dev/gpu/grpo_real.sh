@@ -4,8 +4,10 @@
 #   bash dev/gpu/grpo_real.sh smoke    no real model: a tiny arithmetic model (train.py, 1 min) then 12 GRPO steps
 #                                      with the compiled update and the CUDA-graph engine: every GPU code path
 #   bash dev/gpu/grpo_real.sh run [S] [--key=value ...]
-#                                      one call's worth: rl.py for up to S seconds (default 510), then a checkpoint;
-#                                      call again to continue (resume=auto) until max_iters
+#                                      one call's worth: rl.py for up to S seconds (default 480), then a checkpoint
+#                                      (~20 s: weights and AdamW state, 7.5 GB); call again to continue (resume=auto)
+#                                      until max_iters. After device_convert.sh in the same call, S=420: the call's
+#                                      10 minutes cut off a first run given 520 (dev/README.md)
 #   bash dev/gpu/grpo_real.sh test     best.pt on the full GSM8K test: greedy, then 16 samples at T 0.8
 set -o pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
@@ -21,7 +23,7 @@ smoke)
     --group_size=16 --slots=256 --batch_size=128 --lr=1e-3 --max_iters=12 --eval_interval=6 --save_interval=6 \
     --max_samples=16 2>&1 | grep -v '^ "\|^{\|^}' | tee $OUT/smoke.log ;;
 run)
-  timeout 580 python3 rl.py configs/gsm8k_qwen05b_grpo.py --init_from=$M --out_dir=$R --resume=auto --max_time=${2:-510} "${@:3}" \
+  timeout $(( ${2:-480} + 90 )) python3 rl.py configs/gsm8k_qwen05b_grpo.py --init_from=$M --out_dir=$R --resume=auto --max_time=${2:-480} "${@:3}" \
     2>&1 | grep -v '^ "\|^{\|^}\|Warn\|warn(' | cut -c1-400 | tee -a $OUT/grpo.log
   cp $R/metrics.jsonl $OUT/grpo_metrics.jsonl; cp $R/curves.png $OUT/ 2>/dev/null ;;
 test)
