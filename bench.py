@@ -17,8 +17,8 @@ generates --max-new-tokens: the same work for both sides. Accuracy means somethi
 transformers is needed only for the reference; without it the reference is skipped.
 
 train: GSM8K SFT steps with train.py's own pieces (packed rows of --seq-len, compiled blocks with flex attention
-unless --no-compile, chunked loss, fused AdamW, fp32 master weights with bf16 working copies under autocast;
---autocast-weights: autocast casts the fp32 weights at every call instead) against the Hugging Face
+unless --no-compile, chunked loss, fused AdamW, fp32 master weights under bf16 autocast; --working-weights:
+bf16 working copies of them, as rl.py has; --cudagraphs: the blocks replayed as CUDA graphs) against the Hugging Face
 Trainer recipe (fp32 weights + bf16 autocast, batches of 16 examples right-padded to their longest, SDPA, its
 default AdamW), on the same examples. It prints real (non-padding) tokens/s, MFU against the datasheet peak and
 against a bf16 matmul peak measured in the same run, peak memory, the time to the first step, and the ratios.
@@ -145,6 +145,33 @@ def _ours(engine, tok, prompts, problems, max_new):
     return dt, sum(len(s.ids) for s in samples), engine.steps - steps, acc, samples
 
 
+def kernel_time(prof):
+    """-> (kernels launched, seconds of kernels) in a torch.profiler run: the kernels' own events, as the
+    table's footer counts them (key_averages().total_average() adds the time of the CPU ops that launched
+    them too, and read twice the real figure)."""
+    ev = [e for e in prof.key_averages()
+          if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation]
+    return sum(e.count for e in ev), sum(e.self_device_time_total for e in ev) / 1e6
+
+
+def profile_decode(engine, tok, steps=10):
+    """Where a decode step's time goes: the step called directly, not replayed from its graph, so that each
+    kernel shows, `steps` times under the profiler (the slots' state is whatever the last generate left:
+    every row runs anyway, static shapes). Prints the top kernels, then kernels and their time per step."""
+    from torch.profiler import ProfilerActivity, profile
+    run = engine._step_fn(Sampling(1, stop_ids=tuple(sorted(tok.stop_ids))), False, False, sync_each=True)
+    run()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            run()
+        sync()
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=70))
+    n, busy = kernel_time(prof)
+    print(f"decode step at {engine.B} slots, outside its graph: {n / steps:.0f} kernels, {busy / steps * 1e3:.2f} "
+          f"ms of kernels per step")
+
+
 def _bench_gen(args, device, dtype, tmp):
     t0 = time.time()
     model, tok, path, label = get_model(args.model, device, dtype, tmp)
@@ -180,6 +207,8 @@ def _bench_gen(args, device, dtype, tmp):
               f"{bound:>9.2f} {engine.memory()['cache'] / 2**30:>9.2f} {acc:>9.4f}", flush=True)
         if slots != args.slots[-1]:
             engine.free()
+    if args.profile and device == "cuda":
+        profile_decode(engines[args.slots[-1]], tok)
     n_hf = min(args.hf_n, len(problems))
     if not (n_hf and device == "cuda" and importlib.util.find_spec("transformers")):
         return
@@ -233,8 +262,8 @@ def ours_train(args, folder, steps):
     train_ds, _ = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
                                       val_size=cfg.val_size, system_prompt=cfg.system_prompt)
     model.grad_checkpointing = cfg.grad_checkpointing
-    if cuda and not args.autocast_weights:
-        model.set_working_dtype(torch.bfloat16)  # as training.wrap_model does
+    if cuda and args.working_weights:
+        model.set_working_dtype(torch.bfloat16)  # as training.wrap_model(working=True) does
     opt, params = training.make_optimizer(model, cfg)
     rows_per_step = cfg.batch_size * cfg.grad_accum
     micro = lambda step: [train_ds.batch((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size)  # noqa: E731
@@ -264,6 +293,14 @@ def ours_train(args, folder, steps):
         check = (abs(l1 - l0) / abs(l0), ((g1 - g0).norm() / g0.norm()).item())
         del res, g, g0, g1  # two fp32 copies of every gradient: 3.7 GiB at 0.5B that the peak below must not count
         model.zero_grad(set_to_none=True)
+    if args.cudagraphs and cfg.compile:
+        # an experiment on the host's share of the step: each block's forward and backward replayed as CUDA
+        # graphs (torch.compile's cudagraph trees); the working copies are static inputs, updated in place, not
+        # copied in at each replay
+        model.compiled_blocks = [torch.compile(b, dynamic=False, mode="reduce-overhead") for b in model.layers]
+        for m in model.modules():
+            if getattr(m, "working", None) is not None:
+                torch._dynamo.mark_static_address(m.working)
     if cuda:
         torch.cuda.reset_peak_memory_stats()  # the training steps' peak, not the check's eager pass
     # train.py's step: no host sync inside (the loss is read a step late), so time a window of steps, not each one
@@ -272,6 +309,8 @@ def ours_train(args, folder, steps):
         if step == args.warmup:
             sync()
             t_steady = time.time()
+        if args.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs' earlier outputs are dead
         loss, _ = training.forward_backward(model, micro(step + 1), ctx, scaler, device)
         training.apply_update(opt, params, loss, 1.0, scaler)
         if step == 0:
@@ -291,13 +330,17 @@ def ours_train(args, folder, steps):
             sync()
             t0 = time.time()
             for step in range(3):
+                if args.cudagraphs:
+                    torch.compiler.cudagraph_mark_step_begin()
                 loss, _ = training.forward_backward(model, micro(steps + step), ctx, scaler, device)
                 training.apply_update(opt, params, loss, 1.0, scaler)
             sync()
             wall = time.time() - t0
         avg = prof.key_averages()
         print(avg.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
-        busy = avg.total_average().self_device_time_total / 1e6  # seconds of kernels (each counted once)
+        # where the host's time goes: when the GPU idles, the step waits for the host
+        print(avg.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+        busy = kernel_time(prof)[1]
         print(f"profiled 3 steps: {wall:.3f} s wall, {busy:.3f} s of GPU kernels: the GPU idle "
               f"{max(0.0, 1 - busy / wall):.1%} of the time (the profiler slows the host, so this is an upper bound)")
     del model, opt
@@ -376,8 +419,8 @@ def bench_train(args):
         print(f"model: {label}; {cfg.datasets} train, {cfg.prompt_format} format, loss on answers; ours"
               f"{' (' + args.config + ')' if args.config else ''}: {'packed ' if cfg.pack else ''}rows of "
               f"{cfg.seq_len} ({ours['fill']:.1%} real tokens), batch {cfg.batch_size} x accumulation "
-              f"{cfg.grad_accum}, compile {cfg.compile}, bf16 working weights {not args.autocast_weights}, "
-              f"grad checkpointing {cfg.grad_checkpointing}, "
+              f"{cfg.grad_accum}, compile {cfg.compile}{' (CUDA graphs)' if args.cudagraphs else ''}, "
+              f"bf16 working weights {args.working_weights}, grad checkpointing {cfg.grad_checkpointing}, "
               f"activation budget {cfg.activation_budget}; "
               f"HF: batches of {args.hf_batch_size}; {args.steps} steps, the first {args.warmup} not timed")
         rows = [ours]
@@ -412,6 +455,8 @@ def main(argv=None):
     g.add_argument("--hf-batch-size", type=int, default=128)
     g.add_argument("--max-new-tokens", type=int, default=0, help="0 = the evaluation protocol's")
     g.add_argument("--dtype", default="bfloat16")
+    g.add_argument("--profile", action="store_true",
+                   help="then profile the last slot count's decode step outside its graph: its kernels and their time")
     t = sub.add_parser("train", help="training steps: ours vs the Hugging Face Trainer recipe")
     t.add_argument("--model", default="0.5b", help="0.5b, 1.5b (random weights at that shape) or a checkpoint path")
     t.add_argument("--config", help="take data, rows, batch and checkpointing from this experiment file instead")
@@ -421,14 +466,16 @@ def main(argv=None):
     t.add_argument("--grad-checkpointing", type=int, default=0)
     t.add_argument("--activation-budget", type=float, default=train.Config.activation_budget)
     t.add_argument("--no-compile", action="store_true")
-    t.add_argument("--autocast-weights", action="store_true",
-                   help="no bf16 working copies of the weights: autocast casts them at every call (as before)")
+    t.add_argument("--working-weights", action="store_true",
+                   help="bf16 working copies of the fp32 weights (rl.py's), instead of autocast's cast at every call")
+    t.add_argument("--cudagraphs", action="store_true",
+                   help="compile the blocks with mode='reduce-overhead' (CUDA graphs): is the step bound by the host?")
     t.add_argument("--steps", type=int, default=40)
     t.add_argument("--warmup", type=int, default=5, help="steps not timed (compilation, allocator warm-up)")
     t.add_argument("--hf-steps", type=int, default=40, help="0 = no reference run")
     t.add_argument("--hf-batch-size", type=int, default=16)
     t.add_argument("--profile", action="store_true",
-                   help="print the top CUDA kernels of 3 more steps and the fraction of time the GPU idled")
+                   help="print the top CUDA kernels and host ops of 3 more steps and the fraction of time the GPU idled")
     args = ap.parse_args(argv)
     if args.what == "gen":
         bench_gen(args)

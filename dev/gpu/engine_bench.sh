@@ -3,6 +3,7 @@
 #   bash dev/gpu/engine_bench.sh check    engine_check.py at 0.5B, then bench.py gen --slots 64,256,512 (no HF)
 #   bash dev/gpu/engine_bench.sh more     bench.py gen at 1.5B, and 0.5B head-to-head with HF generate (256)
 #   bash dev/gpu/engine_bench.sh attn     the decode step's attention alone: the engine's SDPA vs flex decoding
+#   bash dev/gpu/engine_bench.sh profile  where a decode step's time goes, at 64 and 512 slots: its kernels outside the graph
 set -o pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 F="Warn\|warn("
@@ -17,6 +18,11 @@ check)
 more)
   timeout 200 python3 bench.py gen --model 1.5b --n 512 --slots 64,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_15b.log
   timeout 300 python3 bench.py gen --n 256 --slots 256 --hf-n 256 2>&1 | grep -v "$F" | tee $OUT/bench_gen_hf.log ;;
+profile)
+  for slots in 64 512; do
+    timeout 150 python3 bench.py gen --n $slots --slots $slots --hf-n 0 --max-new-tokens 128 --profile 2>&1 | grep -v "$F" \
+      | tee -a $OUT/gen_profile.log
+  done ;;
 attn)
   timeout 300 python3 dev/attn_decode_bench.py 2>&1 | grep -v "$F" | tee $OUT/attn_decode.log ;;
 esac

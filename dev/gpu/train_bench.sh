@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine (random weights, no transfer): training benchmarks for the speed issues.
 #   bash dev/gpu/train_bench.sh          0.5B against the HF Trainer recipe (with --profile), eager, the 1.5B MATH config
-#   bash dev/gpu/train_bench.sh working  0.5B with bf16 working weights and with autocast's casts, alternating, then the
-#                                        1.5B MATH config (packed) and its LoRA variant
+#   bash dev/gpu/train_bench.sh working  0.5B with and without bf16 working weights, alternating, then the 1.5B MATH
+#                                        config (packed) and its LoRA variant
+#   bash dev/gpu/train_bench.sh host     is the 0.5B step bound by the host? --profile (kernels and host ops), then the
+#                                        blocks replayed as CUDA graphs (--cudagraphs), without and with working weights
 set -o pipefail
 export PYTHONUNBUFFERED=1
 F="Warn\|warn(\|Loading\|it/s\]"
@@ -13,7 +15,7 @@ all)
   timeout 200 python3 bench.py train --model 1.5b --config configs/math_qwen15b.py --hf-steps 0 --steps 12 --warmup 3 2>&1 \
     | grep -v "$F" | tee $OUT/train_15b.log ;;
 working)
-  for flag in "" --autocast-weights "" --autocast-weights; do
+  for flag in --working-weights "" --working-weights ""; do
     timeout 100 python3 bench.py train --activation-budget 0.7 --hf-steps 0 $flag 2>&1 | grep -v "$F" | tail -4 \
       | tee -a $OUT/train_working.log
   done
@@ -21,4 +23,9 @@ working)
     2>&1 | grep -v "$F" | tee $OUT/train_15b.log
   timeout 120 python3 bench.py train --model 1.5b --config configs/math_qwen15b_lora.py --hf-steps 0 --steps 12 \
     --warmup 3 2>&1 | grep -v "$F" | tee $OUT/train_15b_lora.log ;;
+host)
+  for flag in "--profile" "--cudagraphs" "--cudagraphs --working-weights"; do
+    timeout 150 python3 bench.py train --activation-budget 0.7 --hf-steps 0 --steps 25 $flag 2>&1 | grep -v "$F" \
+      | tail -60 | tee -a $OUT/train_host.log
+  done ;;
 esac
