@@ -346,7 +346,8 @@ def train(cfg):
         ref_model.load_state_dict({k: v.to(getattr(torch, env.dtype)) for k, v in model.state_dict().items()},
                                   assign=True)
         ref_model.requires_grad_(False).eval()
-    step_model, _ = wrap_model(model, env, False, cfg.compile, cfg.activation_budget)
+    # bf16 working copies of the fp32 weights: the engine decodes from them, no cast per decode step
+    step_model, _ = wrap_model(model, env, False, cfg.compile, cfg.activation_budget, working=True)
     opt, params = make_optimizer(model, cfg)
     step, best = restore_training_state(ckpt, model, opt, env.scaler) if ckpt else (0, None)
     position = ckpt["data_position"] if ckpt else 0

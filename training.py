@@ -273,16 +273,20 @@ def build_model(cfg, device, dtype="float32", value_head=False, freeze=False):
     return model, tok, {"base": base, "lora": lora, "value_head": value_head}
 
 
-def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0):
+def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0, working=False):
     """The module the step calls, and whether it is sharded: under torchrun FSDP2 (each block, then the
     rest, sharded across the ranks; gathered in the compute dtype for each block's forward and backward,
     gradients reduced in fp32; blocks eager) or DDP (gradients as views into its all-reduce buckets: one
-    copy in memory, not two); on CUDA the blocks compiled (flex attention for packed rows). Unsharded,
-    the fp32 weights that train get working copies in the compute dtype (model.set_working_dtype): the
-    forward reads those instead of casting every weight at every call, gradients still reach the fp32
-    weights (accumulated in fp32 across micro-batches, reduced in fp32 by DDP). `model` itself stays the
-    plain module: compiled blocks, DDP and FSDP share its parameters, and its state_dict names are the
-    checkpoint's."""
+    copy in memory, not two); on CUDA the blocks compiled (flex attention for packed rows). `model` itself
+    stays the plain module: compiled blocks, DDP and FSDP share its parameters, and its state_dict names
+    are the checkpoint's.
+    working (unsharded): the fp32 weights that train get working copies in the compute dtype
+    (model.set_working_dtype), which the forward and the engine read instead of casting every weight at
+    every call; gradients still reach the fp32 weights (accumulated in fp32 across micro-batches, reduced
+    in fp32 by DDP). rl.py's engine decodes ~500 steps from the weights it trains between two updates: there
+    the copies save a cast of every weight per decode step. train.py's step does without: at the 0.5B shape
+    (H200, bench.py train) they cut its kernel time by 5.7% but the step, bound by the host, was no faster
+    (90.5k vs 102.7k tokens/s) and the copies cost 1 GiB more at the peak (13.9 vs 12.9 GiB)."""
     sharded = fsdp and env.world > 1
     if sharded:
         mp = MixedPrecisionPolicy(param_dtype=None if env.dtype == "float32" else getattr(torch, env.dtype),
@@ -291,7 +295,7 @@ def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0):
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         return model, True
-    model.set_working_dtype(None if env.dtype == "float32" else getattr(torch, env.dtype))
+    model.set_working_dtype(None if env.dtype == "float32" or not working else getattr(torch, env.dtype))
     if compile and env.device.startswith("cuda"):
         model.compile_blocks(activation_budget=activation_budget)
     if env.world > 1:

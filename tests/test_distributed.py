@@ -48,7 +48,7 @@ def runs(tmp_path_factory):
     rf = run(d / "fsdp", 2, "--batch_size=2", "--grad_accum=2", "--max_iters=4", "--fsdp=true", "--eval_samples=3",
              "--eval_max_new_tokens=4")  # eval gathers the shards into a whole model on rank 0
     assert "x 2 processes (FSDP2)" in rf.stdout and "x 2 processes (DDP)" in r2.stdout
-    # bf16: the fp32 weights train through bf16 working copies (training.wrap_model), DDP reducing fp32 gradients
+    # bf16: autocast over the fp32 weights, DDP reducing fp32 gradients (rl.py's working copies: test_rl.py)
     run(d / "one_bf16", 1, "--batch_size=4", "--grad_accum=2", "--max_iters=4", "--dtype=bfloat16")
     run(d / "two_bf16", 2, "--batch_size=2", "--grad_accum=2", "--max_iters=4", "--dtype=bfloat16")
     return d, r2
@@ -72,7 +72,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
     assert [r["step"] for r in val] == [3, 4]  # evaluated once, by rank 0
 
 
-def test_two_processes_equal_one_in_bf16_with_working_weights(runs):
+def test_two_processes_equal_one_in_bf16(runs):
     d, _ = runs
     wa, wb = same_losses(d / "one_bf16", d / "two_bf16")
     assert all(v.dtype == torch.float32 for v in wb.values())  # the checkpoint holds the fp32 master weights

@@ -110,7 +110,8 @@ def test_a_loop_built_from_the_library_checkpoints_and_resumes_exactly(tmp_path)
 
 
 def test_bf16_working_weights_train_bit_for_bit_as_autocast_casts(one_thread):
-    # wrap_model gives the fp32 weights bf16 working copies; the update must equal autocast's cast-at-every-call,
+    # wrap_model(working=True) (rl.py's) gives the fp32 weights bf16 working copies; the update must equal
+    # autocast's cast-at-every-call (train.py's),
     # exactly: the same bf16 products, gradients upcast to fp32 and summed over micro-batches in fp32. The
     # copies follow each optimizer step (fused AdamW) by the version counters: a stale copy changes the losses.
     cfg = train.load_config(["--n_layer=2", "--n_embd=32", "--n_head=2", "--seq_len=96", "--lr=3e-3"])
@@ -119,9 +120,8 @@ def test_bf16_working_weights_train_bit_for_bit_as_autocast_casts(one_thread):
     for working in (False, True):
         model, tok, _ = training.build_model(cfg, env.device)
         ds, _ = data.build_datasets("arith2", tok, 96, "plain", pack=True, max_samples=200, seed=0)
-        if working:
-            model, _ = training.wrap_model(model, env, compile=False)
-            assert len(model.working) == 2 * 7 + 1  # every projection and the output head
+        model, _ = training.wrap_model(model, env, compile=False, working=working)
+        assert len(model.working) == (2 * 7 + 1 if working else 0)  # every projection and the output head
         opt, params = training.make_optimizer(model, cfg)
         losses = []
         for step in range(20):
