@@ -35,13 +35,13 @@ import torch.distributed as dist
 
 import data
 import grade as G
-from checkpoint import remove_orphan_tmp, restore_training_state, save_tokenizer, write_text
+from checkpoint import restore_training_state, save_tokenizer, write_text
 from config import parse_config
 from engine import Engine, Sampling
 from model import Transformer, set_lora_enabled
 from training import (LateValues, RunLog, apply_update, build_model, check_common, find_resume,
-                      forward_backward, generation_eval, improved, lr_at, make_optimizer, out_of_time,
-                      run_main, save_run, setup, teardown, wrap_model)
+                      forward_backward, generation_eval, improved, lr_at, make_optimizer, make_out_dir,
+                      out_of_time, run_main, save_run, setup, teardown, wrap_model)
 
 
 @dataclass
@@ -330,8 +330,7 @@ def train(cfg):
     # everything is checked: now the output folder is written (by rank 0)
     made_dir = not os.path.exists(cfg.out_dir)
     if env.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        remove_orphan_tmp(cfg.out_dir)
+        make_out_dir(cfg.out_dir)
         save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
         write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
     log = RunLog(cfg.out_dir, env.master, ckpt["step"] if ckpt else None, cfg.wandb_project,

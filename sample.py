@@ -218,8 +218,11 @@ def _checked_inputs(args, ap):
         why = check_output_folder(folder)
         if why:
             ap.error(f"{path}: {folder} {why}")
-    for folder in folders:
-        os.makedirs(folder, exist_ok=True)
+    for path, folder in zip(outs.values(), folders):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:  # what access() could not foresee (/proc, a full or read-only file system)
+            ap.error(f"{path}: its folder {folder} cannot be made ({e.strerror})")
     plan["outputs"] = outs
     return plan
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import torch
 
 import data
-from checkpoint import remove_orphan_tmp, restore_training_state, save_tokenizer, write_text
+from checkpoint import restore_training_state, save_tokenizer, write_text
 from config import parse_config
 from engine import Sampling, score_examples, verifier_metrics
 from model import PRESETS, gpu_peak_flops
 from training import (LateValues, RunLog, apply_update, build_model, check_common, eval_problems,
                       evaluate_loss, find_resume, forward_backward, generation_eval, improved, lr_at,
-                      make_optimizer, out_of_time, run_main, save_run, setup, sft_loss,
+                      make_optimizer, make_out_dir, out_of_time, run_main, save_run, setup, sft_loss,
                       teardown, verifier_loss, whole_model, wrap_model)
 
 
@@ -250,8 +250,7 @@ def train(cfg):
 
     # everything is checked: now the output folder is written (by rank 0)
     if env.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        n_tmp = remove_orphan_tmp(cfg.out_dir)
+        n_tmp = make_out_dir(cfg.out_dir)
         if n_tmp:
             env.say(f"removed {n_tmp} temporary file(s) left in {cfg.out_dir} by an interrupted save")
         save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))

@@ -39,7 +39,8 @@ from tqdm import tqdm
 
 import data
 from checkpoint import (attach_trained_parts, atomic_write, check_output_folder, list_checkpoints,
-                        load_for_resume, load_model, resume_path, save_training_checkpoint)
+                        load_for_resume, load_model, remove_orphan_tmp, resolve_checkpoint_dir, resume_path,
+                        save_training_checkpoint)
 from engine import evaluate, sample_table
 from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
@@ -65,6 +66,13 @@ def check_common(cfg):
     why = cfg.out_dir.strip() and check_output_folder(cfg.out_dir)
     need(not why, "out_dir", why)
     need(cfg.init_from.strip() != "", "init_from", "must be 'scratch' or a checkpoint")
+    # a fresh run loads init_from: it must be there (a resumed one loads its ckpt-*.pt instead)
+    fresh = cfg.resume == "" or (cfg.resume == "auto" and not list_checkpoints(cfg.out_dir))
+    if fresh and cfg.init_from.strip() not in ("", "scratch") and not os.path.isfile(cfg.init_from):
+        try:
+            resolve_checkpoint_dir(cfg.init_from)
+        except FileNotFoundError as e:
+            bad.append(f"init_from={cfg.init_from!r}: {e}")
     need(cfg.resume in ("", "auto") or os.path.isfile(cfg.resume), "resume",
          "must be '', 'auto' or an existing ckpt-*.pt file")
     try:
@@ -99,6 +107,17 @@ def check_common(cfg):
         need(targets and set(targets) <= set(LORA_TARGETS), "lora_targets",
              f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
     return bad
+
+def make_out_dir(out_dir):
+    """Make the run's folder, once every check has passed, and remove what an interrupted save left in it
+    (-> how many such files). One line if the system refuses what check_output_folder's access() allowed
+    (/proc, a read-only or full file system)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"config: out_dir={out_dir!r}: cannot be made ({e.strerror})")
+    return remove_orphan_tmp(out_dir)
+
 
 def find_resume(cfg, env, keys, global_batch, batch_name, batch_now):
     """The checkpoint a run continues (None: a fresh run), checked against cfg on `keys` and the global batch

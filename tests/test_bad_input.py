@@ -206,9 +206,10 @@ def test_ctrl_c_saves_then_exits_130(tmp_path, monkeypatch):
     C.load_checkpoint(str(tmp_path / "ckpt-000002.pt"))  # complete and verified
 
 
-def test_init_from_missing_local_path_gets_no_download_hint(tmp_path):
+def test_init_from_missing_local_path_gets_no_download_hint(tmp_path, capsys):
     msg = fails(run_train, tmp_path / "o", f"--init_from={tmp_path}/nope", match="no such file or folder")
-    assert "download" not in msg
+    assert "download" not in msg and msg.startswith("config: init_from=")
+    assert capsys.readouterr().out == "" and not (tmp_path / "o").exists()  # refused with the config, first
 
 # ---------------------------------------------------------------- sample.py
 
@@ -338,6 +339,19 @@ def test_out_dir_that_cannot_be_written_is_refused_first(tmp_path, monkeypatch):
     fails(run_train, blocker, match="is a file, not a folder")
 
 
+def test_out_dir_the_system_refuses_after_the_checks_is_one_line(tmp_path, monkeypatch):
+    # what access() cannot foresee (/proc, a read-only file system) still ends in one line naming out_dir
+    import training
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(training.os, "makedirs", read_only)
+    fails(training.make_out_dir, str(tmp_path / "o"), match="out_dir=")
+    monkeypatch.setattr(S.os, "makedirs", read_only)
+    fails(S.main, ["--ckpt", str(tmp_path), "--eval", "arith2", "--out", str(tmp_path / "new" / "e.jsonl")],
+          match="new cannot be made (Read-only file system)")
+
+
 @pytest.mark.parametrize("spec,why", [
     ("arith2:-1", "must be >= 0"), ("arith2:nan", "must be a finite number"), ("arith2:inf", "must be a finite"),
     ("arith2:abc", "'abc', is not a number"), ("arith2:0", "every weight is 0"), ("arith2:1,math:0,x.jsonl:0",
@@ -424,6 +438,8 @@ def test_rl_inputs_are_refused_before_sampling(run_dir, tmp_path, monkeypatch, c
         refused("--group_size=1", match="group_size=1: must be >= 2")
         refused("--prompts_per_step=0", match="prompts_per_step")
         refused("--temperature=0", match="temperature")
+        refused(f"--init_from={tmp_path / 'nope.pt'}", match="init_from=")
+        refused("--init_from=Org/not-cached", match="Download it first")
         no_answers = tmp_path / "p.jsonl"
         no_answers.write_text(json.dumps({"prompt": "What is 1 + 1?", "response": "2"}) + "\n")
         refused(f"--datasets={no_answers}", "--val_size=0", "--eval_samples=0", match="has no gold answer")
