@@ -313,6 +313,8 @@ def parse_mixture(spec):
                 raise ValueError(f"{where} is {tail}: it must be >= 0 (0 leaves the dataset out of training)")
         if not name:
             raise ValueError(f"datasets='{spec}': entry '{part}' names no dataset")
+        if name in (n for n, _ in out):
+            raise ValueError(f"datasets='{spec}': '{name}' is named twice: give it one weight")
         out.append((name, w))
     if not any(w > 0 for _, w in out):
         raise ValueError(f"datasets='{spec}': every weight is 0, so there is nothing to train on")

@@ -121,6 +121,8 @@ def check_config(cfg):
     bad += check_common(cfg)
     if cfg.init_from == "scratch":
         need(cfg.model_preset in PRESETS, "model_preset", f"must be one of {sorted(PRESETS)}")
+        need(cfg.tokenizer == "math" or os.path.exists(cfg.tokenizer), "tokenizer",
+             "must be 'math' or a tokenizer file or folder")
         for k in ("n_layer", "n_embd", "n_head"):
             need(getattr(cfg, k) >= 0, k, "must be >= 0 (0 = the preset's value)")
         if cfg.n_embd > 0 and cfg.n_head > 0:
@@ -133,8 +135,7 @@ def check_config(cfg):
     for k in ("batch_size", "grad_accum", "max_bad_steps", "log_interval", "eval_interval", "save_interval",
               "eval_max_new_tokens", "eval_batch_size"):
         need(getattr(cfg, k) >= 1, k, "must be >= 1")
-    need(cfg.max_iters > 0 or (finite(cfg.epochs) and cfg.epochs > 0), "epochs",
-         "must be > 0 when max_iters = 0")
+    need(finite(cfg.epochs) and cfg.epochs > 0, "epochs", "must be > 0 (the run's length when max_iters = 0)")
     need(cfg.objective in ("sft", "verifier"), "objective", "must be sft or verifier")
     if cfg.objective == "verifier":
         need(cfg.init_from != "scratch", "objective",

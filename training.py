@@ -84,7 +84,13 @@ def check_common(cfg):
         need(name in data.DATASETS or os.path.exists(name), "datasets",
              f"'{name}' is not a known name ({', '.join(list(data.DATASETS)[:5])}, arith1-9) nor a file or "
              f"folder")
+        if name not in data.DATASETS and os.path.exists(name):
+            try:  # a user's file is read now, not after the model has loaded: its first bad line, named
+                data.load_dataset(name)
+            except (ValueError, OSError) as e:
+                bad.append(f"datasets: {e}")
     need(cfg.prompt_format in ("chat", "plain"), "prompt_format", "must be 'chat' or 'plain'")
+    need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32): numpy takes no other")
     need(finite(cfg.max_time) and cfg.max_time >= 0, "max_time", "must be >= 0 seconds (0 = no limit)")
     need(finite(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
     need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be > 0")

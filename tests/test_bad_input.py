@@ -85,6 +85,8 @@ def test_flags_apply_after_the_config_file_whatever_their_order(tmp_path):
     ("--beta2=1", "beta2"), ("--n_embd=30", "n_embd"), ("--dtype=float64", "dtype"), ("--device=tpu", "device"),
     ("--prompt_format=chatml", "prompt_format"), ("--datasets=gsm8k:-1", "gsm8k:-1"), ("--eval_dataset=gsm8k", "eval_dataset"),
     ("--model_preset=big", "model_preset"), ("--resume=nope.pt", "resume"), ("--eval_max_new_tokens=0", "eval_max_new_tokens"),
+    ("--seed=-1", "seed=-1"), ("--epochs=-1", "epochs=-1"), ("--epochs=nan", "epochs=nan"),
+    ("--tokenizer=nope", "tokenizer="),
 ])
 def test_bad_setting_is_one_line_naming_the_key_and_writes_nothing(tmp_path, flag, key):
     out = tmp_path / "out"
@@ -125,10 +127,11 @@ def test_run_that_learns_nothing_is_refused(tmp_path):
     (b'{"prompt": "p"}\n', "data.jsonl:1: cannot tell the layout"),
     (b'[1, 2]\n', "expected a JSON object"),
 ])
-def test_bad_dataset_file_names_file_and_line(tmp_path, content, match):
+def test_bad_dataset_file_names_file_and_line(tmp_path, monkeypatch, content, match):
     f = tmp_path / "data.jsonl"
     f.write_bytes(content)
     out = tmp_path / "out"
+    monkeypatch.setattr(train, "build_model", never_loaded)  # read with the config, before the model loads
     fails(run_train, out, f"--datasets={f}", match=match)
     assert not out.exists()
 
@@ -356,7 +359,7 @@ def test_out_dir_the_system_refuses_after_the_checks_is_one_line(tmp_path, monke
     ("arith2:-1", "must be >= 0"), ("arith2:nan", "must be a finite number"), ("arith2:inf", "must be a finite"),
     ("arith2:abc", "'abc', is not a number"), ("arith2:0", "every weight is 0"), ("arith2:1,math:0,x.jsonl:0",
                                                                                     "not a known name"),
-    ("arith2:1,", "names no dataset"),
+    ("arith2:1,", "names no dataset"), ("arith2:1,arith2:2", "'arith2' is named twice"),
 ])
 def test_every_bad_dataset_weight_is_named_with_its_reason(tmp_path, monkeypatch, spec, why):
     monkeypatch.setattr(train, "build_model", never_loaded)
