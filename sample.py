@@ -135,6 +135,8 @@ def main(argv=None):
         ap.error("--verifier and --rft-out go with --eval (they need graded samples)")
     if args.rft_with and not args.rft_out:
         ap.error("--rft-with goes with --rft-out (it merges earlier rounds into that file)")
+    if args.rft_max_per_problem and not args.rft_out:
+        ap.error("--rft-max-per-problem goes with --rft-out (it bounds the solutions that file keeps)")
     if args.eval and args.format == "raw":
         ap.error("--eval needs a chat or plain prompt format")
     if args.batch_size < 0 or args.max_samples < 0 or args.rft_max_per_problem < 0:

@@ -227,6 +227,7 @@ def test_sample_bad_options_are_one_line(run_dir):
     fails(S.main, ["--ckpt", ck, "--top-p", "0"], match="top_p")
     fails(S.main, ["--ckpt", ck, "--prompt", "x", "--rft-out", "r.jsonl"], match="go with --eval")
     fails(S.main, ["--ckpt", ck, "--eval", "arith2", "--rft-with", "a.jsonl"], match="--rft-with goes with --rft-out")
+    fails(S.main, ["--ckpt", ck, "--eval", "arith2", "--rft-max-per-problem", "2"], match="goes with --rft-out")
     out = run_dir / "rft.jsonl"
     fails(S.main, ["--ckpt", ck, "--eval", "arith2", "--rft-out", str(out), "--rft-with", str(run_dir / "nope.jsonl")],
           match="nope.jsonl: file not found")
