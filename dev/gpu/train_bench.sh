@@ -4,7 +4,8 @@
 #   bash dev/gpu/train_bench.sh working  0.5B with and without bf16 working weights, alternating, then the 1.5B MATH
 #                                        config (packed) and its LoRA variant
 #   bash dev/gpu/train_bench.sh host     is the 0.5B step bound by the host? --profile (kernels and host ops), then the
-#                                        blocks replayed as CUDA graphs (--cudagraphs), without and with working weights
+#                                        blocks replayed as CUDA graphs (--cudagraphs), without and with working weights;
+#                                        LoRA (7 adapters a block: ~1,700 more small kernels a step) without and with
 set -o pipefail
 export PYTHONUNBUFFERED=1
 F="Warn\|warn(\|Loading\|it/s\]"
@@ -24,7 +25,8 @@ working)
   timeout 120 python3 bench.py train --model 1.5b --config configs/math_qwen15b_lora.py --hf-steps 0 --steps 12 \
     --warmup 3 2>&1 | grep -v "$F" | tee $OUT/train_15b_lora.log ;;
 host)
-  for flag in "--profile" "--cudagraphs" "--cudagraphs --working-weights"; do
+  for flag in "--profile" "--cudagraphs" "--cudagraphs --working-weights" "--config configs/gsm8k_qwen05b_lora.py" \
+      "--config configs/gsm8k_qwen05b_lora.py --cudagraphs"; do
     timeout 150 python3 bench.py train --activation-budget 0.7 --hf-steps 0 --steps 25 $flag 2>&1 | grep -v "$F" \
       | tail -60 | tee -a $OUT/train_host.log
   done ;;
