@@ -133,11 +133,12 @@ def bench_gen(args):
         _bench_gen(args, device, dtype, tmp)
 
 
-def _ours(engine, tok, prompts, problems, max_new):
-    """One timed generation with a warm engine: -> (seconds, new tokens, decode steps, accuracy)."""
+def _ours(engine, tok, prompts, problems, sampling, rl=False):
+    """One timed generation with a warm engine (rl: each token's entropy and log-probability too, as rl.py
+    asks): -> (seconds, new tokens, decode steps, accuracy, samples)."""
     sync()
     steps, t0 = engine.steps, time.time()
-    samples = engine.generate(prompts, Sampling(max_new, stop_ids=tuple(sorted(tok.stop_ids))))
+    samples = engine.generate(prompts, sampling, entropy=rl, logprobs=rl)
     sync()
     dt = time.time() - t0
     acc = sum(G.grade(tok.decode(s.ids), p["answer"], truncated=not s.stopped).correct
@@ -154,12 +155,12 @@ def kernel_time(prof):
     return sum(e.count for e in ev), sum(e.self_device_time_total for e in ev) / 1e6
 
 
-def profile_decode(engine, tok, steps=10):
+def profile_decode(engine, sampling, rl=False, steps=10):
     """Where a decode step's time goes: the step called directly, not replayed from its graph, so that each
     kernel shows, `steps` times under the profiler (the slots' state is whatever the last generate left:
     every row runs anyway, static shapes). Prints the top kernels, then kernels and their time per step."""
     from torch.profiler import ProfilerActivity, profile
-    run = engine._step_fn(Sampling(1, stop_ids=tuple(sorted(tok.stop_ids))), False, False, sync_each=True)
+    run = engine._step_fn(sampling, rl, rl, sync_each=True)
     run()
     sync()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -189,7 +190,11 @@ def _bench_gen(args, device, dtype, tmp):
     bw = copy_bandwidth() if device == "cuda" else None
     print(f"machine: {machine()}" + (f"; device copy bandwidth measured now {bw / 1e12:.2f} TB/s" if bw else ""))
     print(f"model: {label} ({model.num_params() / 1e6:.0f}M parameters, {args.dtype}), loaded in {load_s:.1f}s")
-    print(f"data: {args.dataset}/{args.split}, {len(problems)} problems, {fmt} prompts, greedy, <= {max_new} new "
+    stop = tuple(sorted(tok.stop_ids))
+    sampling = Sampling(max_new, args.temperature, stop_ids=stop)
+    how = f"temperature {args.temperature:g}" if args.temperature > 0 else "greedy"
+    how += ", with each token's entropy and log-probability (rl.py's)" if args.logprobs else ""
+    print(f"data: {args.dataset}/{args.split}, {len(problems)} problems, {fmt} prompts, {how}, <= {max_new} new "
           f"tokens; cache of {L} positions per slot; compiled decode step captured as a CUDA graph", flush=True)
     print(f"{'slots':>6} {'compile+capture s':>17} {'gen s':>7} {'new tokens':>10} {'tokens/s':>9} {'ms/step':>8} "
           f"{'bound ms':>9} {'cache GiB':>9} {'accuracy':>9}")
@@ -197,10 +202,12 @@ def _bench_gen(args, device, dtype, tmp):
     for slots in args.slots:
         engine = engines[slots] = Engine(model, slots, L, max_new)
         t0 = time.time()
-        engine.generate(prompts[:4], Sampling(8, stop_ids=tuple(sorted(tok.stop_ids))))  # compile and capture
+        # compile and capture
+        engine.generate(prompts[:4], dataclasses.replace(sampling, max_new_tokens=8), entropy=args.logprobs,
+                        logprobs=args.logprobs)
         sync()
         warm = time.time() - t0
-        dt, n_tok, steps, acc, _ = _ours(engine, tok, prompts, problems, max_new)
+        dt, n_tok, steps, acc, _ = _ours(engine, tok, prompts, problems, sampling, args.logprobs)
         # every step reads the weights and the whole static cache (attention runs over all L positions, masked)
         bound = (w_bytes + slots * L * per_pos) / bw * 1e3 if bw else float("nan")
         print(f"{slots:>6} {warm:>17.1f} {dt:>7.2f} {n_tok:>10} {n_tok / dt:>9.0f} {dt / steps * 1e3:>8.2f} "
@@ -208,12 +215,12 @@ def _bench_gen(args, device, dtype, tmp):
         if slots != args.slots[-1]:
             engine.free()
     if args.profile and device == "cuda":
-        profile_decode(engines[args.slots[-1]], tok)
-    n_hf = min(args.hf_n, len(problems))
+        profile_decode(engines[args.slots[-1]], sampling, args.logprobs)
+    n_hf = min(args.hf_n, len(problems)) if args.temperature == 0 and not args.logprobs else 0  # greedy vs greedy
     if not (n_hf and device == "cuda" and importlib.util.find_spec("transformers")):
         return
     slots = args.slots[-1]
-    dt, n_tok, _, acc, samples = _ours(engines[slots], tok, prompts[:n_hf], problems[:n_hf], max_new)
+    dt, n_tok, _, acc, samples = _ours(engines[slots], tok, prompts[:n_hf], problems[:n_hf], sampling)
     engines[slots].free()
     outs, hf_dt = hf_generate(path, prompts[:n_hf], max_new, tok.stop_ids, tok.pad_id, args.hf_batch_size, dtype)
     torch.cuda.empty_cache()
@@ -455,6 +462,9 @@ def main(argv=None):
     g.add_argument("--hf-batch-size", type=int, default=128)
     g.add_argument("--max-new-tokens", type=int, default=0, help="0 = the evaluation protocol's")
     g.add_argument("--dtype", default="bfloat16")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the only setting HF is run at)")
+    g.add_argument("--logprobs", action="store_true", help="each token's entropy and log-probability too, as rl.py "
+                   "samples (with --temperature 1: its decode step)")
     g.add_argument("--profile", action="store_true",
                    help="then profile the last slot count's decode step outside its graph: its kernels and their time")
     t = sub.add_parser("train", help="training steps: ours vs the Hugging Face Trainer recipe")
@@ -475,7 +485,8 @@ def main(argv=None):
     t.add_argument("--hf-steps", type=int, default=40, help="0 = no reference run")
     t.add_argument("--hf-batch-size", type=int, default=16)
     t.add_argument("--profile", action="store_true",
-                   help="print the top CUDA kernels and host ops of 3 more steps and the fraction of time the GPU idled")
+                   help="print the top CUDA kernels and host ops of 3 more steps and the fraction of time the GPU "
+                   "idled")
     args = ap.parse_args(argv)
     if args.what == "gen":
         bench_gen(args)

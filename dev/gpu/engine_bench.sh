@@ -4,6 +4,8 @@
 #   bash dev/gpu/engine_bench.sh more     bench.py gen at 1.5B, and 0.5B head-to-head with HF generate (256)
 #   bash dev/gpu/engine_bench.sh attn     the decode step's attention alone: the engine's SDPA vs flex decoding
 #   bash dev/gpu/engine_bench.sh profile  where a decode step's time goes, at 64 and 512 slots: its kernels outside the graph
+#   bash dev/gpu/engine_bench.sh rl       rl.py's decode step (temperature 1, entropies and log-probs, those two compiled)
+#                                         against greedy, 256 slots, in one run each
 set -o pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 F="Warn\|warn("
@@ -18,6 +20,10 @@ check)
 more)
   timeout 200 python3 bench.py gen --model 1.5b --n 512 --slots 64,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_15b.log
   timeout 300 python3 bench.py gen --n 256 --slots 256 --hf-n 256 2>&1 | grep -v "$F" | tee $OUT/bench_gen_hf.log ;;
+rl)
+  for flags in "" "--temperature 1 --logprobs"; do
+    timeout 150 python3 bench.py gen --n 512 --slots 256 --hf-n 0 $flags 2>&1 | grep -v "$F" | tee -a $OUT/gen_rl.log
+  done ;;
 profile)
   for slots in 64 512; do
     timeout 150 python3 bench.py gen --n $slots --slots $slots --hf-n 0 --max-new-tokens 128 --profile 2>&1 | grep -v "$F" \
