@@ -58,7 +58,7 @@ def sample_next(logits, sampling, u=None):
     temperature, top_k, top_p = sampling.temperature, sampling.top_k, sampling.top_p
     if temperature <= 0.0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature  # (B, V)
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # (B, V); x / 1 == x
     if top_k > 0 and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
