@@ -41,7 +41,7 @@ from engine import Engine, Sampling
 from model import Transformer, set_lora_enabled
 from training import (LateValues, RunLog, apply_update, build_model, check_common, find_resume,
                       forward_backward, generation_eval, improved, lr_at, make_optimizer, make_out_dir,
-                      out_of_time, run_main, save_run, setup, teardown, wrap_model)
+                      out_of_time, run_main, save_run, setup, teardown, whole_step, wrap_model)
 
 
 @dataclass
@@ -389,51 +389,54 @@ def train(cfg):
                     if made_dir and env.master:  # nothing was learnt, nothing is kept
                         shutil.rmtree(cfg.out_dir, ignore_errors=True)
                     raise
-            t1 = time.time()
-            examples, rows = pack(groups, cfg)
-            micro = micro_batches(examples, rows, cfg, env, tok)
-            n_tok = global_sum(sum(sum(e["mask"]) for e in examples), env)
-            if cfg.kl_coef:
-                reference_logprobs(model, ref_model, micro, env)
-            lr = lr_at(step, cfg, cfg.max_iters)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            tracked = ("clipped", "kl") if cfg.kl_coef else ("clipped",)
-            stats = {k: torch.zeros((), device=env.device) for k in tracked}
-            loss_fn = functools.partial(pg_loss, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, stats=stats)
-            for epoch in range(cfg.ppo_epochs if n_tok else 0):  # every group flat: nothing to update
-                if epoch == cfg.ppo_epochs - 1:
-                    for v in stats.values():
-                        v.zero_()
-                loss, _ = forward_backward(step_model, micro, env.ctx, env.scaler, env.device, env.world,
-                                           n_tok, loss_fn)
-                late.push(step + 1, apply_update(opt, params, loss, cfg.grad_clip, env.scaler), {"lr": lr})
-                late.settle()
-            t2 = time.time()
-            step += 1
-            position += used
-            rec = {"step": step, **step_record(groups, examples, stats, n_tok, late.last, env),
-                   "sample_s": t1 - t0, "train_s": t2 - t1}
-            rec.update(sampled_tok_s=rec["sampled_tokens"] / max(t1 - t0, 1e-9),
-                       trained_tok_s=rec["trained_tokens"] / max(t2 - t1, 1e-9))
-            if cuda:
-                rec["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                rec["engine_gib"] = sum(engine.memory().values()) / 2**30
-            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-                if env.master and eval_set:
-                    rec.update(held_out_eval(step=step))
-                if improved(rec.get("eval_accuracy"), best, env):
-                    best = rec["eval_accuracy"] if env.master else best
-                    save_run(os.path.join(cfg.out_dir, "best.pt"), step=step, best=best, full=False, **saving)
-            if step % cfg.save_interval == 0 and step != cfg.max_iters:
-                save_run(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt"), step=step, best=best,
-                         extra={"data_position": position}, **saving)
-            rec["other_s"] = time.time() - t0 - rec["sample_s"] - rec["train_s"]
-            if step % cfg.log_interval == 0 or "eval_accuracy" in rec:
-                log.say(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in rec.items()))
-                log.write(rec)
-                log.plot()
+            with whole_step():  # the update and its bookkeeping whole: Ctrl-C waits for the step's end
+                t1 = time.time()
+                examples, rows = pack(groups, cfg)
+                micro = micro_batches(examples, rows, cfg, env, tok)
+                n_tok = global_sum(sum(sum(e["mask"]) for e in examples), env)
+                if cfg.kl_coef:
+                    reference_logprobs(model, ref_model, micro, env)
+                lr = lr_at(step, cfg, cfg.max_iters)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                tracked = ("clipped", "kl") if cfg.kl_coef else ("clipped",)
+                stats = {k: torch.zeros((), device=env.device) for k in tracked}
+                loss_fn = functools.partial(pg_loss, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, stats=stats)
+                for epoch in range(cfg.ppo_epochs if n_tok else 0):  # every group flat: nothing to update
+                    if epoch == cfg.ppo_epochs - 1:
+                        for v in stats.values():
+                            v.zero_()
+                    loss, _ = forward_backward(step_model, micro, env.ctx, env.scaler, env.device, env.world,
+                                               n_tok, loss_fn)
+                    values = apply_update(opt, params, loss, cfg.grad_clip, env.scaler)
+                    late.push(step + 1, values, {"lr": lr})
+                    late.settle()
+                t2 = time.time()
+                step += 1
+                position += used
+                rec = {"step": step, **step_record(groups, examples, stats, n_tok, late.last, env),
+                       "sample_s": t1 - t0, "train_s": t2 - t1}
+                rec.update(sampled_tok_s=rec["sampled_tokens"] / max(t1 - t0, 1e-9),
+                           trained_tok_s=rec["trained_tokens"] / max(t2 - t1, 1e-9))
+                if cuda:
+                    rec["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    rec["engine_gib"] = sum(engine.memory().values()) / 2**30
+                if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                    if env.master and eval_set:
+                        rec.update(held_out_eval(step=step))
+                    if improved(rec.get("eval_accuracy"), best, env):
+                        best = rec["eval_accuracy"] if env.master else best
+                        save_run(os.path.join(cfg.out_dir, "best.pt"), step=step, best=best, full=False,
+                                 **saving)
+                if step % cfg.save_interval == 0 and step != cfg.max_iters:
+                    save_run(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt"), step=step, best=best,
+                             extra={"data_position": position}, **saving)
+                rec["other_s"] = time.time() - t0 - rec["sample_s"] - rec["train_s"]
+                if step % cfg.log_interval == 0 or "eval_accuracy" in rec:
+                    log.say(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in rec.items()))
+                    log.write(rec)
+                    log.plot()
     except KeyboardInterrupt:
         stop_reason = "interrupted"
         log.say("interrupted: saving a checkpoint before exiting")

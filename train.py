@@ -24,7 +24,7 @@ from model import PRESETS, gpu_peak_flops
 from training import (LateValues, RunLog, apply_update, build_model, check_common, eval_problems,
                       evaluate_loss, find_resume, forward_backward, generation_eval, improved, lr_at,
                       make_optimizer, make_out_dir, out_of_time, run_main, save_run, setup, sft_loss,
-                      teardown, verifier_loss, whole_model, wrap_model)
+                      teardown, verifier_loss, whole_model, whole_step, wrap_model)
 
 
 @dataclass
@@ -293,11 +293,12 @@ def train(cfg):
             n_tok = train_ds.supervised_tokens(step * rows_per_step, rows_per_step, key)  # of all ranks' rows
             loss, _ = forward_backward(step_model, micro, env.ctx, env.scaler, env.device, env.world, n_tok,
                                        loss_fn)
-            values = apply_update(opt, params, loss, cfg.grad_clip, env.scaler)
-            # steps are counted from 1 in logs and checkpoint names: ckpt-000010.pt has taken 10 steps
-            step += 1
-            late.push(step, values, {"lr": lr, "n_sup": n_tok,
-                                     "ids": [i for b in micro for row in b["example_ids"] for i in row]})
+            with whole_step():  # an update is counted with it, even when Ctrl-C comes in between
+                values = apply_update(opt, params, loss, cfg.grad_clip, env.scaler)
+                # steps are counted from 1 in logs and checkpoint names: ckpt-000010.pt has taken 10 steps
+                step += 1
+                late.push(step, values, {"lr": lr, "n_sup": n_tok,
+                                         "ids": [i for b in micro for row in b["example_ids"] for i in row]})
             tokens_since += train_ds.real_tokens((step - 1) * rows_per_step, rows_per_step)  # not padding
 
             if step % cfg.log_interval == 0 or step == total_steps:

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -462,6 +463,24 @@ def forward_backward(model, micro, ctx, scaler, device, world=1, n_tok=None, los
     if world > 1:
         dist.all_reduce(loss_acc)
     return loss_acc, n_tok
+
+
+@contextmanager
+def whole_step():
+    """Ctrl-C inside waits for the block to end: an update and its bookkeeping (the step count, the data
+    position, the metrics row) happen whole or not at all, so the checkpoint the interrupt leads to resumes
+    exactly (several PPO passes make the window seconds wide). A plain block outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda *a: got.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
 
 
 def apply_update(opt, params, loss, grad_clip, scaler=None):

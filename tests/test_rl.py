@@ -173,6 +173,40 @@ def test_resume_continues_exactly(sft, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_ctrl_c_between_ppo_passes_finishes_the_step_and_resumes_exactly(sft, tmp_path, monkeypatch):
+    # a real SIGINT during the second PPO pass of a step: the step finishes whole (its update, step count, data
+    # position and metrics row), a checkpoint is written, the exit is 130, and the resumed run continues as the
+    # uninterrupted one (without whole_step the checkpoint held half an update under the previous step's name)
+    import signal
+
+    from model import Transformer
+    flags = ["--prompts_per_step=8", "--group_size=8", "--slots=64", "--batch_size=64", "--lr=1e-3",
+             "--max_iters=4", "--eval_interval=1000", "--save_interval=1000", "--max_samples=32", "--ppo_epochs=2"]
+    run_rl(sft, tmp_path / "a", *flags)
+    real, calls = Transformer.forward, {"n": 0}
+
+    def interrupted(self, idx, targets=None, **kw):
+        if kw.get("loss_fn") is not None and self.training:  # a pass of the update (one micro-batch each)
+            calls["n"] += 1
+            if calls["n"] == 4:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(self, idx, targets, **kw)
+    monkeypatch.setattr(Transformer, "forward", interrupted)
+    with pytest.raises(SystemExit) as e:
+        rl.main(RL + [f"--init_from={sft}", f"--out_dir={tmp_path / 'b'}", *flags])
+    monkeypatch.undo()
+    assert e.value.code == 130 and calls["n"] == 4
+    stopped = [r["step"] for r in rows(tmp_path / "b")]
+    assert stopped[-1] < 4 and (tmp_path / "b" / f"ckpt-{stopped[-1]:06d}.pt").exists()
+    run_rl(sft, tmp_path / "b", *flags, "--resume=auto")
+    keys = ("step", "reward", "loss", "grad_norm", "trained_tokens", "clip_frac")
+    assert [{k: r.get(k) for k in keys} for r in rows(tmp_path / "b")] == \
+        [{k: r.get(k) for k in keys} for r in rows(tmp_path / "a")]
+    wa = torch.load(tmp_path / "a" / "ckpt-000004.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "b" / "ckpt-000004.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_two_processes_equal_one_with_the_whole_batch(sft, tmp_path, dtype):
     # bfloat16: the fp32 weights train through bf16 working copies (wrap_model(working=True)), DDP reducing the
