@@ -110,9 +110,8 @@ class _Slots:
 def token_stats(logits, nxt, entropy, logprobs):
     """logits (n, V), the chosen tokens nxt (n,) -> (their distributions' entropies (n,) nats or None, the
     tokens' log-probabilities (n,) or None), both at temperature 1: the model's own distribution, which RL's
-    ratio uses. The decode step compiles it: a few fused passes over the logits instead of eager's fp32
-    copies, softmax, entropy and log-sum-exp (the sampler itself stays eager: inductor could not generate
-    its cumulative sum over the vocabulary, torch 2.11)."""
+    ratio uses. Eager: ~1.5 GB of fp32 passes over the logits a step at 256 slots (by count); compiled it would
+    be a few fused ones, a change to measure on the GPU first (bench.py gen --temperature 1 --logprobs)."""
     ent = lp = None
     if entropy:
         ent = torch.special.entr(logits.float().softmax(-1)).sum(-1)  # (n,); entr(0) = 0
@@ -122,13 +121,13 @@ def token_stats(logits, nxt, entropy, logprobs):
     return ent, lp
 
 
-def _emit(st, rows, logits, stop, sampling, entropy, logprobs, stats=token_stats):
+def _emit(st, rows, logits, stop, sampling, entropy, logprobs):
     """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it (with its
-    entropy and log-probability if asked, by `stats`: token_stats, or it compiled): kept unless it is a stop
-    token or the slot was already done; done once stopped or out of budget. Static shapes, no sync."""
+    entropy and log-probability if asked): kept unless it is a stop token or the slot was already done; done
+    once stopped or out of budget. Static shapes, no sync."""
     n_out = st.n_out[rows]  # (n,)
     nxt = sample_next(logits, sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
-    ent, lp = stats(logits, nxt, entropy, logprobs) if entropy or logprobs else (None, None)
+    ent, lp = token_stats(logits, nxt, entropy, logprobs)
     active = ~st.done[rows]
     keep = active & ~(nxt[:, None] == stop).any(-1)
     # a stop token lands after the kept ones
@@ -155,9 +154,8 @@ class Engine:
     new tokens at most per sequence. On CUDA the one-token decode step (the model, the sampler and the
     slots' bookkeeping, static shapes, positions in tensors) is captured once as a CUDA graph per kind of
     sampling, each layer compiled into a few fused kernels (model.run_block: one compile serves every
-    layer, and the tokens' entropies and log-probabilities if asked; the embedding, masks, final norm, head
-    and sampler stay eager, inside the graph at no launch cost; inductor failed to generate the sampler's
-    cumulative sum over the vocabulary, torch 2.11).
+    layer; the embedding, masks, final norm, head and sampler stay eager, inside the graph at no launch
+    cost; inductor failed to generate the sampler's cumulative sum over the vocabulary, torch 2.11).
     Prefills run eagerly, batched across the waiting prompts. Later calls replay the same graph: weights
     the trainer changes in place (an optimizer step, LoRA adapters) are read by the next call as they are,
     with no recapture and no copy of the model (bf16 working copies are recast first). free() gives the
@@ -174,10 +172,8 @@ class Engine:
         cuda = self.device.type == "cuda"
         self.graph = cuda if cuda_graph is None else cuda_graph
         self.compiled = cuda if compile is None else compile
-        # the decode step's blocks compiled: one compile serves every layer (model.run_block); and the chosen
-        # tokens' entropies and log-probabilities (prefills, of varying sizes, compute them eagerly)
+        # the decode step's blocks compiled: one compile serves every layer (model.run_block)
         self.block = torch.compile(run_block, dynamic=False) if self.compiled else None
-        self.stats = torch.compile(token_stats, dynamic=False) if self.compiled else token_stats
         self.tried = False  # the compiled block has been called once
         with ctx:
             self.cache = model.make_cache(slots, max_len)
@@ -213,27 +209,18 @@ class Engine:
         # the first call compiles; a compiler failure must not stop a run
         if self.compiled and not self.tried:
             self.tried = True
-            why = lambda e: f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"  # noqa: E731
             try:  # harmless on the state: every slot is free now, and an admitted row is prefilled afresh
                 with self.ctx:
-                    logits = _decode_logits(self.model, self.st.tok, self.cache, self.block)
+                    _decode_logits(self.model, self.st.tok, self.cache, self.block)
             except Exception as e:
-                print(f"warning: compiling the decode step failed ({why(e)}); decoding eagerly",
-                      file=sys.stderr)
+                print(f"warning: compiling the decode step failed ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0][:200]}); decoding eagerly", file=sys.stderr)
                 self.block, self.compiled = None, False
-                with self.ctx:
-                    logits = _decode_logits(self.model, self.st.tok, self.cache)
-            try:  # both statistics, whichever this call asks: a later call may ask the other
-                self.stats(logits, logits.argmax(-1), True, True)
-            except Exception as e:
-                print(f"warning: compiling the tokens' entropies and log-probabilities failed ({why(e)}); "
-                      f"computing them eagerly", file=sys.stderr)
-                self.stats = token_stats
 
         def run():
             with self.ctx:
                 logits = _decode_logits(self.model, self.st.tok, self.cache, self.block)  # (B, V)
-            _emit(self.st, self.rows, logits, self.stop, sampling, entropy, logprobs, self.stats)
+            _emit(self.st, self.rows, logits, self.stop, sampling, entropy, logprobs)
         if not self.graph or sync_each:
             return run
         key = (sampling.temperature, sampling.top_k, sampling.top_p, entropy, logprobs)

@@ -308,23 +308,11 @@ def test_a_compiler_failure_falls_back_to_eager_decoding(model, monkeypatch, cap
 
 def test_compiled_decoding_equals_eager_with_one_compile_for_every_layer(model):
     # the decode step runs each layer through model.run_block compiled once (the block is an argument): a
-    # model of any depth compiles one graph for its blocks, not one unrolled over its layers (and one more: the
-    # tokens' entropies and log-probabilities)
+    # model of any depth compiles one graph, not one unrolled over its layers
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     counters.clear()
     engine = E.Engine(model, 3, 40, 12, compile=True, cuda_graph=False)
     assert [s.ids for s in engine.generate(PROMPTS, E.Sampling(12))] == gen(model, PROMPTS, 12)
-    assert engine.compiled and model.config.n_layer == 2 and counters["stats"]["unique_graphs"] == 2
+    assert engine.compiled and model.config.n_layer == 2 and counters["stats"]["unique_graphs"] == 1
 
-
-def test_compiled_entropies_and_logprobs_equal_eager(model):
-    # the decode step's per-token entropies and log-probabilities compiled (rl.py asks for both at every step):
-    # the same samples, and the same numbers to fp32 rounding, as eager
-    sampling = E.Sampling(12, 0.8, 0, 0.95, 3)
-    eager, compiled = [E.Engine(model, 6, 40, 12, compile=c, cuda_graph=False).generate(
-        PROMPTS, sampling, num_samples=3, entropy=True, logprobs=True) for c in (False, True)]
-    assert [s.ids for s in compiled] == [s.ids for s in eager]
-    assert len({tuple(s.ids) for s in eager}) > len(PROMPTS)  # samples of a prompt differ: it samples
-    for a, b in zip(eager, compiled):
-        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-5) and b.entropy == pytest.approx(a.entropy, abs=1e-5)

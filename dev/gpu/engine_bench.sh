@@ -4,7 +4,7 @@
 #   bash dev/gpu/engine_bench.sh more     bench.py gen at 1.5B, and 0.5B head-to-head with HF generate (256)
 #   bash dev/gpu/engine_bench.sh attn     the decode step's attention alone: the engine's SDPA vs flex decoding
 #   bash dev/gpu/engine_bench.sh profile  where a decode step's time goes, at 64 and 512 slots: its kernels outside the graph
-#   bash dev/gpu/engine_bench.sh rl       rl.py's decode step (temperature 1, entropies and log-probs, those two compiled)
+#   bash dev/gpu/engine_bench.sh rl       rl.py's decode step (temperature 1, entropies and log-probs)
 #                                         against greedy, 256 slots, in one run each
 set -o pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
