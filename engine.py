@@ -110,8 +110,9 @@ class _Slots:
 def token_stats(logits, nxt, entropy, logprobs):
     """logits (n, V), the chosen tokens nxt (n,) -> (their distributions' entropies (n,) nats or None, the
     tokens' log-probabilities (n,) or None), both at temperature 1: the model's own distribution, which RL's
-    ratio uses. Eager: ~1.5 GB of fp32 passes over the logits a step at 256 slots (by count); compiled it would
-    be a few fused ones, a change to measure on the GPU first (bench.py gen --temperature 1 --logprobs)."""
+    ratio uses. Eager: ~1.5 GB of fp32 passes over the logits a step at 256 slots (by count); compiled, it
+    would be a few fused ones: a change to measure on the GPU first (bench.py gen --temperature 1
+    --logprobs)."""
     ent = lp = None
     if entropy:
         ent = torch.special.entr(logits.float().softmax(-1)).sum(-1)  # (n,); entr(0) = 0
