@@ -107,35 +107,23 @@ class _Slots:
         self.lp = torch.zeros(B, N + 1, device=device)
 
 
-def token_stats(logits, nxt, entropy, logprobs):
-    """logits (n, V), the chosen tokens nxt (n,) -> (their distributions' entropies (n,) nats or None, the
-    tokens' log-probabilities (n,) or None), both at temperature 1: the model's own distribution, which RL's
-    ratio uses. Eager: ~1.5 GB of fp32 passes over the logits a step at 256 slots (by count); compiled, it
-    would be a few fused ones: a change to measure on the GPU first (bench.py gen --temperature 1
-    --logprobs)."""
-    ent = lp = None
-    if entropy:
-        ent = torch.special.entr(logits.float().softmax(-1)).sum(-1)  # (n,); entr(0) = 0
-    if logprobs:
-        x = logits.float()
-        lp = x.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(x, dim=-1)  # (n,)
-    return ent, lp
-
-
 def _emit(st, rows, logits, stop, sampling, entropy, logprobs):
-    """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it (with its
-    entropy and log-probability if asked): kept unless it is a stop token or the slot was already done; done
-    once stopped or out of budget. Static shapes, no sync."""
+    """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it:
+    kept unless it is a stop token or the slot was already done; done once stopped or out of
+    budget. Static shapes, no sync."""
     n_out = st.n_out[rows]  # (n,)
     nxt = sample_next(logits, sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
-    ent, lp = token_stats(logits, nxt, entropy, logprobs)
     active = ~st.done[rows]
     keep = active & ~(nxt[:, None] == stop).any(-1)
     # a stop token lands after the kept ones
     st.out[rows, n_out] = torch.where(active, nxt, st.out[rows, n_out])
     if entropy:
+        ent = torch.special.entr(logits.float().softmax(-1)).sum(-1)  # (n,) nats; entr(0) = 0
         st.ent[rows, n_out] = torch.where(keep, ent, st.ent[rows, n_out])
+    # of the chosen token under the model's own distribution (temperature 1): what RL's ratio uses
     if logprobs:
+        x = logits.float()
+        lp = x.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(x, dim=-1)  # (n,)
         st.lp[rows, n_out] = torch.where(active, lp, st.lp[rows, n_out])  # a stop token's too
     n_out = n_out + keep.long()
     st.n_out[rows] = n_out
