@@ -464,8 +464,9 @@ def step_record(groups, examples, stats, n_tok, last, env):
            "response_length": float(np.mean(lengths)), "max_length": max(lengths),
            "truncated": float(np.mean([t for g in groups for t in g["truncated"]])),
            "entropy": -float(np.mean(logps)), "trained_tokens": int(n_tok),
-           "sampled_tokens": int(sum(lengths) * env.world), "loss": last.get("loss"),
-           "grad_norm": last.get("grad_norm")}
+           "sampled_tokens": int(sum(lengths) * env.world),
+           # a step with nothing to train (every group flat) made no update: no loss, not the last step's
+           "loss": last.get("loss") if n_tok else None, "grad_norm": last.get("grad_norm") if n_tok else None}
     if n_tok:
         rec["clip_frac"] = stats["clipped"].item() * env.world / n_tok
         if "kl" in stats:
