@@ -11,9 +11,9 @@ gen: our engine (engine.Engine: continuous batching, compiled decode step captur
 prompts at each slot count of --slots, then against Hugging Face `generate` (bf16 weights, SDPA attention,
 left-padded static batches sorted by length, greedy) on the first --hf-n. Per slot count it prints the time to
 compile and capture, generation time, new tokens/s, ms per decode step (all the work over the decode steps) and
-the step's memory-bound estimate: the bytes one step must read (the weights and the whole static KV cache) over
-the device copy bandwidth measured in the same run. Random weights rarely emit a stop token, so every row then
-generates --max-new-tokens: the same work for both sides. Accuracy means something for a real checkpoint only.
+the step's memory-bound estimate: the bytes an average step must read (the weights and the live rows' filled
+cache positions) over the device copy bandwidth measured in the same run. Random weights rarely emit a stop
+token, so every row then generates --max-new-tokens: the same work for both sides. Accuracy means something for a real checkpoint only.
 transformers is needed only for the reference; without it the reference is skipped.
 
 train: GSM8K SFT steps with train.py's own pieces (packed rows of --seq-len, compiled blocks with flex attention
@@ -171,6 +171,15 @@ def profile_decode(engine, sampling, rl=False, steps=10):
     n, busy = kernel_time(prof)
     print(f"decode step at {engine.B} slots, outside its graph: {n / steps:.0f} kernels, {busy / steps * 1e3:.2f} "
           f"ms of kernels per step")
+    # the same step replayed from its CUDA graph, back to back: what generate's steps cost without its host work
+    replay = engine._step_fn(sampling, rl, rl, sync_each=False)
+    replay()
+    sync()
+    t0 = time.time()
+    for _ in range(50):
+        replay()
+    sync()
+    print(f"decode step at {engine.B} slots, replayed from its graph: {(time.time() - t0) / 50 * 1e3:.2f} ms per step")
 
 
 def _bench_gen(args, device, dtype, tmp):
@@ -207,9 +216,11 @@ def _bench_gen(args, device, dtype, tmp):
                         logprobs=args.logprobs)
         sync()
         warm = time.time() - t0
-        dt, n_tok, steps, acc, _ = _ours(engine, tok, prompts, problems, sampling, args.logprobs)
-        # every step reads the weights and the whole static cache (attention runs over all L positions, masked)
-        bound = (w_bytes + slots * L * per_pos) / bw * 1e3 if bw else float("nan")
+        dt, n_tok, steps, acc, samples = _ours(engine, tok, prompts, problems, sampling, args.logprobs)
+        # a step reads the weights and each live row's filled cache positions (on a GPU attention reads no
+        # more: model.cache_attention): sequence i reads P_i + t + 1 positions at its t-th step
+        reads = sum(len(p) * len(s.ids) + len(s.ids) * (len(s.ids) + 1) // 2 for p, s in zip(prompts, samples))
+        bound = (w_bytes + reads / steps * per_pos) / bw * 1e3 if bw else float("nan")
         print(f"{slots:>6} {warm:>17.1f} {dt:>7.2f} {n_tok:>10} {n_tok / dt:>9.0f} {dt / steps * 1e3:>8.2f} "
               f"{bound:>9.2f} {engine.memory()['cache'] / 2**30:>9.2f} {acc:>9.4f}", flush=True)
         if slots != args.slots[-1]:

@@ -143,8 +143,11 @@ class Engine:
     new tokens at most per sequence. On CUDA the one-token decode step (the model, the sampler and the
     slots' bookkeeping, static shapes, positions in tensors) is captured once as a CUDA graph per kind of
     sampling, each layer compiled into a few fused kernels (model.run_block: one compile serves every
-    layer; the embedding, masks, final norm, head and sampler stay eager, inside the graph at no launch
-    cost; inductor failed to generate the sampler's cumulative sum over the vocabulary, torch 2.11).
+    layer) around its attention through the cache, which stays eager (model.cache_attention: the new keys
+    and values written in place, and on a GPU the flash kernel's variable-length form, which reads only
+    each row's filled positions); the embedding, masks, final norm, head and sampler stay eager too,
+    inside the graph at no launch cost (inductor failed to generate the sampler's cumulative sum over the
+    vocabulary, torch 2.11).
     Prefills run eagerly, batched across the waiting prompts. Later calls replay the same graph: weights
     the trainer changes in place (an optimizer step, LoRA adapters) are read by the next call as they are,
     with no recapture and no copy of the model (bf16 working copies are recast first). free() gives the
@@ -210,6 +213,10 @@ class Engine:
             with self.ctx:
                 logits = _decode_logits(self.model, self.st.tok, self.cache, self.block)  # (B, V)
             _emit(self.st, self.rows, logits, self.stop, sampling, entropy, logprobs)
+            # a finished or empty slot starts over at slot 0 until a prompt is admitted into it: its steps
+            # then attend over one position, not its whole stale row (on a GPU attention reads only the
+            # filled positions; in a batch's tail most slots wait for the longest row)
+            self.cache.pos.masked_fill_(self.st.done, 0)
         if not self.graph or sync_each:
             return run
         key = (sampling.temperature, sampling.top_k, sampling.top_p, entropy, logprobs)
@@ -323,8 +330,8 @@ class Engine:
             logits = self.model(idx, cache=cache, rows=slots_t[:, 0], lengths=lengths, last=lengths - 1)
         if k > 1:  # the samples of a prompt share its prefill: copy the cache rows, not the computation
             src, dst = slots_t[:, :1].expand(m, k - 1).reshape(-1), slots_t[:, 1:].reshape(-1)
-            for buf in (*cache.k, *cache.v):
-                buf[dst, :, :T] = buf[src, :, :T]
+            for buf in (*cache.k, *cache.v):  # (B, L, nkv, hd)
+                buf[dst, :T] = buf[src, :T]
             cache.pos[dst] = cache.pos[src]
             logits = logits.repeat_interleave(k, dim=0)  # (m * k, V)
         rows = slots_t.reshape(-1)

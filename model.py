@@ -160,35 +160,15 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # no-ops: hidden() casts them once to the compute dtype
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:
-            # write this call's keys/values into the static buffers at each row's own slots (rows (B, 1),
-            # slots (B, T) long tensors: fixed shapes, no Python ints, cf. gpt-fast's input_pos)
-            k_buf, v_buf, rows, slots = kv  # buffers (B_cache, nkv, L, hd)
-            k_buf[rows, :, slots] = k.transpose(1, 2).to(k_buf.dtype)  # indexed view is (B, T, nkv, hd)
-            v_buf[rows, :, slots] = v.transpose(1, 2).to(v_buf.dtype)
-            if mask is not None:
-                # appending to rows that already hold tokens: attend over all max_len slots of every row; the
-                # mask hides the slots after each query (fixed shapes). A prefill (mask None) needs only its
-                # own tokens: causal attention within idx is the same thing and runs the flash kernel.
-                k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # (B, nkv, L, hd)
-        # mask None: plain causal; a BlockMask: packed rows under flex attention; else a bool (B,
-        # 1, T, S) mask, True = may attend
         rep = self.n_head // self.n_kv_head
-        if isinstance(mask, BlockMask):
+        if kv is not None:  # through the KV cache: eager, also inside a compiled block (see cache_attention)
+            y = cache_attention(q, k, v, mask, kv, rep)
+        elif isinstance(mask, BlockMask):
             # packed rows (training, compiled blocks): one fused kernel that skips the blocks no document
             # reaches, reads each kv head once for its query group, and never materialises a (T, T) mask
             y = flex_attention(q, k, v, block_mask=mask, enable_gqa=rep > 1)  # (B, nh, T, hd)
         elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)  # (B, nh, T, hd)
-        elif kv is not None:
-            # appending to the cache (decoding): fold the `rep` query heads that share a kv head into the
-            # query axis, (B, nh, T, hd) -> (B, nkv, rep*T, hd), so the masked kernel reads each cached kv
-            # head once; repeating the keys/values instead would copy the whole cache rep times, every step.
-            # hidden() built the mask for this layout, (B, 1, rep*T, L), once for all layers.
-            q = q.reshape(B, self.n_kv_head, rep * T, self.head_dim)
-            with sdpa_kernel(MASKED_SDPA_BACKENDS):
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            y = y.reshape(B, self.n_head, T, self.head_dim)  # (B, nh, T, hd)
         else:
             # packed rows (training): SDPA's enable_gqa only works in the flash (no mask) and
             # math kernels, and math would materialise (B, nh, T, S) fp32 scores, so repeat the
@@ -200,6 +180,43 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
+
+@torch.compiler.disable
+def cache_attention(q, k, v, mask, kv, rep):
+    """Attention through the KV cache: write this call's keys/values k, v (B, nkv, T, hd) into the static
+    buffers, then attend q (B, nh, T, hd) -> (B, nh, T, hd). Always eager: a compiled block (the engine's
+    decode step) breaks its graph around this call. Compiled, the write into the cache (a graph input) and
+    the attention kernel's layout rules made inductor copy each layer's whole key and value buffers twice a
+    step (a scatter into a fresh buffer, then a copy back): 2.0 of 5.7 ms of kernels per decode step at 512
+    slots on an H200. Eager, the write touches only the B*T new positions.
+
+    kv = (k_buf, v_buf, rows, slots): buffers (B_cache, L, nkv, hd); rows (B, 1) and slots (B, T) long tensors
+    (fixed shapes, no Python ints, cf. gpt-fast's input_pos). mask, built once for all layers by hidden():
+      - None: a prefill, which needs only its own tokens (causal attention within them; the flash kernel);
+      - (cu_q, cu_k, used): one token per row on a GPU: the flash kernel's variable-length form reads each row's
+        `used` (B,) int32 filled positions and no more, each kv head once for its query group (no mask);
+      - else an additive (B, 1, rep*T, L) mask over all L slots of every row (fixed shapes; CPU, fp32)."""
+    k_buf, v_buf, rows, slots = kv
+    k_buf[rows, slots] = k.transpose(1, 2).to(k_buf.dtype)  # the indexed view is (B, T, nkv, hd)
+    v_buf[rows, slots] = v.transpose(1, 2).to(v_buf.dtype)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)
+    B, nh, T, hd = q.shape
+    L, nkv = k_buf.shape[1], k_buf.shape[2]
+    if isinstance(mask, tuple):
+        cu_q, cu_k, used = mask
+        y = torch.ops.aten._flash_attention_forward(
+            q.reshape(B, nh, hd), k_buf.view(B * L, nkv, hd), v_buf.view(B * L, nkv, hd), cu_q, cu_k, 1, L, 0.0,
+            False, False, seqused_k=used)[0]  # (B, nh, hd)
+        return y.view(B, nh, 1, hd)
+    # fold the `rep` query heads that share a kv head into the query axis, (B, nh, T, hd) -> (B, nkv, rep*T,
+    # hd), so the masked kernel reads each cached kv head once; repeating the keys/values instead would copy
+    # the whole cache rep times, every step
+    q = q.reshape(B, nkv, rep * T, hd)
+    with sdpa_kernel(MASKED_SDPA_BACKENDS):
+        y = F.scaled_dot_product_attention(q, k_buf.transpose(1, 2).to(q.dtype), v_buf.transpose(1, 2).to(q.dtype),
+                                           attn_mask=mask)
+    return y.reshape(B, nh, T, hd)
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -318,7 +335,8 @@ class LinearTokenLoss(torch.autograd.Function):
 class KVCache:
     """Static KV cache for batched incremental decoding: model.make_cache(B, max_len); engine.py drives it.
 
-        k, v   n_layer tensors (B, n_kv_head, max_len, head_dim)   keys / values of every layer
+        k, v   n_layer tensors (B, max_len, n_kv_head, head_dim)   keys / values of every layer (a row's
+               positions one after the other: flattened, the layout of the flash kernel's variable-length form)
         pos    (B,) long    tokens each row holds = the slot, and the position, of the row's next token
 
     Rows are independent: a row's tokens sit at slots 0..pos-1 with positions equal to their slots (no
@@ -340,7 +358,7 @@ class KVCache:
         # one tensor per layer, not views of one: a compiled decode step then writes each in place (a view's
         # write is functionalised into a copy of the whole base: 24 copies of the cache per step, measured
         # 46 ms at 512 slots on an H200)
-        shape = (batch_size, n_kv_head, max_len, head_dim)
+        shape = (batch_size, max_len, n_kv_head, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.pos = torch.zeros(batch_size, device=device, dtype=torch.long)
@@ -561,12 +579,20 @@ class Transformer(nn.Module):
                 raise ValueError("with a KV cache, positions come from the cache: pass neither pos nor doc")
             if rows is None:  # append: query t of row b sits at slot pos[b] + t and sees slots <= its own
                 pos = cache.pos[:, None] + arange_T  # (B, T)
-                slots = torch.arange(cache.max_len, device=idx.device)  # (L,)
-                mask = (slots <= pos[..., None])[:, None]  # (B, 1, T, L)
-                # the layout of the folded query heads (see Attention), as an additive mask: built once here
-                # rather than repeated and converted from bool in every layer
-                mask = torch.zeros(mask.shape, dtype=dtype, device=idx.device).masked_fill_(~mask, float("-inf"))
-                mask = mask.repeat(1, 1, cfg.n_head // cfg.n_kv_head, 1)  # (B, 1, rep*T, L)
+                if T == 1 and idx.is_cuda and dtype in (torch.bfloat16, torch.float16):
+                    # the flash kernel's variable-length form (see cache_attention): row b is keys b*L ..
+                    # b*L + pos[b] of the flattened cache; built once here for all layers
+                    cu_q = torch.arange(B + 1, device=idx.device, dtype=torch.int32)  # (B + 1,)
+                    # a finished slot keeps stepping past max_len: it never reads beyond its own row
+                    used = (pos[:, 0] + 1).clamp(max=cache.max_len).to(torch.int32)  # (B,)
+                    mask = (cu_q, cu_q * cache.max_len, used)
+                else:
+                    slots = torch.arange(cache.max_len, device=idx.device)  # (L,)
+                    mask = (slots <= pos[..., None])[:, None]  # (B, 1, T, L)
+                    # the layout of the folded query heads (see cache_attention), as an additive mask: built
+                    # once here rather than repeated and converted from bool in every layer
+                    mask = torch.zeros(mask.shape, dtype=dtype, device=idx.device).masked_fill_(~mask, float("-inf"))
+                    mask = mask.repeat(1, 1, cfg.n_head // cfg.n_kv_head, 1)  # (B, 1, rep*T, L)
                 kv_index = (torch.arange(B, device=idx.device)[:, None], pos.clamp(max=cache.max_len - 1))
                 cache.pos += T
             else:  # prefill: plain causal attention within idx; right padding never reaches a real token

@@ -9,6 +9,8 @@ rows are filled to different lengths.
 
   sdpa   the engine's path: query heads folded into the query axis, (B, 2, 7, 64), an additive mask (B, 1, 7, L)
          over every slot, the memory-efficient SDPA kernel: reads all L positions of every row
+  flashv the flash kernel's variable-length form on a cache laid out (B, L, nkv, hd): each row reads only its own
+         pos + 1 positions (seqused_k), query heads grouped by the kernel itself (no mask, no fold)
   flex   flex_attention (compiled; on CUDA its split-KV decoding kernel) with a BlockMask built from the rows'
          lengths by tensor ops (no host sync, so a CUDA graph can hold it): full blocks unmasked, the row's last
          block masked by kv <= pos, blocks past it never read
@@ -56,6 +58,18 @@ def row_block_mask(pos, L, block):
     return BlockMask.from_kv_blocks(partial[:, None, None], part_idx[:, None, None], full[:, None, None],
                                     full_idx[:, None, None], BLOCK_SIZE=block, mask_mod=mask_mod,
                                     seq_lengths=(1, L), **kw)
+
+
+def flash_decode(q, k_bl, v_bl, pos):
+    """q (B, nh, 1, hd); cache k_bl, v_bl (B, L, nkv, hd) (the layout this variant needs); pos (B,)."""
+    B, nh, _, hd = q.shape
+    L, nkv = k_bl.shape[1], k_bl.shape[2]
+    cu_q = torch.arange(B + 1, device=q.device, dtype=torch.int32)
+    cu_k = cu_q * L
+    out = torch.ops.aten._flash_attention_forward(
+        q.reshape(B, nh, hd), k_bl.view(B * L, nkv, hd), v_bl.view(B * L, nkv, hd), cu_q, cu_k, 1, L, 0.0, False,
+        False, seqused_k=(pos + 1).to(torch.int32))[0]  # (B, nh, hd)
+    return out.view(B, nh, 1, hd)
 
 
 def flex_decode(q, k, v, pos, block=128):
@@ -109,9 +123,18 @@ def main(argv=None):
             pos[1] = 127
         per_pos = 2 * args.kv_heads * hd * dtype.itemsize  # k and v bytes per position of a row
         ref = sdpa_decode(q.float(), k.float(), v.float(), pos)
-        for name, fn, need in (("sdpa", sdpa_decode, B * L * per_pos),
-                               ("flex", flex, int((pos + 1).sum()) * per_pos)):
-            t, out = timed(lambda: fn(q, k, v, pos), args.iters, cuda)
+        k_bl, v_bl = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        filled = int((pos + 1).sum()) * per_pos
+        for name, fn, need in (("sdpa", sdpa_decode, B * L * per_pos), ("flashv", flash_decode, filled),
+                               ("flex", flex, filled)):
+            if name == "flashv" and not cuda:
+                continue
+            kk, vv = (k_bl, v_bl) if name == "flashv" else (k, v)
+            try:
+                t, out = timed(lambda: fn(q, kk, vv, pos), args.iters, cuda)
+            except Exception as e:  # an op this build lacks: say so, measure the others
+                print(f"{B:>6} {name:>8} failed: {type(e).__name__}: {str(e).splitlines()[0][:150]}")
+                continue
             diff = (out.float() - ref).abs().max().item()
             bound = f"{need / bw * 1e6:>9.1f}" if bw else f"{'-':>9}"
             print(f"{B:>6} {name:>8} {t * 1e6:>9.1f} {need / 1e9:>8.3f} {bound} {diff:>11.2e}", flush=True)
