@@ -10,6 +10,9 @@
 #   bash dev/gpu/rft_verifier.sh rft2         configs/gsm8k_qwen05b_rft2.py (base model, gsm8k + rft2.jsonl), test eval
 #   bash dev/gpu/rft_verifier.sh unpack       on a fresh machine: the samples of an earlier machine, carried in
 #                                               .rft_data/ (samples_a/b.jsonl.gz, rft.jsonl.gz), instead of sampling
+#   bash dev/gpu/rft_verifier.sh readme-sample    the README's rejection-sampling command as written (into a fresh
+#                                               out/rft/, which it must make itself); give it a call of its own
+#   bash dev/gpu/rft_verifier.sh readme-verifier  the README's verifier command as written (its own call as well)
 # SAMPLE_ARGS / TRAIN_ARGS add flags (a CPU smoke run of this script uses them to shrink everything).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -81,5 +84,20 @@ bo16)
   since $t0 | tee -a $OUT/bo16.log
   cp $H/bo16.summary.json $OUT/
   gzip -9 -c $H/bo16.jsonl > $OUT/bo16.jsonl.gz ;;
-*) echo "usage: $0 sample a|b | unpack | rft | round2 | rft2 | verifier | bo16"; exit 1 ;;
+readme-sample)
+  ls -d out/rft 2>&1 | tee $OUT/readme_sample.log
+  t0=$(now)
+  timeout 570 python3 sample.py --ckpt $M --eval gsm8k --split train --num-samples 8 --temperature 0.8 \
+    --out out/rft/samples.jsonl --rft-out out/rft/rft.jsonl $SAMPLE_ARGS 2>&1 | quiet | tee -a $OUT/readme_sample.log
+  since $t0 | tee -a $OUT/readme_sample.log
+  ls -la out/rft | tee -a $OUT/readme_sample.log
+  cp out/rft/samples.summary.json $OUT/ ;;
+readme-verifier)
+  t0=$(now)
+  timeout 570 python3 train.py configs/gsm8k_qwen05b_verifier.py --init_from=$M $TRAIN_ARGS 2>&1 \
+    | grep -v '^ "\|^{\|^}' | quiet | tee $OUT/readme_verifier.log
+  since $t0 | tee -a $OUT/readme_verifier.log
+  ls -la out/gsm8k_qwen05b_verifier | tee -a $OUT/readme_verifier.log
+  cp out/gsm8k_qwen05b_verifier/metrics.jsonl $OUT/readme_verifier_metrics.jsonl ;;
+*) echo "usage: $0 sample a|b | unpack | rft | round2 | rft2 | verifier | bo16 | readme-sample | readme-verifier"; exit 1 ;;
 esac
