@@ -55,18 +55,29 @@ def atomic_write(path, write_fn):
 
 def check_output_folder(folder):
     """None if `folder` is a folder this process can write in, or one it can create (its nearest existing parent
-    is a writable folder); else why not, in a few words. Creates nothing."""
+    is a writable folder); else why not, in a few words. Tried for real, with a temporary file (or folder) that
+    is removed at once: access() says yes to root for /proc and for read-only file systems."""
     folder = os.path.abspath(folder)
     if os.path.exists(folder):
         if not os.path.isdir(folder):
             return "is a file, not a folder"
-        return None if os.access(folder, os.W_OK | os.X_OK) else "is a folder this user cannot write in"
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+            return None
+        except OSError as e:
+            return f"is a folder this process cannot write in ({e.strerror})"
     parent = os.path.dirname(folder)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         return f"cannot be made: {parent} is a file, not a folder"
-    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be made: {parent} is not writable"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".write-test."))
+        return None
+    except OSError as e:
+        return f"cannot be made: {parent} refuses new folders ({e.strerror})"
 
 
 def write_text(path, text):

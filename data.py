@@ -311,6 +311,8 @@ def parse_mixture(spec):
                 raise ValueError(f"{where} is {tail}: it must be a finite number >= 0")
             if w < 0:
                 raise ValueError(f"{where} is {tail}: it must be >= 0 (0 leaves the dataset out of training)")
+            if w > 1e4:
+                raise ValueError(f"{where} is {tail}: at most 10000 (copies of the dataset in an epoch)")
         if not name:
             raise ValueError(f"datasets='{spec}': entry '{part}' names no dataset")
         if name in (n for n, _ in out):
@@ -585,6 +587,9 @@ def build_datasets(spec, tok, seq_len, prompt_format, pack=True, seed=0, max_sam
         tr = [rows[i] for i in order if rows[i]["prompt"] not in held]
         if max_samples:
             tr = tr[:max_samples]
+        if tr and w > 0 and round(w * len(tr)) == 0:  # Dataset.epoch_order takes round(w * n) of them
+            raise ValueError(f"datasets='{spec}': the weight {w:g} of '{name}' takes round({w:g} x {len(tr)}) = 0 "
+                             f"of its {len(tr)} training examples an epoch; raise it, or 0 to leave it out")
         ranges.append((len(train), len(train) + len(tr), w))
         train += tr
     if not train:

@@ -330,7 +330,7 @@ def train(cfg):
     # everything is checked: now the output folder is written (by rank 0)
     made_dir = not os.path.exists(cfg.out_dir)
     if env.master:
-        make_out_dir(cfg.out_dir)
+        make_out_dir(cfg.out_dir, replace=ckpt is None)
         save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
         write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
     log = RunLog(cfg.out_dir, env.master, ckpt["step"] if ckpt else None, cfg.wandb_project,

@@ -119,6 +119,8 @@ def main(argv=None):
     if args.eval is not None and not named and not os.path.isfile(args.eval):
         ap.error(f"--eval: unknown dataset {args.eval!r}; choose from {', '.join(data.DATASETS)} or give a "
                  f".jsonl file of problems with answers")
+    if args.eval is not None and not named and args.split != "test":
+        ap.error(f"--split {args.split!r}: --eval {args.eval} is a file, which has no splits")
     if named and args.split not in named.splits:
         splits = named.splits
         has = f"only a {splits[0]} split" if len(splits) == 1 else f"the splits {', '.join(splits)}"
@@ -141,6 +143,14 @@ def main(argv=None):
         ap.error("--eval needs a chat or plain prompt format")
     if args.batch_size < 0 or args.max_samples < 0 or args.rft_max_per_problem < 0:
         ap.error("--batch-size, --max-samples and --rft-max-per-problem must be >= 0 (0 = the default / all)")
+    if not 0 <= args.seed < 2**63:
+        ap.error(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
+    others = [f for f, v in (("--prompt", args.prompt), ("--prompts", args.prompts), ("--eval", args.eval))
+              if v]
+    if args.export_hf and others:
+        ap.error(f"--export-hf writes a checkpoint and exits: it does not go with {others[0]}")
+    if args.eval and (args.prompt or args.prompts):
+        ap.error("--eval grades its dataset's problems: it does not go with --prompt / --prompts")
     try:
         return _main(args, ap)
     except (ValueError, OSError) as e:  # bad input (checkpoint, prompts, device): one line, no traceback
@@ -202,6 +212,8 @@ def _checked_inputs(args, ap):
         texts = list(args.prompt or [])
         if args.prompts:
             texts += read_prompts(args.prompts)
+        if any(t == "" for t in texts) and args.format == "raw":
+            ap.error("--prompt: an empty prompt gives the model nothing to continue in raw format")
         if not texts and not sys.stdin.isatty():
             texts = read_prompts("-")
         if not texts:

@@ -125,9 +125,12 @@ def check_config(cfg):
              "must be 'math' or a tokenizer file or folder")
         for k in ("n_layer", "n_embd", "n_head"):
             need(getattr(cfg, k) >= 0, k, "must be >= 0 (0 = the preset's value)")
-        if cfg.n_embd > 0 and cfg.n_head > 0:
-            need(cfg.n_embd % (2 * cfg.n_head) == 0, "n_embd", f"must be a multiple of 2 * n_head = "
-                 f"{2 * cfg.n_head}")
+        if cfg.model_preset in PRESETS and min(cfg.n_embd, cfg.n_head) >= 0:
+            # an override meets the preset's other value (0 keeps the preset's)
+            C = cfg.n_embd or PRESETS[cfg.model_preset].n_embd
+            H = cfg.n_head or PRESETS[cfg.model_preset].n_head
+            need(C % (2 * H) == 0, "n_embd" if cfg.n_embd else "n_head",
+                 f"the width n_embd={C} must be a multiple of 2 * n_head = {2 * H} (even rotary head dims)")
     mixture = data.parse_mixture(cfg.datasets) if not any(b.startswith("datasets=") for b in bad) else []
     need(cfg.seq_len >= 2, "seq_len", "must be >= 2 (a prompt token and an answer token)")
     for k in ("max_samples", "val_size", "max_iters", "warmup_iters", "keep_last", "eval_samples"):
@@ -251,7 +254,7 @@ def train(cfg):
 
     # everything is checked: now the output folder is written (by rank 0)
     if env.master:
-        n_tmp = make_out_dir(cfg.out_dir)
+        n_tmp = make_out_dir(cfg.out_dir, replace=ckpt is None)
         if n_tmp:
             env.say(f"removed {n_tmp} temporary file(s) left in {cfg.out_dir} by an interrupted save")
         save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))

@@ -18,6 +18,7 @@ the policy gradient in rl.py. forward_backward divides by the tokens of the whol
 """
 import dataclasses
 import functools
+import glob
 import json
 import math
 import os
@@ -39,9 +40,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
-from checkpoint import (attach_trained_parts, atomic_write, check_output_folder, list_checkpoints,
-                        load_for_resume, load_model, remove_orphan_tmp, resolve_checkpoint_dir, resume_path,
-                        save_training_checkpoint)
+from checkpoint import (attach_trained_parts, atomic_write, check_output_folder, checkpoint_file,
+                        list_checkpoints, load_for_resume, load_model, remove_orphan_tmp,
+                        resolve_checkpoint_dir, resume_path, save_training_checkpoint)
 from engine import evaluate, sample_table
 from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
@@ -76,6 +77,13 @@ def check_common(cfg):
             bad.append(f"init_from={cfg.init_from!r}: {e}")
     need(cfg.resume in ("", "auto") or os.path.isfile(cfg.resume), "resume",
          "must be '', 'auto' or an existing ckpt-*.pt file")
+    # --overwrite replaces the run in out_dir (its checkpoints go): it cannot start from one of them
+    init = fresh and cfg.overwrite and cfg.init_from.strip() not in ("", "scratch") and \
+        checkpoint_file(cfg.init_from)
+    same = init and os.path.realpath(os.path.dirname(init)) == os.path.realpath(cfg.out_dir)
+    need(not same, "init_from",
+         f"is a checkpoint of the run in out_dir={cfg.out_dir!r}, which overwrite=True replaces: copy it "
+         f"elsewhere first, or choose another out_dir")
     try:
         mixture = data.parse_mixture(cfg.datasets)
     except ValueError as e:
@@ -115,14 +123,18 @@ def check_common(cfg):
              f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
     return bad
 
-def make_out_dir(out_dir):
+def make_out_dir(out_dir, replace=False):
     """Make the run's folder, once every check has passed, and remove what an interrupted save left in it
-    (-> how many such files). One line if the system refuses what check_output_folder's access() allowed
-    (/proc, a read-only or full file system)."""
+    (-> how many such files). replace=True (a fresh run with overwrite): the run it replaces goes too, its
+    checkpoints and best.pt, so that resume=auto can never continue the old run. One line if the system
+    refuses (a full file system)."""
     try:
         os.makedirs(out_dir, exist_ok=True)
+        if replace:
+            for p in list_checkpoints(out_dir) + glob.glob(os.path.join(out_dir, "best.pt")):
+                os.remove(p)
     except OSError as e:
-        raise SystemExit(f"config: out_dir={out_dir!r}: cannot be made ({e.strerror})")
+        raise SystemExit(f"config: out_dir={out_dir!r}: cannot be made or cleared ({e.strerror})")
     return remove_orphan_tmp(out_dir)
 
 
@@ -206,8 +218,11 @@ def torchrun_env():
     if rank >= world:
         raise SystemExit(f"environment: RANK={rank} is not a process of WORLD_SIZE={world} (ranks are 0 to "
                          f"{world - 1})")
-    lw = os.environ.get("LOCAL_WORLD_SIZE", "")
-    local_world = int(lw) if lw.isdigit() else world
+    lw = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if lw and not (lw.isdigit() and 1 <= int(lw) <= world):
+        raise SystemExit(f"environment: LOCAL_WORLD_SIZE={lw!r} must be a whole number from 1 to "
+                         f"WORLD_SIZE={world} (torchrun sets it)")
+    local_world = int(lw) if lw else world
     if local >= local_world:
         raise SystemExit(f"environment: LOCAL_RANK={local} is not below LOCAL_WORLD_SIZE / WORLD_SIZE="
                          f"{local_world}")
@@ -216,6 +231,9 @@ def torchrun_env():
         if missing:
             raise SystemExit(f"environment: WORLD_SIZE={world} but {' and '.join(missing)} not set: start "
                              f"the processes with torchrun, which sets them")
+        port = os.environ["MASTER_PORT"].strip()
+        if not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise SystemExit(f"environment: MASTER_PORT={port!r} must be a port number from 1 to 65535")
     return rank, world, local
 
 
@@ -645,8 +663,17 @@ class RunLog:
         if not master:
             return
         if os.path.exists(self.path):
-            keep = lambda r: resume_step is not None and r.get("step", 0) <= resume_step  # noqa: E731
-            rows = [r for r in data.read_jsonl(self.path) if keep(r)]
+            rows = []
+            if resume_step is not None:
+                with open(self.path) as f:
+                    text = f.read()
+                # a kill in the middle of an append leaves a last line without its newline: that row goes
+                lines = text[:text.rfind("\n") + 1].splitlines()
+                try:
+                    rows = [r for r in map(json.loads, filter(str.strip, lines))
+                            if r.get("step", 0) <= resume_step]
+                except json.JSONDecodeError as e:
+                    raise SystemExit(f"{self.path}: a row is not valid JSON ({e.msg}): fix or remove it")
             atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
         if wandb_project:
             try:

@@ -403,6 +403,8 @@ def test_interrupted_save_leftovers_of_every_form_go_and_nothing_else(tmp_path):
     ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' must be a whole number"),
     ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK=3"),
     ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR and MASTER_PORT not set"),
+    ({"LOCAL_WORLD_SIZE": "abc"}, "LOCAL_WORLD_SIZE='abc' must be a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"}, "MASTER_PORT='99999'"),
 ])
 def test_torchrun_settings_are_checked_first(tmp_path, env, match):
     r = subprocess.run([sys.executable, "train.py", *TINY, f"--out_dir={tmp_path / 'o'}"], cwd=ROOT,
@@ -450,3 +452,64 @@ def test_rl_inputs_are_refused_before_sampling(run_dir, tmp_path, monkeypatch, c
     # one new token: every sample is cut off and earns 0: nothing to learn, said before any update, the rate too
     refused("--max_new_tokens=1", "--prompts_per_step=4", "--group_size=2", match="nothing to learn")
     assert "100% of the first batch's samples reached max_new_tokens=1" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- found by probing a clean clone
+
+
+def test_a_weight_that_takes_no_example_or_too_many_copies_is_refused(tmp_path):
+    # round(0.001 x 300) = 0 rows an epoch made the data loader loop forever; 1e308 overflowed after the model
+    fails(run_train, tmp_path / "o", "--datasets=arith2:0.001", match="takes round(0.001 x 300) = 0 of its")
+    fails(run_train, tmp_path / "o", "--datasets=arith2:1e308", match="at most 10000")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_preset_override_is_checked_against_the_presets_other_value(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, tmp_path / "o", "--n_embd=0", "--n_head=5", match="n_head=5: the width n_embd=256")
+    fails(run_train, tmp_path / "o", "--n_embd=100", "--n_head=0", match="n_embd=100: the width")
+
+
+def test_overwrite_replaces_the_old_runs_checkpoints_and_cannot_start_from_them(run_dir, tmp_path, monkeypatch):
+    import shutil
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    run_train(d, "--max_iters=2", "--save_interval=2", "--overwrite=true", "--lr=5e-4")
+    assert not (d / "ckpt-000004.pt").exists()  # resume=auto would have continued the old run from it
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, d, "--max_iters=2", "--overwrite=true", f"--init_from={d / 'best.pt'}", "--lora_rank=4",
+          match="is a checkpoint of the run in out_dir")
+
+
+def test_resume_drops_a_torn_last_metrics_row(run_dir, tmp_path):
+    import shutil
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 8.1')  # a kill in the middle of an append
+    run_train(d, "--max_iters=6", "--save_interval=2", "--eval_interval=2", "--resume=auto")
+    steps = [r["step"] for r in data.read_jsonl(str(d / "metrics.jsonl")) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_output_folder_the_system_refuses_is_found_by_the_checks(tmp_path, monkeypatch):
+    # as root, access() says yes to /proc: the checks make (and remove) a temporary entry instead
+    def refuse(*a, **k):
+        raise OSError(2, "No such file or directory")
+    monkeypatch.setattr(C.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(C.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, tmp_path / "new" / "run", match="refuses new folders")
+    fails(run_train, tmp_path, match="cannot write in")
+    fails(S.main, ["--ckpt", str(tmp_path), "--eval", "arith2", "--out", str(tmp_path / "e.jsonl")],
+          match="cannot write in")
+
+
+def test_sample_options_that_do_not_go_together_are_refused(run_dir):
+    ck = str(run_dir)
+    fails(S.main, ["--ckpt", ck, "--prompt", "x", "--temperature", "1", "--seed", "-1"], match="--seed must be")
+    fails(S.main, ["--ckpt", ck, "--eval", "arith2", "--export-hf", ck + "/hf"], match="does not go with --eval")
+    fails(S.main, ["--ckpt", ck, "--eval", "arith2", "--prompt", "x"], match="does not go with --prompt")
+    fails(S.main, ["--ckpt", ck, "--eval", "data/gsm8k/test.jsonl", "--split", "train"], match="has no splits")
+    fails(S.main, ["--ckpt", ck, "--prompt", "", "--format", "raw"], match="an empty prompt")
+    assert not os.path.exists(ck + "/hf")
