@@ -675,7 +675,11 @@ def model_from_checkpoint(ckpt, device="cpu", dtype=None):
             raise FileNotFoundError(f"this checkpoint holds trained parts of the base model {ckpt['base']!r}, which "
                                     f"is not there any more (or pass a merged export)") from None
         attach_trained_parts(model, ckpt.get("lora"), ckpt.get("value_head"))
-        bad = model.load_state_dict(ckpt["model"], strict=False)
+        try:
+            bad = model.load_state_dict(ckpt["model"], strict=False)
+        except RuntimeError as e:  # shapes that differ: the base was replaced by another model
+            raise ValueError(f"the trained parameters do not fit their base model {ckpt['base']!r} (was it "
+                             f"replaced?): {str(e).splitlines()[-1].strip()[:300]}") from None
         if bad.unexpected_keys or any("lora_" in k or "value_head" in k for k in bad.missing_keys):
             raise ValueError(f"the trained parameters do not fit their base model {ckpt['base']!r}: {bad}")
         return (merge_lora(model) if ckpt.get("lora") else model).to(device=device, dtype=dtype)

@@ -134,6 +134,8 @@ def _math_rows(path):
                     row = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{fpath}: invalid JSON ({e.msg} at line {e.lineno})") from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{fpath}: not UTF-8 text (byte {e.start})") from None
             for k in ("problem", "solution"):
                 if not isinstance(row, dict) or not isinstance(row.get(k), str):
                     raise ValueError(f"{fpath}: expected an object with a string '{k}'")

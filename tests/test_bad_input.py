@@ -513,3 +513,15 @@ def test_sample_options_that_do_not_go_together_are_refused(run_dir):
     fails(S.main, ["--ckpt", ck, "--eval", "data/gsm8k/test.jsonl", "--split", "train"], match="has no splits")
     fails(S.main, ["--ckpt", ck, "--prompt", "", "--format", "raw"], match="an empty prompt")
     assert not os.path.exists(ck + "/hf")
+
+
+def test_adapters_whose_base_was_replaced_and_undecodable_math_files_are_one_line(run_dir, tmp_path):
+    import shutil
+    base = tmp_path / "base"
+    shutil.copytree(run_dir, base)
+    run_train(tmp_path / "lora", "--max_iters=1", f"--init_from={base / 'best.pt'}", "--lora_rank=4")
+    run_train(base, "--max_iters=1", "--n_embd=64", "--overwrite=true")  # the base is now another model
+    fails(S.main, ["--ckpt", str(tmp_path / "lora"), "--prompt", "hi"], match="do not fit their base model")
+    (tmp_path / "math" / "a").mkdir(parents=True)
+    (tmp_path / "math" / "a" / "1.json").write_bytes(b"\xff")
+    fails(run_train, tmp_path / "o", f"--datasets={tmp_path / 'math'}", match="1.json: not UTF-8 text")
