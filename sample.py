@@ -114,7 +114,15 @@ def main(argv=None):
     # one line, exit 1
     ap.error = lambda msg: sys.exit(f"sample.py: {msg} (python sample.py -h lists the options)")
     args = ap.parse_args(argv)
+    check_options(args, ap)
+    try:
+        return _main(args, ap)
+    except (ValueError, OSError) as e:  # bad input (checkpoint, prompts, device): one line, no traceback
+        raise SystemExit(f"error: {e}")
 
+
+def check_options(args, ap):
+    """The options on their own and together, before anything is read: ap.error (one line, exit 1) if not."""
     named = data.DATASETS.get(args.eval)
     if args.eval is not None and not named and not os.path.isfile(args.eval):
         ap.error(f"--eval: unknown dataset {args.eval!r}; choose from {', '.join(data.DATASETS)} or give a "
@@ -151,10 +159,6 @@ def main(argv=None):
         ap.error(f"--export-hf writes a checkpoint and exits: it does not go with {others[0]}")
     if args.eval and (args.prompt or args.prompts):
         ap.error("--eval grades its dataset's problems: it does not go with --prompt / --prompts")
-    try:
-        return _main(args, ap)
-    except (ValueError, OSError) as e:  # bad input (checkpoint, prompts, device): one line, no traceback
-        raise SystemExit(f"error: {e}")
 
 
 def _graded_samples(path):
