@@ -703,6 +703,19 @@ def checkpoint_file(path_or_hub_id):
     return path if os.path.isfile(path) else None
 
 
+def tokenizer_of(path_or_hub_id):
+    """The tokenizer load_model returns with this checkpoint, read without its weights (so that the data can
+    be checked before a model is loaded)."""
+    path = checkpoint_file(path_or_hub_id)
+    if path:  # ours: the tokenizer folder this code writes next to every checkpoint
+        tok_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer")
+        if not os.path.isdir(tok_dir):
+            raise FileNotFoundError(f"{path}: its tokenizer folder {tok_dir} is missing (train.py writes it next "
+                                    f"to the checkpoints; copy it along with the .pt file)")
+        return load_tokenizer(tok_dir)
+    return load_tokenizer(resolve_checkpoint_dir(path_or_hub_id))
+
+
 def load_model(path_or_hub_id, device="cpu", dtype=torch.float32):
     """-> (model, tok, info) with weights in `dtype` (None: as stored) on `device`. path_or_hub_id: a training
     checkpoint file (best.pt / ckpt-*.pt), a folder holding them (train.py's out_dir: best.pt, else the latest

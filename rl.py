@@ -41,7 +41,8 @@ from engine import Engine, Sampling
 from model import Transformer, set_lora_enabled
 from training import (LateValues, RunLog, apply_update, build_model, check_common, find_resume,
                       forward_backward, generation_eval, improved, lr_at, make_optimizer, make_out_dir,
-                      out_of_time, run_main, save_run, setup, teardown, whole_step, wrap_model)
+                      out_of_time, run_main, run_tokenizer, save_run, setup, teardown, whole_step,
+                      wrap_model)
 
 
 @dataclass
@@ -298,6 +299,17 @@ def first_batch_checks(groups, cfg, log, env):
                          f"problems, a larger group_size or max_new_tokens, or another starting model")
 
 
+def longest_prompt(cfg, tok, problems):
+    """The tokens of the longest rendered prompt; SystemExit if seq_len cannot hold it and max_new_tokens."""
+    longest = max(len(data.render_prompt(tok, p["prompt"], cfg.prompt_format, cfg.system_prompt))
+                  for p in problems)
+    if longest + cfg.max_new_tokens + 1 > cfg.seq_len:
+        raise SystemExit(f"config: seq_len={cfg.seq_len} cannot hold the longest prompt ({longest} tokens) "
+                         f"and max_new_tokens={cfg.max_new_tokens}: raise seq_len to "
+                         f"{longest + cfg.max_new_tokens + 1}")
+    return longest
+
+
 def train(cfg):
     """Runs the RL job described by cfg; returns a summary dict. Bad settings and inputs stop it before any
     sampling, with one line naming them."""
@@ -309,21 +321,18 @@ def train(cfg):
     env.say("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
     ckpt = find_resume(cfg, env, RESUME_KEYS, cfg.prompts_per_step * cfg.group_size,
                        "prompts_per_step x group_size", f"{cfg.prompts_per_step} x {cfg.group_size}")
+    # the problems and their prompts' lengths (with the tokenizer alone), then the model
     problems, held = data.split_problems(cfg.datasets, cfg.seed, cfg.val_size, cfg.max_samples)
+    longest = longest_prompt(cfg, run_tokenizer(cfg), problems + held)
     model, tok, part = build_model(cfg, env.device, env.dtype)
     if ckpt:
         model.load_state_dict(ckpt["model"], strict=not cfg.lora_rank)
     model.grad_checkpointing = cfg.grad_checkpointing
-    longest = max(len(data.render_prompt(tok, p["prompt"], cfg.prompt_format, cfg.system_prompt))
-                  for p in problems + held)
     L = -(-(longest + max(cfg.max_new_tokens, cfg.eval_max_new_tokens) + 1) // 64) * 64
-    if longest >= model.config.max_seq_len:
-        raise SystemExit(f"config: a prompt of {cfg.datasets!r} has {longest} tokens, which leaves no room "
-                         f"in the model's context of max_seq_len={model.config.max_seq_len} tokens")
-    if longest + cfg.max_new_tokens + 1 > cfg.seq_len:
-        raise SystemExit(f"config: seq_len={cfg.seq_len} cannot hold the longest prompt ({longest} tokens) "
-                         f"and max_new_tokens={cfg.max_new_tokens}: raise seq_len to "
-                         f"{longest + cfg.max_new_tokens + 1}")
+    if longest + cfg.max_new_tokens > model.config.max_seq_len:
+        raise SystemExit(f"config: the model's context of max_seq_len={model.config.max_seq_len} tokens "
+                         f"cannot hold the longest prompt of {cfg.datasets!r} ({longest} tokens) and "
+                         f"max_new_tokens={cfg.max_new_tokens}")
     env.say(f"model: {model.num_params() / 1e6:.1f}M parameters; {len(problems)} problems to sample, "
             f"{len(held)} held out (the eval grades {cfg.eval_samples}); the longest prompt {longest} tokens")
 

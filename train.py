@@ -24,7 +24,7 @@ from model import PRESETS, gpu_peak_flops
 from training import (LateValues, RunLog, apply_update, build_model, check_common, eval_problems,
                       evaluate_loss, find_resume, forward_backward, generation_eval, improved, lr_at,
                       make_optimizer, make_out_dir, out_of_time, run_main, save_run, setup, sft_loss,
-                      teardown, verifier_loss, whole_model, whole_step, wrap_model)
+                      run_tokenizer, teardown, verifier_loss, whole_model, whole_step, wrap_model)
 
 
 @dataclass
@@ -214,22 +214,11 @@ def train(cfg):
     ckpt = find_resume(cfg, env, RESUME_KEYS, rows_per_step, "batch_size x grad_accum x processes",
                        f"{cfg.batch_size} x {cfg.grad_accum} x {env.world}")
 
-    # the model and the data: built and checked before anything is written
+    # the data (with the tokenizer alone), then the model: every check before a model is loaded
     verifier = cfg.objective == "verifier"
-    model, tok, part = build_model(cfg, env.device, env.dtype, value_head=verifier,
-                                   freeze=verifier and cfg.verifier_backbone == "frozen")
-    trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    if ckpt:
-        partial = len(trained) < len(list(model.parameters()))  # LoRA or a frozen verifier backbone
-        bad = model.load_state_dict(ckpt["model"], strict=not partial)
-        if partial and (bad.unexpected_keys or trained & set(bad.missing_keys)):
-            raise SystemExit(f"{cfg.resume}: its trained parameters do not fit this model ({bad})")
-    model.grad_checkpointing = cfg.grad_checkpointing
-    n_train = sum(p.numel() for n, p in model.named_parameters() if n in trained)
-    env.say(f"model: {model.num_params() / 1e6:.1f}M parameters ({n_train / 1e6:.2f}M trained), "
-            f"{model.config}")
-    train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack,
-                                           cfg.seed, cfg.max_samples, cfg.val_size, cfg.system_prompt)
+    train_ds, val_ds = data.build_datasets(cfg.datasets, run_tokenizer(cfg), cfg.seq_len,
+                                           cfg.prompt_format, cfg.pack, cfg.seed, cfg.max_samples,
+                                           cfg.val_size, cfg.system_prompt)
     st = train_ds.stats()
     env.say(f"train data: {st['examples']} examples -> {st['rows_per_epoch']} rows of {cfg.seq_len} tokens "
             f"per epoch ({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
@@ -251,6 +240,18 @@ def train(cfg):
             what = "eval_dataset" if cfg.eval_dataset else "held-out examples"
             raise SystemExit(f"config: eval_samples={cfg.eval_samples}, but the {what} have no gold answers "
                              f"to grade; set eval_samples=0 (validation loss only)")
+    model, tok, part = build_model(cfg, env.device, env.dtype, value_head=verifier,
+                                   freeze=verifier and cfg.verifier_backbone == "frozen")
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    if ckpt:
+        partial = len(trained) < len(list(model.parameters()))  # LoRA or a frozen verifier backbone
+        bad = model.load_state_dict(ckpt["model"], strict=not partial)
+        if partial and (bad.unexpected_keys or trained & set(bad.missing_keys)):
+            raise SystemExit(f"{cfg.resume}: its trained parameters do not fit this model ({bad})")
+    model.grad_checkpointing = cfg.grad_checkpointing
+    n_train = sum(p.numel() for n, p in model.named_parameters() if n in trained)
+    env.say(f"model: {model.num_params() / 1e6:.1f}M parameters ({n_train / 1e6:.2f}M trained), "
+            f"{model.config}")
 
     # everything is checked: now the output folder is written (by rank 0)
     if env.master:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 import data
 from checkpoint import (attach_trained_parts, atomic_write, check_output_folder, checkpoint_file,
                         list_checkpoints, load_for_resume, load_model, remove_orphan_tmp,
-                        resolve_checkpoint_dir, resume_path, save_training_checkpoint)
+                        resolve_checkpoint_dir, resume_path, save_training_checkpoint, tokenizer_of)
 from engine import evaluate, sample_table
 from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
@@ -278,6 +278,12 @@ def teardown(env):
 
 # -----------------------------------------------------------------------------
 # the model: built, given its trained parts, wrapped for the step
+
+
+def run_tokenizer(cfg):
+    """The tokenizer of the model build_model makes (cfg.tokenizer from scratch, else init_from's), loaded
+    alone: the data is built and checked with it before any model is loaded."""
+    return load_tokenizer(cfg.tokenizer) if cfg.init_from == "scratch" else tokenizer_of(cfg.init_from)
 
 
 def build_model(cfg, device, dtype="float32", value_head=False, freeze=False):

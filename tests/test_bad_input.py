@@ -449,6 +449,7 @@ def test_rl_inputs_are_refused_before_sampling(run_dir, tmp_path, monkeypatch, c
         no_answers = tmp_path / "p.jsonl"
         no_answers.write_text(json.dumps({"prompt": "What is 1 + 1?", "response": "2"}) + "\n")
         refused(f"--datasets={no_answers}", "--val_size=0", "--eval_samples=0", match="has no gold answer")
+        refused("--seq_len=16", match="seq_len=16 cannot hold the longest prompt")
     # one new token: every sample is cut off and earns 0: nothing to learn, said before any update, the rate too
     refused("--max_new_tokens=1", "--prompts_per_step=4", "--group_size=2", match="nothing to learn")
     assert "100% of the first batch's samples reached max_new_tokens=1" in capsys.readouterr().out
@@ -525,3 +526,18 @@ def test_adapters_whose_base_was_replaced_and_undecodable_math_files_are_one_lin
     (tmp_path / "math" / "a").mkdir(parents=True)
     (tmp_path / "math" / "a" / "1.json").write_bytes(b"\xff")
     fails(run_train, tmp_path / "o", f"--datasets={tmp_path / 'math'}", match="1.json: not UTF-8 text")
+
+
+def test_train_data_checks_come_before_the_model_loads(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "response": f"{i + 1}"}) + "\n"
+                             for i in range(10)))
+    fails(run_train, tmp_path / "o", f"--datasets={small}", "--val_size=200", match="no training examples left")
+    fails(run_train, tmp_path / "o", "--seq_len=8", f"--init_from={run_dir}", match="no training example has an")
+    fails(run_train, tmp_path / "o", "--max_iters=0", "--epochs=0.0001", "--batch_size=64", match="gives 0 rows")
+    fails(run_train, tmp_path / "o", f"--datasets={small}", "--val_size=2", "--objective=verifier",
+          f"--init_from={run_dir}", match="'correct'")
+    fails(run_train, tmp_path / "o", f"--datasets={small}", "--val_size=4", "--eval_samples=4",
+          match="no gold answers")
+    assert not (tmp_path / "o").exists()

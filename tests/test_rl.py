@@ -256,7 +256,7 @@ def test_math_problems_run_end_to_end(sft, tmp_path):
     # MATH's loader, prompts and grader through a run (its problems earn this model nothing; arithmetic's do).
     # MATH prompts outgrow the 64-token context the model was trained with: the same weights, a longer limit
     with pytest.raises(SystemExit, match="max_seq_len=64"):
-        run_rl(sft, tmp_path / "short", "--datasets=math", "--max_samples=8")
+        run_rl(sft, tmp_path / "short", "--datasets=math", "--max_samples=8", "--seq_len=4096")
     ck = C.load_checkpoint(str(sft))
     ck["model_config"]["max_seq_len"] = 2048
     C.save_checkpoint(ck, os.path.join(os.path.dirname(sft), "long.pt"))
