@@ -17,6 +17,7 @@ import os
 import pathlib
 import random
 import re
+import shutil
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -202,7 +203,7 @@ def config_from_hf(cfg: dict) -> ModelConfig:
     rope_type = rp.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
     if rope_type != "default":
         raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only plain rope)")
-    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    theta = rp.get("rope_theta", cfg.get("rope_theta")) or 10000.0
     if mt == "qwen2":
         qkv_bias = True  # Qwen2 always has q/k/v biases (and no o_proj bias), whatever attention_bias says
     else:
@@ -210,7 +211,25 @@ def config_from_hf(cfg: dict) -> ModelConfig:
         if cfg.get("attention_bias", False):
             raise ValueError("config.json: llama with attention_bias=true (o_proj bias) is not supported")
         qkv_bias = False
+    for key in ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size",
+                "num_key_value_heads", "head_dim", "max_position_embeddings"):
+        v = cfg.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            raise ValueError(f"config.json: {key}={v!r} must be a whole number > 0")
+    for key in ("rope_theta", "rms_norm_eps"):
+        v = rp.get(key, cfg.get(key)) if key == "rope_theta" else cfg.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0):
+            raise ValueError(f"config.json: {key}={v!r} must be a number > 0")
     n_head = cfg["num_attention_heads"]
+    if cfg.get("num_key_value_heads") and n_head % cfg["num_key_value_heads"]:
+        raise ValueError(f"config.json: num_attention_heads={n_head} is not a multiple of "
+                         f"num_key_value_heads={cfg['num_key_value_heads']}")
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    if not cfg.get("head_dim") and cfg["hidden_size"] % n_head:
+        raise ValueError(f"config.json: hidden_size={cfg['hidden_size']} is not a multiple of "
+                         f"num_attention_heads={n_head} (and no head_dim is given)")
+    if head_dim % 2:
+        raise ValueError(f"config.json: the head dimension {head_dim} is odd (rotary embedding pairs them)")
     return ModelConfig(
         vocab_size=cfg["vocab_size"],
         n_layer=cfg["num_hidden_layers"],
@@ -220,7 +239,7 @@ def config_from_hf(cfg: dict) -> ModelConfig:
         intermediate_size=cfg["intermediate_size"],
         max_seq_len=cfg.get("max_position_embeddings", 32768),
         rope_theta=float(theta),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6),
         qkv_bias=qkv_bias,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),  # qwen2 and llama both default to False
         head_dim=cfg.get("head_dim") or 0,
@@ -362,7 +381,7 @@ def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transf
     try:
         config = config_from_hf(hf_cfg)
     except ValueError as e:
-        raise ValueError(f"{cfg_path}: {e}") from None
+        raise ValueError(f"{cfg_path}: {str(e).removeprefix('config.json: ')}") from None
 
     with torch.device("meta"):
         model = Transformer(config)
@@ -459,13 +478,26 @@ def save_tokenizer(tok, out_dir, hf=False):
 
 def export_hf(model, tok, out_dir):
     """A Hugging Face checkpoint folder: config.json + safetensors (save_pretrained), the tokenizer files, and
-    a generation_config.json naming our stop tokens if the source did not bring one."""
-    save_pretrained(model, out_dir)
-    save_tokenizer(tok, out_dir, hf=True)
-    gen = os.path.join(out_dir, "generation_config.json")
-    if not os.path.isfile(gen):
-        cfg = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id, "do_sample": False}
-        write_text(gen, json.dumps(cfg, indent=2) + "\n")
+    a generation_config.json naming our stop tokens if the source did not bring one. Written in a temporary
+    folder beside out_dir and moved in file by file once all is written: a failure (a full disk) leaves out_dir
+    as it was, never half an export that blocks the re-run."""
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + ".", suffix=".tmp")
+    try:
+        save_pretrained(model, tmp)
+        save_tokenizer(tok, tmp, hf=True)
+        gen = os.path.join(tmp, "generation_config.json")
+        if not os.path.isfile(gen):
+            cfg = {"eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id, "do_sample": False}
+            write_text(gen, json.dumps(cfg, indent=2) + "\n")
+        os.makedirs(out_dir, exist_ok=True)
+        for name in sorted(os.listdir(tmp)):
+            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    except OSError as e:
+        raise OSError(e.errno, f"writing the export {out_dir} failed: {e.strerror}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -----------------------------------------------------------------------------

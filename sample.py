@@ -21,8 +21,8 @@ import time
 import torch
 
 import data
-from checkpoint import (check_output_folder, checkpoint_file, export_hf, load_model, resolve_checkpoint_dir,
-                        write_text)
+from checkpoint import (check_output_folder, checkpoint_file, export_hf, load_checkpoint, load_model,
+                        resolve_checkpoint_dir, write_text)
 from engine import Sampling, evaluate, generate, sample_table
 from model import setup_numerics
 
@@ -195,8 +195,13 @@ def _checked_inputs(args, ap):
     ckpt_file = checkpoint_file(args.ckpt)
     ckpt_dir = None if ckpt_file else str(resolve_checkpoint_dir(args.ckpt))  # names where it looked
     plan = {"problems": None, "earlier": [], "outputs": {}, "texts": None}
-    if args.verifier and not checkpoint_file(args.verifier):
-        resolve_checkpoint_dir(args.verifier)
+    if args.verifier:  # a checkpoint of train.py objective=verifier (a value head), read without its weights
+        vfile = checkpoint_file(args.verifier)
+        if not vfile:
+            resolve_checkpoint_dir(args.verifier)
+        if not (vfile and load_checkpoint(vfile).get("value_head")):
+            ap.error(f"--verifier {args.verifier}: not a verifier checkpoint (no value head; train one with "
+                     f"train.py objective=verifier)")
     if args.export_hf:
         outs = {"export": args.export_hf}
         if os.path.isdir(args.export_hf) and os.listdir(args.export_hf) and not args.overwrite:
@@ -206,7 +211,16 @@ def _checked_inputs(args, ap):
         if args.eval not in data.DATASETS and any(p["answer"] is None for p in problems):
             ap.error(f"--eval {args.eval}: every problem needs an answer to grade against")
         plan["problems"] = problems[:args.max_samples] if args.max_samples else problems
-        plan["earlier"] = [r for f in args.rft_with for r in _graded_samples(f)]
+        ids = {p["id"] for p in problems}
+        for f in args.rft_with:  # an earlier round of the same problems, or the union would mix two tasks
+            rows = _graded_samples(f)
+            stray = next((r["id"] for r in rows if r["id"] not in ids), None)
+            if not rows:
+                ap.error(f"--rft-with {f}: holds no samples")
+            if stray is not None:
+                ap.error(f"--rft-with {f}: a sample of problem {stray!r}, which --eval {args.eval} does not "
+                         f"have (expected an --out file of the same problems)")
+            plan["earlier"] += rows
         out = _eval_out_path(args, ckpt_file, ckpt_dir)
         outs = {"out": out, "summary": out.removesuffix(".jsonl") + ".summary.json", "rft": args.rft_out}
         existing = [p for p in outs.values() if p and os.path.exists(p)]

@@ -67,6 +67,15 @@ def check_common(cfg):
     need(cfg.out_dir.strip() != "", "out_dir", "must name a folder")
     why = cfg.out_dir.strip() and check_output_folder(cfg.out_dir)
     need(not why, "out_dir", why)
+    run_cfg = os.path.join(cfg.out_dir, "config.json")  # a run writes its own: one that is not would be lost
+    if os.path.isfile(run_cfg):
+        try:
+            with open(run_cfg, encoding="utf-8") as f:
+                ours = "out_dir" in json.load(f)
+        except (OSError, ValueError):
+            ours = False
+        need(ours, "out_dir", "holds a config.json that is not a training run's (a Hugging Face "
+             "checkpoint?), which the run would replace: choose another out_dir")
     need(cfg.init_from.strip() != "", "init_from", "must be 'scratch' or a checkpoint")
     # a fresh run loads init_from: it must be there (a resumed one loads its ckpt-*.pt instead)
     fresh = cfg.resume == "" or (cfg.resume == "auto" and not list_checkpoints(cfg.out_dir))

@@ -541,3 +541,49 @@ def test_train_data_checks_come_before_the_model_loads(run_dir, tmp_path, monkey
     fails(run_train, tmp_path / "o", f"--datasets={small}", "--val_size=4", "--eval_samples=4",
           match="no gold answers")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_malformed_hf_config_and_a_folder_that_is_not_a_run_are_one_line(run_dir, tmp_path, monkeypatch):
+    hf = tmp_path / "hf"
+    S.main(["--ckpt", str(run_dir), "--export-hf", str(hf)])
+    good = (hf / "config.json").read_text()
+    for edit, match in ((lambda c: c.update(hidden_size="32"), "hidden_size='32' must be a whole number"),
+                        (lambda c: (c.update(num_attention_heads=3), c.pop("head_dim", None)),
+                         "num_attention_heads=3 is not a multiple of num_key_value_heads=2"),
+                        (lambda c: (c.update(rope_theta="x"), c.pop("rope_parameters", None)),
+                         "rope_theta='x' must be a number")):
+        c = json.loads(good)
+        edit(c)
+        (hf / "config.json").write_text(json.dumps(c))
+        fails(S.main, ["--ckpt", str(hf), "--prompt", "hi"], match=match)
+    (hf / "config.json").write_text(good)
+    before = snapshot(hf)
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, hf, "--max_iters=1", match="holds a config.json that is not a training run's")
+    assert snapshot(hf) == before
+
+
+def test_export_that_fails_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(C, "save_tokenizer", full_disk)
+    fails(S.main, ["--ckpt", str(run_dir), "--export-hf", str(tmp_path / "hf")],
+          match="writing the export")
+    # no half-written export (which would block the re-run), no temporary folder; at most the empty folder
+    left = os.listdir(tmp_path)
+    assert left == [] or (left == ["hf"] and not os.listdir(tmp_path / "hf")), left
+
+
+def test_rft_with_and_verifier_are_checked_before_the_model_loads(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "load_model", never_loaded)
+    stray = tmp_path / "stray.jsonl"
+    stray.write_text(json.dumps({"id": "x", "prompt": "p", "response": "r", "correct": True, "formatted": True,
+                                 "truncated": False}) + "\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    base = ["--ckpt", str(run_dir), "--eval", "arith2", "--out", str(tmp_path / "e.jsonl")]
+    fails(S.main, base + ["--rft-out", str(tmp_path / "r.jsonl"), "--rft-with", str(stray)],
+          match="a sample of problem 'x', which --eval arith2 does not have")
+    fails(S.main, base + ["--rft-out", str(tmp_path / "r.jsonl"), "--rft-with", str(empty)], match="holds no samples")
+    fails(S.main, base + ["--verifier", str(run_dir)], match="not a verifier checkpoint")
+    assert sorted(os.listdir(tmp_path)) == ["empty.jsonl", "stray.jsonl"]
