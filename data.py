@@ -93,6 +93,13 @@ def read_texts(files=VENDORED_TEXT):
             for k in keys]
 
 
+def is_test_split(path):
+    """Whether a path is one of the vendored test splits (data/<dataset>/test.jsonl): by name, the datasets
+    train on their train split; by path, nothing stops a user but this."""
+    p = os.path.realpath(path)
+    return p.startswith(os.path.realpath(DATA_DIR) + os.sep) and os.path.basename(p).startswith("test")
+
+
 def short_name(path):
     """Example ids name files relative to the repo when they are vendored (data/gsm8k/test.jsonl:12)."""
     path = os.path.abspath(path)

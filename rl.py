@@ -126,6 +126,10 @@ def check_config(cfg):
             bad.append(f"{key}={getattr(cfg, key)!r}: {what}")
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
     need(cfg.init_from != "scratch", "init_from", "RL starts from a trained model: name a checkpoint")
+    ok = not any(b.startswith("datasets=") for b in bad)
+    weights = [w for _, w in data.parse_mixture(cfg.datasets)] if ok else []
+    need(all(w == 1 for w in weights), "datasets", "rl.py samples the problems of its datasets uniformly: "
+         "weights are not used here (leave them out)")
     need(cfg.group_size >= 2, "group_size", "must be >= 2: advantages compare the samples of a problem")
     world = int(os.environ.get("WORLD_SIZE", "1")) if os.environ.get("WORLD_SIZE", "1").isdigit() else 1
     need(cfg.prompts_per_step >= 1 and cfg.prompts_per_step % world == 0, "prompts_per_step",
@@ -321,6 +325,9 @@ def train(cfg):
     env.say("config:", json.dumps(dataclasses.asdict(cfg), indent=1))
     ckpt = find_resume(cfg, env, RESUME_KEYS, cfg.prompts_per_step * cfg.group_size,
                        "prompts_per_step x group_size", f"{cfg.prompts_per_step} x {cfg.group_size}")
+    if ckpt and "data_position" not in ckpt:
+        raise SystemExit(f"resume={cfg.resume!r}: not an rl.py checkpoint (train.py's? it has no data "
+                         f"position): start rl.py from it with init_from instead")
     # the problems and their prompts' lengths (with the tokenizer alone), then the model
     problems, held = data.split_problems(cfg.datasets, cfg.seed, cfg.val_size, cfg.max_samples)
     longest = longest_prompt(cfg, run_tokenizer(cfg), problems + held)

@@ -58,6 +58,8 @@ def read_prompts(path):
         return [next(row[k] for k in PROMPT_KEYS if k in row) for row in rows]
     try:
         if path == "-":
+            if sys.stdin is None:
+                raise ValueError("--prompts -: there is no standard input (it is closed)")
             text = sys.stdin.read()
         else:
             with open(path, "rb") as f:
@@ -232,7 +234,7 @@ def _checked_inputs(args, ap):
             texts += read_prompts(args.prompts)
         if any(t == "" for t in texts) and args.format == "raw":
             ap.error("--prompt: an empty prompt gives the model nothing to continue in raw format")
-        if not texts and not sys.stdin.isatty():
+        if not texts and sys.stdin is not None and not sys.stdin.isatty():
             texts = read_prompts("-")
         if not texts:
             ap.error("no prompts: give --prompt, --prompts FILE (not empty), text on stdin, --eval or "
@@ -242,6 +244,15 @@ def _checked_inputs(args, ap):
     files = [os.path.abspath(p) for k, p in outs.items() if k != "export"]
     if len(set(files)) < len(files):
         ap.error(f"--out and --rft-out (and the summary next to --out) must be different files: {files}")
+    inputs = [p for p in [ckpt_file, args.eval, args.verifier and checkpoint_file(args.verifier),
+                          args.prompts, *args.rft_with] if p and os.path.isfile(p)]
+    clash = next((p for p in files if os.path.exists(p) and any(os.path.samefile(p, q) for q in inputs)),
+                 None)
+    if clash:
+        ap.error(f"{clash} is an input of this run: an output may not replace it")
+    if args.export_hf and checkpoint_file(args.export_hf):
+        ap.error(f"--export-hf {args.export_hf}: the folder holds a training run (best.pt / ckpt-*.pt): "
+                 f"export into a folder of its own")
     folder_named = next((p for k, p in outs.items() if k != "export" and os.path.isdir(p)), None)
     if folder_named:
         ap.error(f"{folder_named} is a folder: name a file")

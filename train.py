@@ -157,7 +157,7 @@ def check_config(cfg):
         if os.path.exists(cfg.eval_dataset) and any(same(n) for n, _ in mixture):
             bad.append(f"eval_dataset={cfg.eval_dataset!r} is also a training dataset: eval would grade the "
                        f"data the model trains on")
-        elif cfg.eval_dataset in data.DATASETS:
+        elif cfg.eval_dataset in data.DATASETS or data.is_test_split(cfg.eval_dataset):
             bad.append(f"eval_dataset={cfg.eval_dataset!r}: a named dataset would be judged on its test "
                        f"split, and the eval during training picks best.pt; leave eval_dataset empty for "
                        f"problems held out from the training data (val_size), or give a file of your own")

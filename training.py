@@ -86,13 +86,7 @@ def check_common(cfg):
             bad.append(f"init_from={cfg.init_from!r}: {e}")
     need(cfg.resume in ("", "auto") or os.path.isfile(cfg.resume), "resume",
          "must be '', 'auto' or an existing ckpt-*.pt file")
-    # --overwrite replaces the run in out_dir (its checkpoints go): it cannot start from one of them
-    init = fresh and cfg.overwrite and cfg.init_from.strip() not in ("", "scratch") and \
-        checkpoint_file(cfg.init_from)
-    same = init and os.path.realpath(os.path.dirname(init)) == os.path.realpath(cfg.out_dir)
-    need(not same, "init_from",
-         f"is a checkpoint of the run in out_dir={cfg.out_dir!r}, which overwrite=True replaces: copy it "
-         f"elsewhere first, or choose another out_dir")
+    bad += check_start(cfg, fresh)
     try:
         mixture = data.parse_mixture(cfg.datasets)
     except ValueError as e:
@@ -102,6 +96,7 @@ def check_common(cfg):
         need(name in data.DATASETS or os.path.exists(name), "datasets",
              f"'{name}' is not a known name ({', '.join(list(data.DATASETS)[:5])}, arith1-9) nor a file or "
              f"folder")
+        need(not data.is_test_split(name), "datasets", f"'{name}' is a test split: train on training data")
         if name not in data.DATASETS and os.path.exists(name):
             try:  # a user's file is read now, not after the model has loaded: its first bad line, named
                 data.load_dataset(name)
@@ -128,9 +123,34 @@ def check_common(cfg):
         need(finite(cfg.lora_alpha) and cfg.lora_alpha > 0, "lora_alpha", "must be > 0")
         need(finite(cfg.lora_dropout) and 0 <= cfg.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         targets = cfg.lora_targets.split(",")
-        need(targets and set(targets) <= set(LORA_TARGETS), "lora_targets",
-             f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
+        need(set(targets) <= set(LORA_TARGETS) and len(set(targets)) == len(targets), "lora_targets",
+             f"must be a comma-separated subset of {','.join(LORA_TARGETS)}, each named once")
     return bad
+
+def check_start(cfg, fresh):
+    """What a fresh run starts from and replaces: not a verifier (unless it trains one), and not a checkpoint
+    of the run that overwrite=True replaces. -> "key=value: what is wrong" lines."""
+    bad = []
+
+    def need(ok, key, what):
+        if not ok:
+            bad.append(f"{key}={getattr(cfg, key)!r}: {what}")
+    # a verifier (a value head on the model) is not a policy to train or sample from
+    init_file = fresh and cfg.init_from.strip() not in ("", "scratch") and checkpoint_file(cfg.init_from)
+    if init_file and getattr(cfg, "objective", "") != "verifier":
+        try:
+            head = torch.load(init_file, map_location="cpu", weights_only=True, mmap=True).get("value_head")
+        except Exception:  # a damaged file: the load names it later
+            head = False
+        need(not head, "init_from", "is a verifier checkpoint (a value head): start from the model it scores")
+    # --overwrite replaces the run in out_dir (its checkpoints go): it cannot start from one of them
+    same = init_file and cfg.overwrite and \
+        os.path.realpath(os.path.dirname(init_file)) == os.path.realpath(cfg.out_dir)
+    need(not same, "init_from",
+         f"is a checkpoint of the run in out_dir={cfg.out_dir!r}, which overwrite=True replaces: copy it "
+         f"elsewhere first, or choose another out_dir")
+    return bad
+
 
 def make_out_dir(out_dir, replace=False):
     """Make the run's folder, once every check has passed, and remove what an interrupted save left in it

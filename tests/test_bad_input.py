@@ -587,3 +587,41 @@ def test_rft_with_and_verifier_are_checked_before_the_model_loads(run_dir, tmp_p
     fails(S.main, base + ["--rft-out", str(tmp_path / "r.jsonl"), "--rft-with", str(empty)], match="holds no samples")
     fails(S.main, base + ["--verifier", str(run_dir)], match="not a verifier checkpoint")
     assert sorted(os.listdir(tmp_path)) == ["empty.jsonl", "stray.jsonl"]
+
+
+def test_second_probe_cases_are_one_line_before_any_work(run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import rl
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    monkeypatch.setattr(rl, "build_model", never_loaded)
+    fails(run_train, tmp_path / "o", f"--init_from={run_dir}", "--lora_rank=4", "--lora_targets=q,q",
+          match="each named once")
+    fails(train.main, ["data/gsm8k/test.jsonl", *TINY, f"--out_dir={tmp_path / 'o'}"], match="is a .py file")
+    fails(run_train, tmp_path / "o", "--datasets=data/gsm8k/test.jsonl", match="is a test split")
+    fails(run_train, tmp_path / "o", "--eval_samples=2", "--eval_dataset=data/gsm8k/test.jsonl",
+          match="judged on its test split")
+    rl_base = [f"--init_from={run_dir}", "--prompt_format=plain", "--seq_len=128", "--val_size=20",
+               "--eval_samples=0", f"--out_dir={tmp_path / 'o'}"]
+    fails(rl.main, rl_base + ["--datasets=arith2:3"], match="weights are not used here")
+    # a verifier is not a policy to start from
+    ver = tmp_path / "ver"
+    ver.mkdir()
+    shutil.copytree(run_dir / "tokenizer", ver / "tokenizer")
+    ck = C.load_checkpoint(str(run_dir / "best.pt"))
+    ck["value_head"] = True
+    C.save_checkpoint(ck, str(ver / "best.pt"))
+    fails(run_train, tmp_path / "o", f"--init_from={ver / 'best.pt'}", match="is a verifier checkpoint")
+    fails(rl.main, rl_base[1:] + [f"--init_from={ver / 'best.pt'}", "--datasets=arith2"],
+          match="is a verifier checkpoint")
+    assert not (tmp_path / "o").exists()
+    # sample.py: an output that would replace an input, an export into a run's folder, no stdin at all
+    before = snapshot(run_dir)
+    fails(S.main, ["--ckpt", str(run_dir / "best.pt"), "--eval", "arith2", "--out", str(run_dir / "best.pt"),
+                   "--overwrite"], match="is an input of this run")
+    fails(S.main, ["--ckpt", str(run_dir / "best.pt"), "--export-hf", str(run_dir), "--overwrite"],
+          match="holds a training run")
+    assert snapshot(run_dir) == before
+    monkeypatch.setattr(S.sys, "stdin", None)
+    fails(S.main, ["--ckpt", str(run_dir)], match="no prompts")
+    fails(S.main, ["--ckpt", str(run_dir), "--prompts", "-"], match="no standard input")
