@@ -252,6 +252,7 @@ def train(cfg):
     n_train = sum(p.numel() for n, p in model.named_parameters() if n in trained)
     env.say(f"model: {model.num_params() / 1e6:.1f}M parameters ({n_train / 1e6:.2f}M trained), "
             f"{model.config}")
+    check_eval_prompts(cfg, tok, problems, model.config.max_seq_len)
 
     # everything is checked: now the output folder is written (by rank 0)
     if env.master:
@@ -346,6 +347,15 @@ def train(cfg):
     log.close()
     teardown(env)
     return summary
+
+
+def check_eval_prompts(cfg, tok, problems, max_seq_len):
+    """The eval's prompts fit the model's context: found before training, not at the first eval after it."""
+    longest = max((len(data.render_prompt(tok, p["prompt"], cfg.prompt_format, cfg.system_prompt))
+                   for p in problems or []), default=0)
+    if longest >= max_seq_len:
+        raise SystemExit(f"config: an eval problem's prompt has {longest} tokens, which leaves no room in "
+                         f"the model's context of max_seq_len={max_seq_len} tokens")
 
 
 def check_labels(cfg, train_ds, val_ds):

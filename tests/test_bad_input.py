@@ -625,3 +625,11 @@ def test_second_probe_cases_are_one_line_before_any_work(run_dir, tmp_path, monk
     monkeypatch.setattr(S.sys, "stdin", None)
     fails(S.main, ["--ckpt", str(run_dir)], match="no prompts")
     fails(S.main, ["--ckpt", str(run_dir), "--prompts", "-"], match="no standard input")
+
+
+def test_eval_prompts_longer_than_the_context_are_refused_before_training(tmp_path):
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "1+1 " * 100, "answer": "2"}) + "\n")
+    fails(run_train, tmp_path / "o", "--eval_samples=1", f"--eval_dataset={long}", "--max_iters=3",
+          "--eval_interval=3", match="leaves no room in the model's context")
+    assert not (tmp_path / "o").exists()
