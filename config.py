@@ -50,7 +50,7 @@ def parse_config(cls, argv, aliases=None, script="train.py"):
 
 def _read_config_file(path):
     """The top-level names an experiment file sets (it is Python: it may compute them, or exec another)."""
-    if not path.endswith(".py"):
+    if os.path.isfile(path) and not path.endswith(".py"):
         raise SystemExit(f"{path}: a config file is a .py file (a dataset goes in --datasets=..., a value in "
                          f"--key=value)")
     ns = {"__file__": os.path.abspath(path)}  # so a config can build on another (configs/*_lora.py)

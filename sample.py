@@ -250,7 +250,7 @@ def _checked_inputs(args, ap):
                  None)
     if clash:
         ap.error(f"{clash} is an input of this run: an output may not replace it")
-    if args.export_hf and checkpoint_file(args.export_hf):
+    if args.export_hf and os.path.isdir(args.export_hf) and checkpoint_file(args.export_hf):
         ap.error(f"--export-hf {args.export_hf}: the folder holds a training run (best.pt / ckpt-*.pt): "
                  f"export into a folder of its own")
     folder_named = next((p for k, p in outs.items() if k != "export" and os.path.isdir(p)), None)
