@@ -37,13 +37,16 @@ def parse_config(cls, argv, aliases=None, script="train.py"):
         raise SystemExit(0)
     cfg = cls()
     fields = {f.name for f in dataclasses.fields(cls)}
-    for arg in [a for a in argv if not a.startswith("-")]:  # config files first ...
-        for key, value in _read_config_file(arg).items():
-            _set_key(cfg, fields, aliases, key, value, arg)
-    for arg in [a for a in argv if a.startswith("-")]:  # ... then the flags, whatever their position
+    flags = [a for a in argv if a.startswith("-")]
+    for arg in flags:  # their form first: '--lr 1e-3' would otherwise read 1e-3 as a config file
         key, eq, value = arg.lstrip("-").partition("=")
         if not arg.startswith("--") or not eq or not key:
             raise SystemExit(f"command line: '{arg}' must be --key=value (python {script} -h lists the keys)")
+    for arg in [a for a in argv if not a.startswith("-")]:  # config files first ...
+        for key, value in _read_config_file(arg).items():
+            _set_key(cfg, fields, aliases, key, value, arg)
+    for arg in flags:  # ... then the flags, whatever their position
+        key, _, value = arg.lstrip("-").partition("=")
         _set_key(cfg, fields, aliases, key, value, "command line", from_cli=True)
     return cfg
 

@@ -633,3 +633,7 @@ def test_eval_prompts_longer_than_the_context_are_refused_before_training(tmp_pa
     fails(run_train, tmp_path / "o", "--eval_samples=1", f"--eval_dataset={long}", "--max_iters=3",
           "--eval_interval=3", match="leaves no room in the model's context")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_flag_with_a_space_names_the_flag_not_a_config_file():
+    fails(train.load_config, ["--lr", "1e-3"], match="'--lr' must be --key=value")
