@@ -735,17 +735,30 @@ def checkpoint_file(path_or_hub_id):
     return path if os.path.isfile(path) else None
 
 
+def _tokenizer_dir(path, name="tokenizer"):
+    """The tokenizer folder next to one of our checkpoint files (train.py writes it there)."""
+    tok_dir = os.path.join(os.path.dirname(os.path.abspath(path)), name)
+    if not os.path.isdir(tok_dir):
+        raise FileNotFoundError(f"{path}: its tokenizer folder {tok_dir} is missing (train.py writes it next to "
+                                f"the checkpoints; copy it along with the .pt file)")
+    return tok_dir
+
+
 def tokenizer_of(path_or_hub_id):
     """The tokenizer load_model returns with this checkpoint, read without its weights (so that the data can
     be checked before a model is loaded)."""
     path = checkpoint_file(path_or_hub_id)
-    if path:  # ours: the tokenizer folder this code writes next to every checkpoint
-        tok_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer")
-        if not os.path.isdir(tok_dir):
-            raise FileNotFoundError(f"{path}: its tokenizer folder {tok_dir} is missing (train.py writes it next "
-                                    f"to the checkpoints; copy it along with the .pt file)")
-        return load_tokenizer(tok_dir)
-    return load_tokenizer(resolve_checkpoint_dir(path_or_hub_id))
+    return load_tokenizer(_tokenizer_dir(path) if path else resolve_checkpoint_dir(path_or_hub_id))
+
+
+def has_value_head(path):
+    """Whether one of our checkpoint files holds a verifier's value head, read without its weights (mmap, no
+    checksum: the load checks that); ValueError as load_checkpoint's for a file that cannot be read."""
+    try:
+        return bool(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("value_head"))
+    except Exception:
+        raise ValueError(f"{path}: cannot be read as a nanomath checkpoint (damaged or truncated, or not a "
+                         f"checkpoint file)") from None
 
 
 def load_model(path_or_hub_id, device="cpu", dtype=torch.float32):
@@ -759,10 +772,7 @@ def load_model(path_or_hub_id, device="cpu", dtype=torch.float32):
         state = load_checkpoint(path)
         model = model_from_checkpoint(state, device, dtype)
         cfg = state.get("config") or {}
-        tok_dir = os.path.join(os.path.dirname(os.path.abspath(path)), state.get("tokenizer_dir") or "tokenizer")
-        if not os.path.isdir(tok_dir):
-            raise FileNotFoundError(f"{path}: its tokenizer folder {tok_dir} is missing (train.py writes it next to "
-                                    f"the checkpoints; copy it along with the .pt file)")
+        tok_dir = _tokenizer_dir(path, state.get("tokenizer_dir") or "tokenizer")
         tok = load_tokenizer(tok_dir)
         model.source_dir = tok_dir
         info = {"kind": "nanomath", "path": path, "prompt_format": cfg.get("prompt_format", "plain"),

@@ -21,7 +21,7 @@ import time
 import torch
 
 import data
-from checkpoint import (check_output_folder, checkpoint_file, export_hf, load_checkpoint, load_model,
+from checkpoint import (check_output_folder, checkpoint_file, export_hf, has_value_head, load_model,
                         resolve_checkpoint_dir, write_text)
 from engine import Sampling, evaluate, generate, sample_table
 from model import setup_numerics
@@ -201,7 +201,7 @@ def _checked_inputs(args, ap):
         vfile = checkpoint_file(args.verifier)
         if not vfile:
             resolve_checkpoint_dir(args.verifier)
-        if not (vfile and load_checkpoint(vfile).get("value_head")):
+        if not (vfile and has_value_head(vfile)):
             ap.error(f"--verifier {args.verifier}: not a verifier checkpoint (no value head; train one with "
                      f"train.py objective=verifier)")
     if args.export_hf:

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 import data
 from checkpoint import (attach_trained_parts, atomic_write, check_output_folder, checkpoint_file,
-                        list_checkpoints, load_for_resume, load_model, remove_orphan_tmp,
+                        has_value_head, list_checkpoints, load_for_resume, load_model, remove_orphan_tmp,
                         resolve_checkpoint_dir, resume_path, save_training_checkpoint, tokenizer_of)
 from engine import evaluate, sample_table
 from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, setup_numerics
@@ -139,8 +139,8 @@ def check_start(cfg, fresh):
     init_file = fresh and cfg.init_from.strip() not in ("", "scratch") and checkpoint_file(cfg.init_from)
     if init_file and getattr(cfg, "objective", "") != "verifier":
         try:
-            head = torch.load(init_file, map_location="cpu", weights_only=True, mmap=True).get("value_head")
-        except Exception:  # a damaged file: the load names it later
+            head = has_value_head(init_file)
+        except ValueError:  # a damaged file: the load names it later
             head = False
         need(not head, "init_from", "is a verifier checkpoint (a value head): start from the model it scores")
     # --overwrite replaces the run in out_dir (its checkpoints go): it cannot start from one of them
