@@ -214,9 +214,10 @@ def cache_attention(q, k, v, mask, kv, rep):
     # the whole cache rep times, every step
     q = q.reshape(B, nkv, rep * T, hd)
     with sdpa_kernel(MASKED_SDPA_BACKENDS):
-        y = F.scaled_dot_product_attention(q, k_buf.transpose(1, 2).to(q.dtype), v_buf.transpose(1, 2).to(q.dtype),
-                                           attn_mask=mask)
+        k, v = k_buf.transpose(1, 2).to(q.dtype), v_buf.transpose(1, 2).to(q.dtype)  # (B, nkv, L, hd) views
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return y.reshape(B, nh, T, hd)
+
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -355,9 +356,9 @@ class KVCache:
     """
 
     def __init__(self, n_layer, batch_size, n_kv_head, max_len, head_dim, device=None, dtype=torch.float32):
-        # one tensor per layer, not views of one: a compiled decode step then writes each in place (a view's
-        # write is functionalised into a copy of the whole base: 24 copies of the cache per step, measured
-        # 46 ms at 512 slots on an H200)
+        # one tensor per layer, not views of one: written from compiled code, a view's write was functionalised
+        # into a copy of the whole base (24 copies of the cache per step, 46 ms at 512 slots on an H200); the
+        # write is eager now (cache_attention), and per-layer tensors keep any later compile of it safe
         shape = (batch_size, max_len, n_kv_head, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]

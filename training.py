@@ -18,7 +18,6 @@ the policy gradient in rl.py. forward_backward divides by the tokens of the whol
 """
 import dataclasses
 import functools
-import glob
 import json
 import math
 import os
@@ -160,7 +159,8 @@ def make_out_dir(out_dir, replace=False):
     try:
         os.makedirs(out_dir, exist_ok=True)
         if replace:
-            for p in list_checkpoints(out_dir) + glob.glob(os.path.join(out_dir, "best.pt")):
+            best = os.path.join(out_dir, "best.pt")
+            for p in list_checkpoints(out_dir) + ([best] if os.path.exists(best) else []):
                 os.remove(p)
     except OSError as e:
         raise SystemExit(f"config: out_dir={out_dir!r}: cannot be made or cleared ({e.strerror})")
