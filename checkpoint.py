@@ -363,12 +363,8 @@ def _read_bin(path):
         return torch.load(path, map_location="cpu", weights_only=True)  # pre-1.6 (non-zip) files cannot mmap
 
 
-def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transformer:
-    """Load an HF Qwen2/Llama checkpoint (folder or hub id in the local cache) into a Transformer with
-    weights in `dtype` on `device`. The model is built on the meta device and the (memory-mapped)
-    tensors are assigned, so weights are never allocated twice. model.config is the ModelConfig,
-    model.source_dir the folder (str)."""
-    d = resolve_checkpoint_dir(path_or_hub_id)
+def _hf_config(d: pathlib.Path) -> ModelConfig:
+    """The ModelConfig of a Hugging Face checkpoint folder, from its config.json; errors name the file."""
     cfg_path = d / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{d}: no config.json (is this a Hugging Face checkpoint folder?)")
@@ -379,10 +375,18 @@ def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transf
     if not isinstance(hf_cfg, dict):
         raise ValueError(f"{cfg_path}: expected a JSON object, got {type(hf_cfg).__name__}")
     try:
-        config = config_from_hf(hf_cfg)
+        return config_from_hf(hf_cfg)
     except ValueError as e:
         raise ValueError(f"{cfg_path}: {str(e).removeprefix('config.json: ')}") from None
 
+
+def from_pretrained(path_or_hub_id, device="cpu", dtype=torch.float32) -> Transformer:
+    """Load an HF Qwen2/Llama checkpoint (folder or hub id in the local cache) into a Transformer with
+    weights in `dtype` on `device`. The model is built on the meta device and the (memory-mapped)
+    tensors are assigned, so weights are never allocated twice. model.config is the ModelConfig,
+    model.source_dir the folder (str)."""
+    d = resolve_checkpoint_dir(path_or_hub_id)
+    config = _hf_config(d)
     with torch.device("meta"):
         model = Transformer(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -756,6 +760,21 @@ def has_value_head(path):
     checksum: the load checks that); ValueError as load_checkpoint's for a file that cannot be read."""
     try:
         return bool(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("value_head"))
+    except Exception:
+        raise ValueError(f"{path}: cannot be read as a nanomath checkpoint (damaged or truncated, or not a "
+                         f"checkpoint file)") from None
+
+
+def model_config_of(path_or_hub_id):
+    """The ModelConfig load_model would build, read without the weights (our checkpoint files with mmap and no
+    checksum, which the load checks; a Hugging Face folder's config.json): for the checks that come before a
+    model is loaded (its context, its layers, the memory of a KV cache)."""
+    path = checkpoint_file(path_or_hub_id)
+    if path is None:
+        return _hf_config(resolve_checkpoint_dir(path_or_hub_id))
+    try:
+        mc = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model_config"]
+        return ModelConfig(**mc)
     except Exception:
         raise ValueError(f"{path}: cannot be read as a nanomath checkpoint (damaged or truncated, or not a "
                          f"checkpoint file)") from None

@@ -21,6 +21,7 @@ comparable:
     by grade.is_equiv, ties to the earliest).
 """
 import dataclasses
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 import data
 import grade as G
-from model import run_block
+from model import Transformer, run_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,6 +363,49 @@ def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcon
         L = min(-(-L // 64) * 64, max(L, max_seq))
     engine = Engine(model, B, L, N, ctx, cuda_graph)
     return engine.generate(prompts, sampling, num_samples, stream, entropy, logprobs)
+
+
+def engine_bytes(config, slots, max_len, dtype, sampled=False):
+    """The least memory an Engine of `slots` slots of `max_len` positions holds for a model of ModelConfig
+    `config`, its cache in `dtype`: keys and values of every layer, the slots' state (_Slots) and a decode
+    step's fp32 logits over the vocabulary, three of them when `sampled` (the probabilities and their
+    cumulative sum: sample_next). From the config alone, so a slot count that cannot fit is refused before a
+    model loads."""
+    kv = 2 * config.n_layer * max_len * config.n_kv_head * config.head_dim * dtype.itemsize
+    return slots * (kv + 20 * (max_len + 1) + (12 if sampled else 4) * config.vocab_size)
+
+
+def device_memory(device):
+    """Bytes a run can have on `device`: the GPU's free memory on CUDA, the machine's physical memory on a
+    CPU; None where it is not known (MPS)."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    if str(device) != "cpu":
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return None
+
+
+def slots_that_fit(config, max_len, dtype, device, sampled=False, weight_bytes=None, share=1.0):
+    """-> (slots, free): how many Engine slots of max_len positions (engine_bytes) fit in `share` of the
+    memory `device` has beside the model's weights (weight_bytes; by default the model in `dtype`), and that
+    memory in bytes; (None, None) where the device's memory is not known. A lower bound of what generation
+    needs: a count above it cannot be allocated."""
+    total = device_memory(device)
+    if total is None:
+        return None, None
+    if weight_bytes is None:
+        with torch.device("meta"):
+            weight_bytes = Transformer(config).num_params() * dtype.itemsize
+    free = max(0, total - weight_bytes)
+    return int(free * share) // engine_bytes(config, 1, max_len, dtype, sampled), free
+
+
+def gib(n):
+    """Bytes as a short human figure: '1.5 GiB', '3.2 TiB'."""
+    return f"{n / 2**40:.1f} TiB" if n >= 2**40 else f"{n / 2**30:.1f} GiB"
 
 
 def _stream(stream, st, rows, slot_seq, before):

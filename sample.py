@@ -22,8 +22,8 @@ import torch
 
 import data
 from checkpoint import (check_output_folder, checkpoint_file, export_hf, has_value_head, load_model,
-                        resolve_checkpoint_dir, write_text)
-from engine import Sampling, evaluate, generate, sample_table
+                        model_config_of, resolve_checkpoint_dir, write_text)
+from engine import Sampling, engine_bytes, evaluate, generate, gib, sample_table, slots_that_fit
 from model import setup_numerics
 
 
@@ -60,14 +60,17 @@ def read_prompts(path):
         if path == "-":
             if sys.stdin is None:
                 raise ValueError("--prompts -: there is no standard input (it is closed)")
-            text = sys.stdin.read()
+            # the bytes, decoded strictly: the text layer may replace what is not UTF-8 (surrogateescape)
+            raw = getattr(sys.stdin, "buffer", None)
+            text = raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
         else:
             with open(path, "rb") as f:
                 text = f.read().decode("utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"--prompts {path}: file not found") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"--prompts {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        where = "standard input" if path == "-" else f"--prompts {path}"
+        raise ValueError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise ValueError(f"--prompts {path}: cannot be read ({e.strerror})") from None
     return [line for line in text.splitlines() if line.strip()]
@@ -175,28 +178,60 @@ def _graded_samples(path):
     return [r for _, r in rows]
 
 
-def _eval_out_path(args, ckpt_file, ckpt_dir):
-    """Where --eval writes: --out, or a name that says what was evaluated, next to one of our
-    checkpoints (else in the current folder)."""
+def _eval_out_path(args, ckpt_file, ckpt_dir, part):
+    """Where --eval writes: --out, or a name that says what was evaluated (part: the first --max-samples
+    problems, not all), next to one of our checkpoints (else in the current folder)."""
     if args.out:
         return args.out
     stem = os.path.splitext(os.path.basename((ckpt_file or ckpt_dir).rstrip("/")))[0]
     what = f"{args.eval}-{args.split}" if args.eval in data.DATASETS else \
         os.path.splitext(os.path.basename(args.eval))[0]
     name = f"eval-{stem}-{what}"
-    name += f"-n{args.max_samples}" if args.max_samples else ""
+    name += f"-n{args.max_samples}" if part else ""
     name += f"-k{args.num_samples}-t{args.temperature:g}" if args.temperature > 0 else ""
     return os.path.join(os.path.dirname(ckpt_file) if ckpt_file else ".", name + ".jsonl")
 
 
-def _checked_inputs(args, ap):
+def _eval_inputs(args, ap, plan, ckpt_file, ckpt_dir):
+    """--eval's part of the validation pass: its problems (the first --max-samples), earlier rounds'
+    samples (--rft-with) into plan; -> its outputs {"out", "summary", "rft"}, none there unless
+    --overwrite."""
+    problems = data.load_dataset(args.eval, args.split)  # a file is used as it is (no split)
+    if args.eval not in data.DATASETS and any(p["answer"] is None for p in problems):
+        ap.error(f"--eval {args.eval}: every problem needs an answer to grade against")
+    if args.max_samples > len(problems):
+        split = f" in its {args.split} split" if args.eval in data.DATASETS else ""
+        print(f"note: --max-samples {args.max_samples}: {args.eval} has {len(problems)} problems{split}: "
+              f"evaluating all of them", file=sys.stderr)
+    plan["problems"] = problems[:args.max_samples] if args.max_samples else problems
+    ids = {p["id"] for p in problems}
+    for f in args.rft_with:  # an earlier round of the same problems, or the union would mix two tasks
+        rows = _graded_samples(f)
+        stray = next((r["id"] for r in rows if r["id"] not in ids), None)
+        if not rows:
+            ap.error(f"--rft-with {f}: holds no samples")
+        if stray is not None:
+            ap.error(f"--rft-with {f}: a sample of problem {stray!r}, which --eval {args.eval} does not "
+                     f"have (expected an --out file of the same problems)")
+        plan["earlier"] += rows
+    # all of them is the whole eval, named so (not by the request, "-n<max-samples>")
+    out = _eval_out_path(args, ckpt_file, ckpt_dir, len(plan["problems"]) < len(problems))
+    outs = {"out": out, "summary": out.removesuffix(".jsonl") + ".summary.json", "rft": args.rft_out}
+    existing = [p for p in outs.values() if p and os.path.exists(p)]
+    if existing and not args.overwrite:
+        ap.error(f"{existing[0]} exists: pass --overwrite to replace it, or --out for another name")
+    return outs
+
+
+def _checked_inputs(args, ap, device, dtype):
     """The validation pass: everything this run reads and writes, checked before a model is loaded, so a
     mistake costs seconds, not an hour of sampling. The checkpoints exist; the problems load and have answers;
     earlier rounds' samples parse; every output's folder exists or can be made, and no output exists unless
-    --overwrite. Output folders are made here. -> what the run needs: problems, earlier, outputs, texts."""
+    --overwrite; the model's context and the device's memory hold what is asked. Output folders are made here.
+    -> what the run needs: problems, earlier, outputs, texts, slots."""
     ckpt_file = checkpoint_file(args.ckpt)
     ckpt_dir = None if ckpt_file else str(resolve_checkpoint_dir(args.ckpt))  # names where it looked
-    plan = {"problems": None, "earlier": [], "outputs": {}, "texts": None}
+    plan = {"problems": None, "earlier": [], "outputs": {}, "texts": None, "slots": None}
     if args.verifier:  # a checkpoint of train.py objective=verifier (a value head), read without its weights
         vfile = checkpoint_file(args.verifier)
         if not vfile:
@@ -209,25 +244,7 @@ def _checked_inputs(args, ap):
         if os.path.isdir(args.export_hf) and os.listdir(args.export_hf) and not args.overwrite:
             ap.error(f"--export-hf {args.export_hf}: the folder is not empty: --overwrite writes in it")
     elif args.eval:
-        problems = data.load_dataset(args.eval, args.split)  # a file is used as it is (no split)
-        if args.eval not in data.DATASETS and any(p["answer"] is None for p in problems):
-            ap.error(f"--eval {args.eval}: every problem needs an answer to grade against")
-        plan["problems"] = problems[:args.max_samples] if args.max_samples else problems
-        ids = {p["id"] for p in problems}
-        for f in args.rft_with:  # an earlier round of the same problems, or the union would mix two tasks
-            rows = _graded_samples(f)
-            stray = next((r["id"] for r in rows if r["id"] not in ids), None)
-            if not rows:
-                ap.error(f"--rft-with {f}: holds no samples")
-            if stray is not None:
-                ap.error(f"--rft-with {f}: a sample of problem {stray!r}, which --eval {args.eval} does not "
-                         f"have (expected an --out file of the same problems)")
-            plan["earlier"] += rows
-        out = _eval_out_path(args, ckpt_file, ckpt_dir)
-        outs = {"out": out, "summary": out.removesuffix(".jsonl") + ".summary.json", "rft": args.rft_out}
-        existing = [p for p in outs.values() if p and os.path.exists(p)]
-        if existing and not args.overwrite:
-            ap.error(f"{existing[0]} exists: pass --overwrite to replace it, or --out for another name")
+        outs = _eval_inputs(args, ap, plan, ckpt_file, ckpt_dir)
     else:
         texts = list(args.prompt or [])
         if args.prompts:
@@ -261,6 +278,7 @@ def _checked_inputs(args, ap):
         why = check_output_folder(folder)
         if why:
             ap.error(f"{path}: {folder} {why}")
+    plan["slots"] = None if args.export_hf else _checked_slots(args, ap, plan, device, dtype)
     for path, folder in zip(outs.values(), folders):
         try:
             os.makedirs(folder, exist_ok=True)
@@ -268,6 +286,59 @@ def _checked_inputs(args, ap):
             ap.error(f"{path}: its folder {folder} cannot be made ({e.strerror})")
     plan["outputs"] = outs
     return plan
+
+
+def _max_new(args):
+    """The new tokens per sequence: --max-new-tokens, else the protocol's for a named --eval (512 for a file),
+    else 256."""
+    named = data.DATASETS.get(args.eval)
+    if args.max_new_tokens:
+        return args.max_new_tokens
+    return (named.max_new_tokens if named else 512) if args.eval else 256
+
+
+def _checked_slots(args, ap, plan, device, dtype):
+    """The model's context and the device's memory against what the run asks, from the checkpoint's config
+    alone (before its weights load): -> the KV-cache slots to decode with. --max-new-tokens must leave room
+    for a prompt; the slots' cache must fit beside the weights, else the flag that set them is named (the
+    default slot count is lowered instead, with a note)."""
+    mc = model_config_of(args.ckpt)
+    max_new = _max_new(args)
+    if max_new >= mc.max_seq_len:
+        if args.max_new_tokens:
+            ap.error(f"--max-new-tokens {max_new}: the model's context holds max_seq_len={mc.max_seq_len} "
+                     f"tokens, the prompt included: at most {mc.max_seq_len - 1} new tokens fit")
+        print(f"note: the default of {max_new} new tokens is capped by the model's context of max_seq_len="
+              f"{mc.max_seq_len} tokens, the prompt included", file=sys.stderr)
+    k, n = args.num_samples, len(plan["problems"] or plan["texts"])
+    asked = args.batch_size or (256 if device.startswith("cuda") else 32)
+    slots = max(k, min(asked, n * k))  # engine.generate's: every sample of a prompt decodes at once
+    L = min(mc.max_seq_len, max_new + 1)  # at least: a one-token prompt and its new tokens
+    cache_dtype, sampled = getattr(torch, dtype), args.temperature > 0
+    fit, free = slots_that_fit(mc, L, cache_dtype, device, sampled)
+    if fit is None or slots <= fit:
+        return asked
+    if k > fit or args.batch_size:
+        flag, value = ("--num-samples", k) if k > fit else ("--batch-size", asked)
+        need = engine_bytes(mc, slots, L, cache_dtype, sampled)
+        ap.error(f"{flag} {value}: {slots} KV-cache slots of {L} positions need {gib(need)}, more than the "
+                 f"{gib(free)} of memory this {device} has beside the model's weights; lower {flag} (or "
+                 f"--max-new-tokens)")
+    # the default, not the user's: as many slots as fit in half that memory (prefills need some too)
+    fewer = max(k, slots_that_fit(mc, L, cache_dtype, device, sampled, share=0.5)[0])
+    print(f"note: {slots} KV-cache slots (the default --batch-size) do not fit in the {gib(free)} of memory "
+          f"this {device} has beside the model's weights: decoding {fewer} at once", file=sys.stderr)
+    return fewer
+
+
+def _note_capped(args, lengths, max_seq_len):
+    """One line when --max-new-tokens, as the user set it, does not fit after some prompts (of these token
+    lengths) in the model's context: those generations stop at the context's end."""
+    cut = sum(n + args.max_new_tokens > max_seq_len for n in lengths) if args.max_new_tokens else 0
+    if cut:
+        print(f"note: --max-new-tokens {args.max_new_tokens} does not fit after {cut} of the {len(lengths)} "
+              f"prompts in the model's context of max_seq_len={max_seq_len} tokens: those stop at its end",
+              file=sys.stderr)
 
 
 def _write_all(files):
@@ -286,12 +357,12 @@ def _write_all(files):
 
 def _main(args, ap):
     device, _, _, dtype = setup_numerics(args.device, args.dtype)
-    plan = _checked_inputs(args, ap)
+    plan = _checked_inputs(args, ap, device, dtype)
+    batch_size = plan["slots"]
     # inference runs with the weights in the compute dtype (no autocast casts every step); an export keeps the
     # checkpoint's own dtype
     model, tok, info = load_model(args.ckpt, device, dtype=None if args.export_hf else getattr(torch, dtype))
     model.eval()
-    batch_size = args.batch_size or (256 if device.startswith("cuda") else 32)
     print(f"{info['kind']} checkpoint {info['path']}: {model.num_params() / 1e6:.1f}M parameters, device "
           f"{device}, compute dtype {dtype}", file=sys.stderr)
     if args.export_hf:
@@ -308,7 +379,8 @@ def _main(args, ap):
         prompts = [tok.encode(t, allow_special=False) for t in texts]
     else:
         prompts = [data.render_prompt(tok, t, fmt, system) for t in texts]
-    max_new = args.max_new_tokens or 256
+    max_new = _max_new(args)
+    _note_capped(args, [len(p) for p in prompts], model.config.max_seq_len)
     single = len(prompts) * args.num_samples == 1
     stream = TextStream(tok) if single else None
     t0 = time.time()
@@ -332,7 +404,7 @@ def _main(args, ap):
 def _eval(args, ap, plan, model, tok, info, fmt, system, device, dtype, batch_size):
     """--eval: generate for every problem, grade, write the records (and RFT rows) and a summary."""
     named = data.DATASETS.get(args.eval)
-    max_new = args.max_new_tokens or (named.max_new_tokens if named else 512)
+    max_new = _max_new(args)
     problems, earlier, outs = plan["problems"], plan["earlier"], plan["outputs"]
     verifier = None
     if args.verifier:
@@ -345,6 +417,8 @@ def _eval(args, ap, plan, model, tok, info, fmt, system, device, dtype, batch_si
     print(f"eval {label}: {len(problems)} problems, prompt format {fmt}, system prompt {system!r}, "
           f"max_new_tokens {max_new}, temperature {args.temperature}, samples {args.num_samples}",
           file=sys.stderr)
+    _note_capped(args, [len(data.render_prompt(tok, p["prompt"], fmt, system)) for p in problems]
+                 if args.max_new_tokens else [], model.config.max_seq_len)
     sampling = Sampling(max_new, args.temperature, args.top_k, args.top_p, args.seed)
     summary, records = evaluate(model, tok, problems, sampling, fmt, system, args.num_samples, batch_size,
                                 entropy=args.entropy, verifier=verifier)

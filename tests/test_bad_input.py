@@ -343,7 +343,7 @@ def test_out_dir_that_cannot_be_written_is_refused_first(tmp_path, monkeypatch):
     fails(run_train, blocker, match="is a file, not a folder")
 
 
-def test_out_dir_the_system_refuses_after_the_checks_is_one_line(tmp_path, monkeypatch):
+def test_out_dir_the_system_refuses_after_the_checks_is_one_line(run_dir, tmp_path, monkeypatch):
     # what access() cannot foresee (/proc, a read-only file system) still ends in one line naming out_dir
     import training
 
@@ -352,7 +352,7 @@ def test_out_dir_the_system_refuses_after_the_checks_is_one_line(tmp_path, monke
     monkeypatch.setattr(training.os, "makedirs", read_only)
     fails(training.make_out_dir, str(tmp_path / "o"), match="out_dir=")
     monkeypatch.setattr(S.os, "makedirs", read_only)
-    fails(S.main, ["--ckpt", str(tmp_path), "--eval", "arith2", "--out", str(tmp_path / "new" / "e.jsonl")],
+    fails(S.main, ["--ckpt", str(run_dir), "--eval", "arith2", "--out", str(tmp_path / "new" / "e.jsonl")],
           match="new cannot be made (Read-only file system)")
 
 
@@ -637,3 +637,63 @@ def test_eval_prompts_longer_than_the_context_are_refused_before_training(tmp_pa
 
 def test_a_flag_with_a_space_names_the_flag_not_a_config_file():
     fails(train.load_config, ["--lr", "1e-3"], match="'--lr' must be --key=value")
+
+# ---------------------------------------------------------------- issue 22: the second probe's leftovers
+
+
+def test_a_slot_count_too_large_for_memory_is_refused_before_the_model_loads(run_dir, tmp_path, monkeypatch):
+    # 10^8 slots were an allocation traceback after the model loaded; the cache is sized from the config alone
+    import engine
+    monkeypatch.setattr(S, "load_model", never_loaded)
+    ck = str(run_dir)
+    fails(S.main, ["--ckpt", ck, "--prompt", "x", "--num-samples", "100000000", "--temperature", "1"],
+          match="--num-samples 100000000: 100000000 KV-cache slots of 96 positions need")
+    monkeypatch.setattr(engine, "device_memory", lambda device: 2**30)  # 1 GiB, whatever this machine has
+    out = tmp_path / "new" / "e.jsonl"
+    msg = fails(S.main, ["--ckpt", ck, "--eval", "arith2", "--num-samples", "40", "--temperature", "1",
+                         "--batch-size", "100000000", "--out", str(out)], match="--batch-size 100000000: 20000")
+    assert "lower --batch-size" in msg and not (tmp_path / "new").exists()  # no folder made either
+
+
+def test_the_default_slot_count_is_lowered_to_what_fits_with_a_note(run_dir, tmp_path, monkeypatch, capsys):
+    import engine
+    mc = C.model_config_of(str(run_dir))
+    with torch.device("meta"):
+        weights = Transformer(mc).num_params() * 4
+    per_slot = engine.engine_bytes(mc, 1, 96, torch.float32, sampled=True)
+    monkeypatch.setattr(engine, "device_memory", lambda device: weights + 20 * per_slot)
+    outs = S.main(["--ckpt", str(run_dir), "--prompt", "x", "--prompt", "y", "--num-samples", "16",
+                   "--temperature", "1", "--max-new-tokens", "3"])
+    assert len(outs) == 32
+    assert "note: 32 KV-cache slots (the default --batch-size) do not fit" in capsys.readouterr().err
+    fails(S.main, ["--ckpt", str(run_dir), "--prompt", "x", "--batch-size", "32", "--num-samples", "32",
+                   "--temperature", "1", "--max-new-tokens", "3"], match="lower --num-samples")
+
+
+def test_max_new_tokens_past_the_context_is_refused_and_a_capped_one_noted(run_dir, monkeypatch, capsys):
+    ck = str(run_dir)
+    with monkeypatch.context() as m:
+        m.setattr(S, "load_model", never_loaded)
+        fails(S.main, ["--ckpt", ck, "--prompt", "x", "--max-new-tokens", "100000"],
+              match="--max-new-tokens 100000: the model's context holds max_seq_len=96 tokens")
+    S.main(["--ckpt", ck, "--prompt", "What is 2 + 3?", "--max-new-tokens", "90"])
+    assert "--max-new-tokens 90 does not fit after 1 of the 1 prompts" in capsys.readouterr().err
+    S.main(["--ckpt", ck, "--prompt", "What is 2 + 3?"])  # the default 256: capped, with a note
+    assert "the default of 256 new tokens is capped by the model's context" in capsys.readouterr().err
+
+
+def test_max_samples_above_the_dataset_names_the_real_file_and_count(run_dir, tmp_path, capsys):
+    import shutil
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    S.main(["--ckpt", str(d / "best.pt"), "--eval", "arith2", "--max-samples", "100000", "--max-new-tokens", "1"])
+    assert "--max-samples 100000: arith2 has 500 problems in its test split" in capsys.readouterr().err
+    assert len((d / "eval-best-arith2-test.jsonl").read_text().splitlines()) == 500  # the whole eval's name
+    assert not list(d.glob("*-n100000*"))
+
+
+def test_standard_input_that_is_not_utf8_is_one_line(run_dir, monkeypatch):
+    monkeypatch.setattr(S, "load_model", never_loaded)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"What is 1 + 1?\n\xff\xfe\n"),
+                                                      errors="surrogateescape"))
+    fails(S.main, ["--ckpt", str(run_dir)], match="standard input: not UTF-8 text (invalid start byte at byte 15)")
