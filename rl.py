@@ -25,7 +25,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -35,14 +34,14 @@ import torch.distributed as dist
 
 import data
 import grade as G
-from checkpoint import restore_training_state, save_tokenizer, write_text
+from checkpoint import model_config_of, restore_training_state, save_tokenizer, write_text
 from config import parse_config
-from engine import Engine, Sampling
+from engine import Engine, Sampling, engine_bytes, gib, slots_that_fit
 from model import Transformer, set_lora_enabled
-from training import (LateValues, RunLog, apply_update, build_model, check_common, find_resume,
-                      forward_backward, generation_eval, improved, lr_at, make_optimizer, make_out_dir,
-                      out_of_time, run_main, run_tokenizer, save_run, setup, teardown, whole_step,
-                      wrap_model)
+from training import (LateValues, RunLog, apply_update, build_model, check_common, check_model_config,
+                      find_resume, forward_backward, generation_eval, improved, lr_at, make_optimizer,
+                      make_out_dir, out_of_time, run_main, run_tokenizer, save_run, setup, teardown,
+                      whole_step, wrap_model)
 
 
 @dataclass
@@ -108,9 +107,9 @@ class Config:
     wandb_project: str = ""
 
 
-# the problems' order and the model are functions of these (and of the global batch, P x G)
+# the problems' order, the samples' draws and the model are functions of these (P and G each, not only P x G)
 RESUME_KEYS = ("init_from", "datasets", "prompt_format", "system_prompt", "max_samples", "val_size", "seed",
-               "lora_rank", "lora_alpha", "lora_targets")
+               "lora_rank", "lora_alpha", "lora_targets", "prompts_per_step", "group_size")
 
 
 def load_config(argv):
@@ -141,6 +140,10 @@ def check_config(cfg):
     for k in ("max_samples", "val_size", "refill", "warmup_iters", "keep_last", "eval_samples"):
         need(getattr(cfg, k) >= 0, k, "must be >= 0")
     need(cfg.slots >= cfg.group_size, "slots", f"must hold a group: >= group_size={cfg.group_size}")
+    most = max(1, cfg.prompts_per_step // world) * cfg.group_size  # a process's samples, so its rows, at most
+    need(cfg.batch_size <= most, "batch_size", f"a step packs at most prompts_per_step / processes x "
+         f"group_size = {most} samples, so at most {most} rows: more would be padding; set batch_size <= "
+         f"{most}")
     need(finite(cfg.temperature) and cfg.temperature > 0, "temperature", "must be > 0 (samples must differ)")
     need(finite(cfg.top_p) and 0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
     need(finite(cfg.clip_eps) and 0 < cfg.clip_eps < 1, "clip_eps", "must be in (0, 1)")
@@ -282,7 +285,21 @@ def global_sum(x, env):
 # the run
 
 
-def first_batch_checks(groups, cfg, log, env):
+def first_batch(engine, tok, cfg, problems, position, env):
+    """The first step's rollouts, sampled before the run writes anything and checked (first_batch_checks):
+    -> (groups, problems used, seconds). Ctrl-C here ends the run with nothing to save."""
+    t0 = time.time()
+    engine.model.eval()
+    try:
+        groups, used = rollouts(engine, tok, cfg, problems, position, 0, env)
+    except KeyboardInterrupt:
+        env.say("interrupted before the first update: nothing was learnt or written")
+        raise SystemExit(130) from None
+    first_batch_checks(groups, cfg, env)
+    return groups, used, time.time() - t0
+
+
+def first_batch_checks(groups, cfg, env):
     """Before the first update: a reward that is the same for every sample (of every process)
     leaves nothing to learn: stop and say why; a max_new_tokens that cuts most samples off earns
     them all 0: warn with the rate."""
@@ -295,12 +312,39 @@ def first_batch_checks(groups, cfg, log, env):
         dist.all_reduce(t[2:], op=dist.ReduceOp.MAX)
     n, n_cut, lo, hi = t[0].item(), t[1].item(), -t[2].item(), t[3].item()
     if n_cut / n > 0.5:
-        log.say(f"warning: {n_cut / n:.0%} of the first batch's samples reached max_new_tokens="
+        env.say(f"warning: {n_cut / n:.0%} of the first batch's samples reached max_new_tokens="
                 f"{cfg.max_new_tokens} and earn 0: raise max_new_tokens")
     if lo == hi:
         raise SystemExit(f"nothing to learn: all {n:.0f} samples of the first batch earned {lo:g} "
                          f"({n_cut / n:.0%} cut off at max_new_tokens={cfg.max_new_tokens}); try easier "
                          f"problems, a larger group_size or max_new_tokens, or another starting model")
+
+
+def check_model(cfg, env, longest):
+    """What depends on the model's shape, from init_from's config alone (before any model loads): its context
+    holds the longest prompt (`longest` tokens) and the new tokens, grad_checkpointing its blocks, and the
+    device's memory the engine's cache of `slots` beside the weights, gradients and optimizer state. -> the
+    positions of the engine's slots."""
+    mc = model_config_of(cfg.init_from)
+    check_model_config(cfg, mc)
+    for key in ("max_new_tokens", "eval_max_new_tokens") if cfg.eval_samples else ("max_new_tokens",):
+        if longest + getattr(cfg, key) > mc.max_seq_len:
+            raise SystemExit(f"config: the model's context of max_seq_len={mc.max_seq_len} tokens cannot "
+                             f"hold the longest prompt of {cfg.datasets!r} ({longest} tokens) and {key}="
+                             f"{getattr(cfg, key)}")
+    new = max(cfg.max_new_tokens, cfg.eval_max_new_tokens if cfg.eval_samples else 0)
+    L = -(-(longest + new + 1) // 64) * 64
+    dtype = getattr(torch, env.dtype)
+    with torch.device("meta"):
+        n = Transformer(mc).num_params()
+    # fp32 weights, gradients and AdamW's two moments; with LoRA the frozen base in the compute dtype
+    fit, free = slots_that_fit(mc, L, dtype, env.device, True, n * (dtype.itemsize if cfg.lora_rank else 16))
+    if fit is not None and cfg.slots > fit:
+        raise SystemExit(f"config: slots={cfg.slots}: {cfg.slots} KV-cache slots of {L} positions need "
+                         f"{gib(engine_bytes(mc, cfg.slots, L, dtype, True))}, more than the {gib(free)} of "
+                         f"memory this {env.device} has beside the model's weights, gradients and optimizer "
+                         f"state; lower slots (or max_new_tokens)")
+    return L
 
 
 def longest_prompt(cfg, tok, problems):
@@ -331,28 +375,13 @@ def train(cfg):
     # the problems and their prompts' lengths (with the tokenizer alone), then the model
     problems, held = data.split_problems(cfg.datasets, cfg.seed, cfg.val_size, cfg.max_samples)
     longest = longest_prompt(cfg, run_tokenizer(cfg), problems + held)
+    L = check_model(cfg, env, longest)  # the model's context, blocks and memory, before it loads
     model, tok, part = build_model(cfg, env.device, env.dtype)
     if ckpt:
         model.load_state_dict(ckpt["model"], strict=not cfg.lora_rank)
     model.grad_checkpointing = cfg.grad_checkpointing
-    L = -(-(longest + max(cfg.max_new_tokens, cfg.eval_max_new_tokens) + 1) // 64) * 64
-    if longest + cfg.max_new_tokens > model.config.max_seq_len:
-        raise SystemExit(f"config: the model's context of max_seq_len={model.config.max_seq_len} tokens "
-                         f"cannot hold the longest prompt of {cfg.datasets!r} ({longest} tokens) and "
-                         f"max_new_tokens={cfg.max_new_tokens}")
     env.say(f"model: {model.num_params() / 1e6:.1f}M parameters; {len(problems)} problems to sample, "
             f"{len(held)} held out (the eval grades {cfg.eval_samples}); the longest prompt {longest} tokens")
-
-    # everything is checked: now the output folder is written (by rank 0)
-    made_dir = not os.path.exists(cfg.out_dir)
-    if env.master:
-        make_out_dir(cfg.out_dir, replace=ckpt is None)
-        save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
-        write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
-    log = RunLog(cfg.out_dir, env.master, ckpt["step"] if ckpt else None, cfg.wandb_project,
-                 dataclasses.asdict(cfg),
-                 plot_keys=("reward", "eval_accuracy", "response_length", "entropy", "kl"))
-    env.barrier()
     ref_model = None
     # full fine-tuning: a frozen copy of the start, in the compute dtype
     if cfg.kl_coef and not cfg.lora_rank:
@@ -366,9 +395,22 @@ def train(cfg):
     opt, params = make_optimizer(model, cfg)
     step, best = restore_training_state(ckpt, model, opt, env.scaler) if ckpt else (0, None)
     position = ckpt["data_position"] if ckpt else 0
-    del ckpt
     engine = Engine(model, cfg.slots, L, max(cfg.max_new_tokens, cfg.eval_max_new_tokens), env.ctx,
                     compile=cfg.compile and env.device.startswith("cuda"))
+    # the first batch is sampled and checked before anything is written: a run it stops (every sample earns
+    # the same) leaves out_dir as it was, the run overwrite=True would have replaced included
+    first = first_batch(engine, tok, cfg, problems, position, env) if step == 0 else None
+
+    # everything is checked: now the output folder is written (by rank 0)
+    if env.master:
+        make_out_dir(cfg.out_dir, replace=ckpt is None)
+        save_tokenizer(tok, os.path.join(cfg.out_dir, "tokenizer"))
+        write_text(os.path.join(cfg.out_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
+    log = RunLog(cfg.out_dir, env.master, ckpt["step"] if ckpt else None, cfg.wandb_project,
+                 dataclasses.asdict(cfg),
+                 plot_keys=("reward", "eval_accuracy", "response_length", "entropy", "kl"))
+    env.barrier()
+    del ckpt
     saving = dict(model=model, opt=opt, env=env, fsdp=False, part=part, config=dataclasses.asdict(cfg),
                   global_batch=cfg.prompts_per_step * cfg.group_size, keep_last=cfg.keep_last)
     late = LateValues(env.device, log, cfg.max_bad_steps, env.scaler)
@@ -395,16 +437,13 @@ def train(cfg):
             t0 = time.time()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            model.eval()
-            groups, used = rollouts(engine, tok, cfg, problems, position, step, env)
+            if first:  # sampled before the loop: its time counts in its step
+                (groups, used, dt), first = first, None
+                t0 -= dt
+            else:
+                model.eval()
+                groups, used = rollouts(engine, tok, cfg, problems, position, step, env)
             model.train()
-            if step == 0:
-                try:
-                    first_batch_checks(groups, cfg, log, env)
-                except SystemExit:
-                    if made_dir and env.master:  # nothing was learnt, nothing is kept
-                        shutil.rmtree(cfg.out_dir, ignore_errors=True)
-                    raise
             with whole_step():  # the update and its bookkeeping whole: Ctrl-C waits for the step's end
                 t1 = time.time()
                 examples, rows = pack(groups, cfg)

@@ -21,10 +21,11 @@ from checkpoint import restore_training_state, save_tokenizer, write_text
 from config import parse_config
 from engine import Sampling, score_examples, verifier_metrics
 from model import PRESETS, gpu_peak_flops
-from training import (LateValues, RunLog, apply_update, build_model, check_common, eval_problems,
-                      evaluate_loss, find_resume, forward_backward, generation_eval, improved, lr_at,
-                      make_optimizer, make_out_dir, out_of_time, run_main, save_run, setup, sft_loss,
-                      run_tokenizer, teardown, verifier_loss, whole_model, whole_step, wrap_model)
+from training import (LateValues, RunLog, apply_update, build_model, check_common, check_model_config,
+                      eval_problems, evaluate_loss, find_resume, forward_backward, generation_eval, improved,
+                      lr_at, make_optimizer, make_out_dir, out_of_time, run_main, run_model_config,
+                      run_tokenizer, save_run, setup, sft_loss, teardown, verifier_loss, whole_model,
+                      whole_step, wrap_model)
 
 
 @dataclass
@@ -152,6 +153,10 @@ def check_config(cfg):
         need(not cfg.fsdp, "fsdp", "a verifier trains with DDP or on one GPU (not FSDP yet)")
     if cfg.lora_rank:
         need(not cfg.fsdp, "fsdp", "LoRA with FSDP is not supported yet (LoRA runs use DDP)")
+    world = os.environ.get("WORLD_SIZE", "1").strip()  # checked on its own by training.torchrun_env
+    need(not cfg.fsdp or (world.isdigit() and int(world) > 1), "fsdp", "shards the model across the "
+         "processes of torchrun, and this is one process (WORLD_SIZE unset or 1): start it with torchrun "
+         "--nproc_per_node=N, or leave fsdp off")
     if cfg.eval_dataset:
         same = lambda n: os.path.exists(n) and os.path.samefile(n, cfg.eval_dataset)  # noqa: E731
         if os.path.exists(cfg.eval_dataset) and any(same(n) for n, _ in mixture):
@@ -216,7 +221,8 @@ def train(cfg):
 
     # the data (with the tokenizer alone), then the model: every check before a model is loaded
     verifier = cfg.objective == "verifier"
-    train_ds, val_ds = data.build_datasets(cfg.datasets, run_tokenizer(cfg), cfg.seq_len,
+    tok = run_tokenizer(cfg)
+    train_ds, val_ds = data.build_datasets(cfg.datasets, tok, cfg.seq_len,
                                            cfg.prompt_format, cfg.pack, cfg.seed, cfg.max_samples,
                                            cfg.val_size, cfg.system_prompt)
     st = train_ds.stats()
@@ -240,6 +246,7 @@ def train(cfg):
             what = "eval_dataset" if cfg.eval_dataset else "held-out examples"
             raise SystemExit(f"config: eval_samples={cfg.eval_samples}, but the {what} have no gold answers "
                              f"to grade; set eval_samples=0 (validation loss only)")
+    check_model(cfg, tok, problems)
     model, tok, part = build_model(cfg, env.device, env.dtype, value_head=verifier,
                                    freeze=verifier and cfg.verifier_backbone == "frozen")
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -252,7 +259,6 @@ def train(cfg):
     n_train = sum(p.numel() for n, p in model.named_parameters() if n in trained)
     env.say(f"model: {model.num_params() / 1e6:.1f}M parameters ({n_train / 1e6:.2f}M trained), "
             f"{model.config}")
-    check_eval_prompts(cfg, tok, problems, model.config.max_seq_len)
 
     # everything is checked: now the output folder is written (by rank 0)
     if env.master:
@@ -349,13 +355,16 @@ def train(cfg):
     return summary
 
 
-def check_eval_prompts(cfg, tok, problems, max_seq_len):
-    """The eval's prompts fit the model's context: found before training, not at the first eval after it."""
+def check_model(cfg, tok, problems):
+    """What depends on the model's shape, from its config alone (before it loads): the blocks to recompute,
+    and the eval's prompts in its context (found before training, not at the first eval after it)."""
+    mc = run_model_config(cfg, tok)
+    check_model_config(cfg, mc)
     longest = max((len(data.render_prompt(tok, p["prompt"], cfg.prompt_format, cfg.system_prompt))
                    for p in problems or []), default=0)
-    if longest >= max_seq_len:
+    if longest >= mc.max_seq_len:
         raise SystemExit(f"config: an eval problem's prompt has {longest} tokens, which leaves no room in "
-                         f"the model's context of max_seq_len={max_seq_len} tokens")
+                         f"the model's context of max_seq_len={mc.max_seq_len} tokens")
 
 
 def check_labels(cfg, train_ds, val_ds):

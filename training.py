@@ -40,8 +40,9 @@ from tqdm import tqdm
 
 import data
 from checkpoint import (attach_trained_parts, atomic_write, check_output_folder, checkpoint_file,
-                        has_value_head, list_checkpoints, load_for_resume, load_model, remove_orphan_tmp,
-                        resolve_checkpoint_dir, resume_path, save_training_checkpoint, tokenizer_of)
+                        has_value_head, list_checkpoints, load_for_resume, load_model, model_config_of,
+                        remove_orphan_tmp, resolve_checkpoint_dir, resume_path, save_training_checkpoint,
+                        tokenizer_of)
 from engine import evaluate, sample_table
 from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
@@ -315,6 +316,31 @@ def run_tokenizer(cfg):
     return load_tokenizer(cfg.tokenizer) if cfg.init_from == "scratch" else tokenizer_of(cfg.init_from)
 
 
+def run_model_config(cfg, tok):
+    """The ModelConfig of the model build_model makes, without making it: from scratch the preset with its
+    overrides (and tok's vocabulary), else init_from's, read without its weights. For the checks that need
+    the model's shape (its context, its blocks, its memory) before any model is loaded."""
+    if cfg.init_from != "scratch":
+        return model_config_of(cfg.init_from)
+    mc = dataclasses.asdict(PRESETS[cfg.model_preset])
+    # vocab padded to a multiple of 64
+    mc.update(vocab_size=-(-tok.n_vocab // 64) * 64, max_seq_len=cfg.seq_len)
+    # overrides: plain multi-head attention, SwiGLU width ~8/3 C
+    if cfg.n_layer or cfg.n_embd or cfg.n_head:
+        mc.update({k: getattr(cfg, k) for k in ("n_layer", "n_embd", "n_head") if getattr(cfg, k)})
+        width = -(-8 * mc["n_embd"] // 3 // 32) * 32
+        mc.update(n_kv_head=mc["n_head"], head_dim=0, intermediate_size=width)
+    return ModelConfig(**mc)
+
+
+def check_model_config(cfg, mc):
+    """The settings that depend on the model's shape (mc: run_model_config's), checked before it loads:
+    SystemExit naming the key."""
+    if cfg.grad_checkpointing > mc.n_layer:
+        raise SystemExit(f"config: grad_checkpointing={cfg.grad_checkpointing}: the model has {mc.n_layer} "
+                         f"block(s): recompute -1 (all), 0 (none) or at most {mc.n_layer}")
+
+
 def build_model(cfg, device, dtype="float32", value_head=False, freeze=False):
     """-> (model, tok, part). The model to train: from scratch (cfg.model_preset with the n_layer / n_embd /
     n_head overrides, cfg.tokenizer) or any checkpoint load_model reads (cfg.init_from), in fp32 master
@@ -327,16 +353,8 @@ def build_model(cfg, device, dtype="float32", value_head=False, freeze=False):
         tok = load_tokenizer(cfg.tokenizer)
         if cfg.model_preset not in PRESETS:
             raise SystemExit(f"model_preset '{cfg.model_preset}' is not one of {sorted(PRESETS)}")
-        mc = dataclasses.asdict(PRESETS[cfg.model_preset])
-        # vocab padded to a multiple of 64
-        mc.update(vocab_size=-(-tok.n_vocab // 64) * 64, max_seq_len=cfg.seq_len)
-        # overrides: plain multi-head attention, SwiGLU width ~8/3 C
-        if cfg.n_layer or cfg.n_embd or cfg.n_head:
-            mc.update({k: getattr(cfg, k) for k in ("n_layer", "n_embd", "n_head") if getattr(cfg, k)})
-            width = -(-8 * mc["n_embd"] // 3 // 32) * 32
-            mc.update(n_kv_head=mc["n_head"], head_dim=0, intermediate_size=width)
         torch.manual_seed(cfg.seed)
-        model = Transformer(ModelConfig(**mc)).to(device)
+        model = Transformer(run_model_config(cfg, tok)).to(device)
     else:
         # fp32 master weights
         model, tok, info = load_model(cfg.init_from, device=device, dtype=torch.float32)

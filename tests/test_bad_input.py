@@ -451,7 +451,8 @@ def test_rl_inputs_are_refused_before_sampling(run_dir, tmp_path, monkeypatch, c
         refused(f"--datasets={no_answers}", "--val_size=0", "--eval_samples=0", match="has no gold answer")
         refused("--seq_len=16", match="seq_len=16 cannot hold the longest prompt")
     # one new token: every sample is cut off and earns 0: nothing to learn, said before any update, the rate too
-    refused("--max_new_tokens=1", "--prompts_per_step=4", "--group_size=2", match="nothing to learn")
+    refused("--max_new_tokens=1", "--eval_max_new_tokens=8", "--prompts_per_step=4", "--group_size=2",
+            match="nothing to learn")
     assert "100% of the first batch's samples reached max_new_tokens=1" in capsys.readouterr().out
 
 
@@ -697,3 +698,53 @@ def test_standard_input_that_is_not_utf8_is_one_line(run_dir, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"What is 1 + 1?\n\xff\xfe\n"),
                                                       errors="surrogateescape"))
     fails(S.main, ["--ckpt", str(run_dir)], match="standard input: not UTF-8 text (invalid start byte at byte 15)")
+
+
+RL_BASE = ["--datasets=arith2", "--prompt_format=plain", "--seq_len=128", "--val_size=20", "--eval_samples=0",
+           "--device=cpu", "--max_new_tokens=8"]
+
+
+def test_rl_settings_that_need_the_models_shape_are_refused_before_it_loads(run_dir, tmp_path, monkeypatch):
+    import rl
+    monkeypatch.setattr(rl, "build_model", never_loaded)
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    base = RL_BASE + [f"--init_from={run_dir}", f"--out_dir={tmp_path / 'o'}"]
+    fails(rl.main, base + ["--slots=1000000000"], match="slots=1000000000: 1000000000 KV-cache slots of 64 positions")
+    fails(rl.main, base + ["--prompts_per_step=4", "--group_size=2", "--batch_size=100"],
+          match="batch_size=100: a step packs at most prompts_per_step / processes x group_size = 8 samples")
+    fails(rl.main, base + ["--grad_checkpointing=5"], match="grad_checkpointing=5: the model has 1 block(s)")
+    fails(rl.main, base + ["--eval_samples=4", "--eval_max_new_tokens=90"], match="and eval_max_new_tokens=90")
+    fails(run_train, tmp_path / "o", "--grad_checkpointing=5", match="grad_checkpointing=5: the model has 1 block")
+    fails(run_train, tmp_path / "o", f"--init_from={run_dir}", "--grad_checkpointing=2", match="has 1 block(s)")
+    fails(run_train, tmp_path / "o", "--fsdp=true", match="fsdp=True: shards the model across the processes")
+    assert not (tmp_path / "o").exists()
+
+
+def test_rl_overwrite_refused_by_its_first_batch_leaves_the_old_run_whole(run_dir, tmp_path):
+    # the old run's checkpoints went before the first batch's check, which then refused the run
+    import shutil
+
+    import rl
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    before = snapshot(d)
+    fails(rl.main, RL_BASE + [f"--init_from={run_dir}", f"--out_dir={d}", "--overwrite=true", "--max_new_tokens=1",
+                              "--prompts_per_step=4", "--group_size=2"], match="nothing to learn")
+    assert snapshot(d) == before
+
+
+def test_rl_resume_with_the_same_batch_in_other_factors_is_refused(run_dir, tmp_path, monkeypatch):
+    # 4 problems x 2 samples and 2 x 4 are both 8 samples a step, but other problems and other draws
+    import rl
+    out = tmp_path / "o"
+    out.mkdir()
+    ck = C.load_checkpoint(str(run_dir / "ckpt-000004.pt"))
+    cfg = rl.load_config(RL_BASE + [f"--init_from={run_dir}", f"--out_dir={out}", "--prompts_per_step=4",
+                                    "--group_size=2"])
+    ck.update(config=train.dataclasses.asdict(cfg), global_batch=8, data_position=4)
+    C.save_checkpoint(ck, str(out / "ckpt-000004.pt"))
+    before = snapshot(out)
+    monkeypatch.setattr(rl, "build_model", never_loaded)
+    fails(rl.main, RL_BASE + [f"--init_from={run_dir}", f"--out_dir={out}", "--prompts_per_step=2", "--group_size=4",
+                              "--resume=auto"], match="prompts_per_step: checkpoint 4, now 2; group_size: checkpoint 2, now 4")
+    assert snapshot(out) == before
