@@ -561,6 +561,10 @@ def load_for_resume(path, config, keys, global_batch, batch_name, batch_now):
     if "optimizer" not in ckpt:
         raise ValueError(f"{path} holds weights only (best.pt); resume from a ckpt-*.pt file")
     was_cfg = ckpt["config"]
+    foreign = [k for k in keys if k not in was_cfg]  # train.py's checkpoint given to rl.py, say
+    if foreign:
+        raise ValueError(f"cannot resume from {path}: another script's checkpoint (its settings have no "
+                         f"{', '.join(foreign)}): start from it with init_from instead")
     diff = [f"{k}: checkpoint {was_cfg.get(k)!r}, now {config[k]!r}" for k in keys if was_cfg.get(k) != config[k]]
     was = ckpt.get("global_batch") or was_cfg["batch_size"] * was_cfg["grad_accum"] * ckpt.get("world_size", 1)
     if was != global_batch:

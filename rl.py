@@ -140,10 +140,11 @@ def check_config(cfg):
     for k in ("max_samples", "val_size", "refill", "warmup_iters", "keep_last", "eval_samples"):
         need(getattr(cfg, k) >= 0, k, "must be >= 0")
     need(cfg.slots >= cfg.group_size, "slots", f"must hold a group: >= group_size={cfg.group_size}")
-    most = max(1, cfg.prompts_per_step // world) * cfg.group_size  # a process's samples, so its rows, at most
-    need(cfg.batch_size <= most, "batch_size", f"a step packs at most prompts_per_step / processes x "
-         f"group_size = {most} samples, so at most {most} rows: more would be padding; set batch_size <= "
-         f"{most}")
+    most = max(1, cfg.prompts_per_step // world) * cfg.group_size  # a process's samples: its rows at most
+    factors_ok = cfg.group_size >= 2 and cfg.prompts_per_step >= world and cfg.prompts_per_step % world == 0
+    need(cfg.batch_size <= most or not factors_ok, "batch_size", f"a step packs at most prompts_per_step / "
+         f"processes x group_size = {most} samples, so at most {most} rows: more would be padding; set "
+         f"batch_size <= {most}")
     need(finite(cfg.temperature) and cfg.temperature > 0, "temperature", "must be > 0 (samples must differ)")
     need(finite(cfg.top_p) and 0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
     need(finite(cfg.clip_eps) and 0 < cfg.clip_eps < 1, "clip_eps", "must be in (0, 1)")

@@ -128,6 +128,12 @@ def main(argv=None):
 
 def check_options(args, ap):
     """The options on their own and together, before anything is read: ap.error (one line, exit 1) if not."""
+    paths = (("--ckpt", args.ckpt), ("--prompts", args.prompts), ("--eval", args.eval), ("--out", args.out),
+             ("--export-hf", args.export_hf), ("--verifier", args.verifier), ("--rft-out", args.rft_out),
+             *(("--rft-with", f) for f in args.rft_with))
+    empty = next((flag for flag, v in paths if v is not None and not v.strip()), None)
+    if empty:  # an empty value would read as the option left out
+        ap.error(f"{empty}: an empty path; name a file or folder")
     named = data.DATASETS.get(args.eval)
     if args.eval is not None and not named and not os.path.isfile(args.eval):
         ap.error(f"--eval: unknown dataset {args.eval!r}; choose from {', '.join(data.DATASETS)} or give a "
@@ -270,7 +276,8 @@ def _checked_inputs(args, ap, device, dtype):
     if args.export_hf and os.path.isdir(args.export_hf) and checkpoint_file(args.export_hf):
         ap.error(f"--export-hf {args.export_hf}: the folder holds a training run (best.pt / ckpt-*.pt): "
                  f"export into a folder of its own")
-    folder_named = next((p for k, p in outs.items() if k != "export" and os.path.isdir(p)), None)
+    folder_named = next((p for k, p in outs.items()
+                         if k != "export" and (os.path.isdir(p) or p.endswith("/"))), None)
     if folder_named:
         ap.error(f"{folder_named} is a folder: name a file")
     folders = [p if k == "export" else os.path.dirname(p) or "." for k, p in outs.items()]

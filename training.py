@@ -76,6 +76,13 @@ def check_common(cfg):
             ours = False
         need(ours, "out_dir", "holds a config.json that is not a training run's (a Hugging Face "
              "checkpoint?), which the run would replace: choose another out_dir")
+    # what the run writes in out_dir, in the form it writes it (not found only after the model has loaded)
+    for name, folder in (("config.json", False), ("metrics.jsonl", False), ("samples.jsonl", False),
+                         ("best.pt", False), ("tokenizer", True)):
+        p = os.path.join(cfg.out_dir, name)
+        need(not os.path.exists(p) or os.path.isdir(p) == folder, "out_dir", f"holds {name} as a "
+             f"{'file' if folder else 'folder'}, where the run writes a {'folder' if folder else 'file'}: "
+             f"move it away or choose another out_dir")
     need(cfg.init_from.strip() != "", "init_from", "must be 'scratch' or a checkpoint")
     # a fresh run loads init_from: it must be there (a resumed one loads its ckpt-*.pt instead)
     fresh = cfg.resume == "" or (cfg.resume == "auto" and not list_checkpoints(cfg.out_dir))
@@ -186,6 +193,9 @@ def find_resume(cfg, env, keys, global_batch, batch_name, batch_now):
         ckpt = load_for_resume(path, dataclasses.asdict(cfg), keys, global_batch, batch_name, batch_now)
     except ValueError as e:
         raise SystemExit(str(e))
+    metrics = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if os.path.exists(metrics):
+        resumed_rows(metrics, ckpt["step"])  # kept by RunLog later: a bad row is found now, before the load
     env.say(f"resuming from {path} at step {ckpt['step']}")
     return ckpt
 
@@ -704,6 +714,29 @@ def improved(metric, best, env):
 # the run's record
 
 
+def resumed_rows(path, step):
+    """The rows of a metrics.jsonl that a run resumed at `step` keeps (those up to it); find_resume reads them
+    too, so that a file that cannot be read is found before the model loads. SystemExit naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e}): fix or remove it")
+    # a kill in the middle of an append leaves a last line without its newline: that row goes
+    lines = text[:text.rfind("\n") + 1].splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{path}:{n}: a row is not valid JSON ({e.msg}): fix or remove it")
+        if not isinstance(r, dict):
+            raise SystemExit(f"{path}:{n}: a row is not a JSON object: fix or remove it")
+        if r and r.get("step", 0) <= step:
+            rows.append(r)
+    return rows
+
+
 class RunLog:
     """What a run tells: lines on the console and one JSON row per log step, eval and event in
     out_dir/metrics.jsonl (rank 0 only), wandb when `wandb_project` is set and wandb installed, and curves.png
@@ -716,17 +749,7 @@ class RunLog:
         if not master:
             return
         if os.path.exists(self.path):
-            rows = []
-            if resume_step is not None:
-                with open(self.path) as f:
-                    text = f.read()
-                # a kill in the middle of an append leaves a last line without its newline: that row goes
-                lines = text[:text.rfind("\n") + 1].splitlines()
-                try:
-                    rows = [r for r in map(json.loads, filter(str.strip, lines))
-                            if r.get("step", 0) <= resume_step]
-                except json.JSONDecodeError as e:
-                    raise SystemExit(f"{self.path}: a row is not valid JSON ({e.msg}): fix or remove it")
+            rows = [] if resume_step is None else resumed_rows(self.path, resume_step)
             atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
         if wandb_project:
             try:

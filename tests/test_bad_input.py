@@ -748,3 +748,56 @@ def test_rl_resume_with_the_same_batch_in_other_factors_is_refused(run_dir, tmp_
     fails(rl.main, RL_BASE + [f"--init_from={run_dir}", f"--out_dir={out}", "--prompts_per_step=2", "--group_size=4",
                               "--resume=auto"], match="prompts_per_step: checkpoint 4, now 2; group_size: checkpoint 2, now 4")
     assert snapshot(out) == before
+
+# ---------------------------------------------------------------- issue 22: a third probe
+
+
+def test_an_empty_path_or_a_folder_named_as_a_file_is_refused_first(run_dir, tmp_path, monkeypatch):
+    # an empty --rft-out / --verifier / --out read as the option left out (a silent success without it); an
+    # --out ending in '/' sampled everything, then could not write
+    monkeypatch.setattr(S, "load_model", never_loaded)
+    base = ["--ckpt", str(run_dir), "--eval", "arith2", "--out", str(tmp_path / "e.jsonl")]
+    for flag in ("--rft-out", "--verifier", "--rft-with"):
+        extra = ["--rft-out", str(tmp_path / "r.jsonl")] if flag == "--rft-with" else []
+        fails(S.main, base + extra + [flag, ""], match=f"{flag}: an empty path")
+    fails(S.main, ["--ckpt", "", "--prompt", "x"], match="--ckpt: an empty path")
+    fails(S.main, base[:4] + ["--out", str(tmp_path / "new") + "/"], match="new/ is a folder: name a file")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name,make,match", [
+    ("tokenizer", lambda p: p.write_text("x"), "holds tokenizer as a file, where the run writes a folder"),
+    ("metrics.jsonl", lambda p: p.mkdir(), "holds metrics.jsonl as a folder"),
+])
+def test_an_out_dir_whose_names_have_the_wrong_kind_is_refused_first(run_dir, tmp_path, monkeypatch, name, make,
+                                                                     match):
+    import shutil
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    shutil.rmtree(d / name) if (d / name).is_dir() else (d / name).unlink()
+    make(d / name)
+    before = snapshot(d)
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, d, "--max_iters=6", "--resume=auto", match=match)
+    fails(run_train, d, "--max_iters=6", "--overwrite=true", match=match)
+    assert snapshot(d) == before
+
+
+def test_a_torn_metrics_row_before_the_last_is_found_before_the_model_loads(run_dir, tmp_path, monkeypatch):
+    import shutil
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    rows = (d / "metrics.jsonl").read_text().splitlines()
+    (d / "metrics.jsonl").write_text("\n".join([rows[0], rows[1][:10], *rows[2:]]) + "\n")
+    before = snapshot(d)
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, d, "--max_iters=6", "--resume=auto", match="metrics.jsonl:2: a row is not valid JSON")
+    assert snapshot(d) == before  # config.json was rewritten before the refusal
+
+
+def test_resuming_another_scripts_checkpoint_says_so(run_dir, tmp_path, monkeypatch):
+    import rl
+    monkeypatch.setattr(rl, "build_model", never_loaded)
+    fails(rl.main, RL_BASE + [f"--init_from={run_dir}", f"--out_dir={tmp_path / 'o'}",
+                              f"--resume={run_dir / 'ckpt-000004.pt'}"], match="another script's checkpoint")
+    assert not (tmp_path / "o").exists()
