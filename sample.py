@@ -160,6 +160,8 @@ def check_options(args, ap):
         ap.error("--rft-max-per-problem goes with --rft-out (it bounds the solutions that file keeps)")
     if args.eval and args.format == "raw":
         ap.error("--eval needs a chat or plain prompt format")
+    if args.system_prompt is not None and args.format in ("plain", "raw"):
+        ap.error(f"--system-prompt goes with the chat format: --format {args.format} has no system prompt")
     if args.batch_size < 0 or args.max_samples < 0 or args.rft_max_per_problem < 0:
         ap.error("--batch-size, --max-samples and --rft-max-per-problem must be >= 0 (0 = the default / all)")
     if not 0 <= args.seed < 2**63:
@@ -378,6 +380,8 @@ def _main(args, ap):
         return
     fmt = info["prompt_format"] if args.format == "auto" else args.format
     system = info["system_prompt"] if args.system_prompt is None else args.system_prompt
+    if args.system_prompt is not None and fmt != "chat":
+        print(f"note: --system-prompt is not used: this checkpoint's prompt format is {fmt}", file=sys.stderr)
     if args.eval:
         return _eval(args, ap, plan, model, tok, info, fmt, system, device, dtype, batch_size)
 

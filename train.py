@@ -230,11 +230,6 @@ def train(cfg):
             f"per epoch ({st['fill']:.1%} filled); {st['truncated']} examples truncated to seq_len "
             f"({st['supervised_tokens_cut']} supervised tokens cut, {st['examples_without_answer_tokens']} "
             f"examples left with no answer token)")
-    total_steps = cfg.max_iters or train_ds.total_rows(cfg.epochs) // rows_per_step
-    if total_steps <= 0:
-        raise SystemExit(f"config: epochs={cfg.epochs} gives {train_ds.total_rows(cfg.epochs)} rows, less "
-                         f"than one step of batch_size * grad_accum * processes = {rows_per_step} rows; "
-                         f"raise epochs or set max_iters")
     if verifier:
         check_labels(cfg, train_ds, val_ds)
     # the eval that picks best.pt grades problems held out of the training data, never a test split
@@ -246,6 +241,7 @@ def train(cfg):
             what = "eval_dataset" if cfg.eval_dataset else "held-out examples"
             raise SystemExit(f"config: eval_samples={cfg.eval_samples}, but the {what} have no gold answers "
                              f"to grade; set eval_samples=0 (validation loss only)")
+    total_steps = check_steps(cfg, train_ds, rows_per_step, env.world)
     check_model(cfg, tok, problems)
     model, tok, part = build_model(cfg, env.device, env.dtype, value_head=verifier,
                                    freeze=verifier and cfg.verifier_backbone == "frozen")
@@ -353,6 +349,23 @@ def train(cfg):
     log.close()
     teardown(env)
     return summary
+
+
+def check_steps(cfg, train_ds, rows_per_step, world):
+    """-> the run's steps: max_iters, or as many as `epochs` of the training rows give (at least one). A step
+    must not hold more rows than an epoch has: it would repeat examples, the same gradient at more cost."""
+    total_steps = cfg.max_iters or train_ds.total_rows(cfg.epochs) // rows_per_step
+    if total_steps <= 0:
+        raise SystemExit(f"config: epochs={cfg.epochs} gives {train_ds.total_rows(cfg.epochs)} rows, less "
+                         f"than one step of batch_size * grad_accum * processes = {rows_per_step} rows; "
+                         f"raise epochs or set max_iters")
+    epoch = train_ds.rows_per_epoch(0)
+    if rows_per_step > epoch:
+        raise SystemExit(f"config: batch_size={cfg.batch_size}: a step of batch_size x grad_accum x "
+                         f"processes = {cfg.batch_size} x {cfg.grad_accum} x {world} rows is more than the "
+                         f"{epoch} rows of an epoch of datasets={cfg.datasets!r}, so it would repeat them; "
+                         f"set batch_size x grad_accum x processes <= {epoch}")
+    return total_steps
 
 
 def check_model(cfg, tok, problems):

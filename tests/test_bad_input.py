@@ -801,3 +801,21 @@ def test_resuming_another_scripts_checkpoint_says_so(run_dir, tmp_path, monkeypa
     fails(rl.main, RL_BASE + [f"--init_from={run_dir}", f"--out_dir={tmp_path / 'o'}",
                               f"--resume={run_dir / 'ckpt-000004.pt'}"], match="another script's checkpoint")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_step_larger_than_an_epoch_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    # 10^8 rows a step built its batch for minutes after the model had loaded (every row repeated)
+    monkeypatch.setattr(train, "build_model", never_loaded)
+    fails(run_train, tmp_path / "o", "--batch_size=100000000", match="is more than the 150 rows of an epoch")
+    fails(run_train, tmp_path / "o", "--batch_size=100", "--grad_accum=2", match="100 x 2 x 1 rows")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_system_prompt_the_format_does_not_use_is_refused_or_noted(run_dir, monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        m.setattr(S, "load_model", never_loaded)
+        for fmt in ("raw", "plain"):
+            fails(S.main, ["--ckpt", str(run_dir), "--prompt", "x", "--format", fmt, "--system-prompt", "Be brief."],
+                  match=f"--system-prompt goes with the chat format: --format {fmt}")
+    S.main(["--ckpt", str(run_dir), "--prompt", "x", "--system-prompt", "Be brief.", "--max-new-tokens", "2"])
+    assert "--system-prompt is not used: this checkpoint's prompt format is plain" in capsys.readouterr().err
