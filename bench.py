@@ -317,7 +317,7 @@ def ours_train(args, folder, steps):
         # copied in at each replay
         model.compiled_blocks = [torch.compile(b, dynamic=False, mode="reduce-overhead") for b in model.layers]
         for m in model.modules():
-            if getattr(m, "working", None) is not None:
+            if isinstance(getattr(m, "working", None), torch.Tensor):  # a Linear's copy (the model's is a list)
                 torch._dynamo.mark_static_address(m.working)
     if cuda:
         torch.cuda.reset_peak_memory_stats()  # the training steps' peak, not the check's eager pass

@@ -11,7 +11,9 @@ rows are filled to different lengths.
          over every slot, the memory-efficient SDPA kernel: reads all L positions of every row
   flashv the flash kernel's variable-length form on a cache laid out (B, L, nkv, hd): each row reads only its own
          pos + 1 positions (seqused_k), query heads grouped by the kernel itself (no mask, no fold)
-  flex   flex_attention (compiled; on CUDA its split-KV decoding kernel) with a BlockMask built from the rows'
+  flashp flashv with the 7 query heads of a kv head packed as 7 query rows of one sequence (not causal): each row's
+         keys and values are read once per kv head rather than once per query head (the engine's path)
+  flex   (--flex) flex_attention (compiled; on CUDA its split-KV decoding kernel) with a BlockMask built from the rows'
          lengths by tensor ops (no host sync, so a CUDA graph can hold it): full blocks unmasked, the row's last
          block masked by kv <= pos, blocks past it never read
 
@@ -72,6 +74,20 @@ def flash_decode(q, k_bl, v_bl, pos):
     return out.view(B, nh, 1, hd)
 
 
+def flash_packed(q, k_bl, v_bl, pos):
+    """flash_decode with the query heads of a kv head as the query rows of one sequence (the engine's form):
+    (B, nh, 1, hd) -> (B*rep, nkv, hd), cu_q = rep * b, not causal; each kv head is read once for its rep heads."""
+    B, nh, _, hd = q.shape
+    L, nkv = k_bl.shape[1], k_bl.shape[2]
+    rep = nh // nkv
+    cu = torch.arange(B + 1, device=q.device, dtype=torch.int32)
+    qp = q.reshape(B, nkv, rep, hd).transpose(1, 2).reshape(B * rep, nkv, hd)
+    out = torch.ops.aten._flash_attention_forward(
+        qp, k_bl.view(B * L, nkv, hd), v_bl.view(B * L, nkv, hd), cu * rep, cu * L, rep, L, 0.0, False,
+        False, seqused_k=(pos + 1).to(torch.int32))[0]  # (B*rep, nkv, hd)
+    return out.view(B, rep, nkv, hd).transpose(1, 2).reshape(B, nh, 1, hd)
+
+
 def flex_decode(q, k, v, pos, block=128):
     return flex_attention(q, k, v, block_mask=row_block_mask(pos, k.shape[2], block), enable_gqa=True)
 
@@ -97,6 +113,7 @@ def main(argv=None):
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--flex", action="store_true", help="also flex decoding (slow and wrong on torch 2.11)")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -126,10 +143,10 @@ def main(argv=None):
         k_bl, v_bl = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
         filled = int((pos + 1).sum()) * per_pos
         for name, fn, need in (("sdpa", sdpa_decode, B * L * per_pos), ("flashv", flash_decode, filled),
-                               ("flex", flex, filled)):
-            if name == "flashv" and not cuda:
+                               ("flashp", flash_packed, filled), ("flex", flex, filled)):
+            if name.startswith("flash") and not cuda or name == "flex" and not args.flex:
                 continue
-            kk, vv = (k_bl, v_bl) if name == "flashv" else (k, v)
+            kk, vv = (k_bl, v_bl) if name.startswith("flash") else (k, v)
             try:
                 t, out = timed(lambda: fn(q, kk, vv, pos), args.iters, cuda)
             except Exception as e:  # an op this build lacks: say so, measure the others
