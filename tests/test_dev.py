@@ -41,6 +41,7 @@ def test_engine_check_script_runs_and_agrees(tmp_path):
 
 
 def test_attention_decode_bench_agrees_on_cpu():
-    out = run("dev/attn_decode_bench.py", "--device", "cpu", "--slots", "3,5", "--max-len", "256", "--iters", "1")
+    out = run("dev/attn_decode_bench.py", "--device", "cpu", "--slots", "3,5", "--max-len", "256", "--iters", "1",
+              "--flex")
     rows = [line.split() for line in out.splitlines() if line.split()[1:2] in (["sdpa"], ["flex"])]
     assert len(rows) == 4 and all(float(r[-1]) < 1e-5 for r in rows), out
