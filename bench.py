@@ -275,6 +275,7 @@ def ours_train(args, folder, steps):
     device, ctx, scaler, _ = setup_numerics("cuda" if cuda else "cpu", "bfloat16")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    torch._inductor.config.cpp_wrapper = args.cpp_wrapper  # before the first compile
     t0 = time.time()
     model, tok, _ = training.build_model(cfg, device, "bfloat16" if cuda else "float32")
     train_ds, _ = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
@@ -437,7 +438,8 @@ def bench_train(args):
         print(f"model: {label}; {cfg.datasets} train, {cfg.prompt_format} format, loss on answers; ours"
               f"{' (' + args.config + ')' if args.config else ''}: {'packed ' if cfg.pack else ''}rows of "
               f"{cfg.seq_len} ({ours['fill']:.1%} real tokens), batch {cfg.batch_size} x accumulation "
-              f"{cfg.grad_accum}, compile {cfg.compile}{' (CUDA graphs)' if args.cudagraphs else ''}, "
+              f"{cfg.grad_accum}, compile {cfg.compile}{' (CUDA graphs)' if args.cudagraphs else ''}"
+              f"{' (C++ wrapper)' if args.cpp_wrapper else ''}, "
               f"bf16 working weights {args.working_weights}, grad checkpointing {cfg.grad_checkpointing}, "
               f"activation budget {cfg.activation_budget}; "
               f"HF: batches of {args.hf_batch_size}; {args.steps} steps, the first {args.warmup} not timed")
@@ -491,6 +493,9 @@ def main(argv=None):
                    help="bf16 working copies of the fp32 weights (rl.py's), instead of autocast's cast at every call")
     t.add_argument("--cudagraphs", action="store_true",
                    help="compile the blocks with mode='reduce-overhead' (CUDA graphs): is the step bound by the host?")
+    t.add_argument("--cpp-wrapper", action="store_true",
+                   help="inductor's C++ wrapper launches the compiled blocks' kernels instead of Python: is the "
+                   "step bound by kernel launches (LoRA adds ~1,500 small kernels a step)?")
     t.add_argument("--steps", type=int, default=40)
     t.add_argument("--warmup", type=int, default=5, help="steps not timed (compilation, allocator warm-up)")
     t.add_argument("--hf-steps", type=int, default=40, help="0 = no reference run")

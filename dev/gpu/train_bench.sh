@@ -6,6 +6,8 @@
 #   bash dev/gpu/train_bench.sh host     is the 0.5B step bound by the host? --profile (kernels and host ops), then the
 #                                        blocks replayed as CUDA graphs (--cudagraphs), without and with working weights;
 #                                        LoRA (7 adapters x 24 blocks x ~9 kernels: ~1,500 more a step, by count) without and with
+#   bash dev/gpu/train_bench.sh launch   LoRA 0.5B with --profile (0.63x full fine-tuning's speed: where does it go?),
+#                                        then full and LoRA with inductor's C++ wrapper (is the step launch-bound?)
 set -o pipefail
 export PYTHONUNBUFFERED=1
 F="Warn\|warn(\|Loading\|it/s\]"
@@ -29,5 +31,11 @@ host)
       "--config configs/gsm8k_qwen05b_lora.py --cudagraphs"; do
     timeout 150 python3 bench.py train --activation-budget 0.7 --hf-steps 0 --steps 25 $flag 2>&1 | grep -v "$F" \
       | tail -60 | tee -a $OUT/train_host.log
+  done ;;
+launch)
+  for flag in "--config configs/gsm8k_qwen05b_lora.py --profile" "--cpp-wrapper" \
+      "--config configs/gsm8k_qwen05b_lora.py --cpp-wrapper"; do
+    timeout 150 python3 bench.py train --activation-budget 0.7 --hf-steps 0 --steps 25 $flag 2>&1 | grep -v "$F" \
+      | tail -60 | tee -a $OUT/train_launch.log
   done ;;
 esac
