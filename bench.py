@@ -42,7 +42,8 @@ import train
 import training
 from checkpoint import load_model, save_pretrained, save_tokenizer
 from engine import Engine, Sampling
-from model import LoRALinear, ModelConfig, Transformer, gpu_peak_flops, setup_numerics
+from lora import LoRALinear
+from model import ModelConfig, Transformer, gpu_peak_flops, setup_numerics
 from tokenizer import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))

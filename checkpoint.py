@@ -26,7 +26,8 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
 import data
-from model import ModelConfig, Transformer, apply_lora, merge_lora
+from lora import apply_lora, merge_lora
+from model import ModelConfig, Transformer
 from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------

@@ -37,7 +37,8 @@ import grade as G
 from checkpoint import model_config_of, restore_training_state, save_tokenizer, write_text
 from config import parse_config
 from engine import Engine, Sampling, engine_bytes, gib, slots_that_fit
-from model import Transformer, set_lora_enabled
+from lora import set_lora_enabled
+from model import Transformer
 from training import (LateValues, RunLog, apply_update, build_model, check_common, check_model_config,
                       find_resume, forward_backward, generation_eval, improved, lr_at, make_optimizer,
                       make_out_dir, out_of_time, run_main, run_tokenizer, save_run, setup, teardown,

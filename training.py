@@ -44,7 +44,8 @@ from checkpoint import (attach_trained_parts, atomic_write, check_output_folder,
                         remove_orphan_tmp, resolve_checkpoint_dir, resume_path, save_training_checkpoint,
                         tokenizer_of)
 from engine import evaluate, sample_table
-from model import LORA_TARGETS, PRESETS, ModelConfig, Transformer, setup_numerics
+from lora import LORA_TARGETS
+from model import PRESETS, ModelConfig, Transformer, setup_numerics
 from tokenizer import load_tokenizer
 
 

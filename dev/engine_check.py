@@ -19,7 +19,7 @@ import data  # noqa: E402
 import grade as G  # noqa: E402
 from bench import get_model  # noqa: E402
 from engine import Engine, Sampling  # noqa: E402
-from model import apply_lora, lora_layers  # noqa: E402
+from lora import apply_lora, lora_layers  # noqa: E402
 
 
 def main(argv=None):

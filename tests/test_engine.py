@@ -283,15 +283,15 @@ def test_weights_changed_in_place_reach_the_next_call_as_in_a_fresh_engine():
 
 
 def test_lora_generates_unmerged_as_merged():
-    import model as M
-    m = M.apply_lora(_tiny(seed=5), rank=4, alpha=8, targets=("q", "v", "up"))
+    import lora
+    m = lora.apply_lora(_tiny(seed=5), rank=4, alpha=8, targets=("q", "v", "up"))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for layer in M.lora_layers(m):
+        for layer in lora.lora_layers(m):
             layer.lora_B.copy_(0.2 * torch.randn(layer.lora_B.shape, generator=g))
     unmerged = gen(m, PROMPTS, 10)
     assert unmerged != gen(_tiny(seed=5), PROMPTS, 10)  # the adapters matter
-    assert gen(M.merge_lora(m), PROMPTS, 10) == unmerged
+    assert gen(lora.merge_lora(m), PROMPTS, 10) == unmerged
 
 
 def test_a_compiler_failure_falls_back_to_eager_decoding(model, monkeypatch, capsys):

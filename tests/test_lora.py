@@ -11,6 +11,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import checkpoint as C  # noqa: E402
+import lora  # noqa: E402
 import model as M  # noqa: E402
 import sample as S  # noqa: E402
 import train  # noqa: E402
@@ -29,7 +30,7 @@ def _tiny():
 def _randomise_adapters(model):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for m in M.lora_layers(model):
+        for m in lora.lora_layers(model):
             m.lora_B.copy_(0.1 * torch.randn(m.lora_B.shape, generator=g))
 
 
@@ -38,40 +39,40 @@ def test_fresh_adapter_is_a_no_op_and_off_is_the_base():
     idx = torch.randint(0, 96, (2, 10))
     with torch.no_grad():
         base = m(idx)
-        M.apply_lora(m, rank=4, alpha=8, targets=tuple(M.LORA_TARGETS))
+        lora.apply_lora(m, rank=4, alpha=8, targets=tuple(lora.LORA_TARGETS))
         assert torch.equal(m(idx), base)  # lora_B = 0
         _randomise_adapters(m)
         adapted = m(idx)
         assert (adapted - base).abs().max() > 1e-3
-        M.set_lora_enabled(m, False)
+        lora.set_lora_enabled(m, False)
         assert torch.equal(m(idx), base)
-        M.set_lora_enabled(m, True)
+        lora.set_lora_enabled(m, True)
         assert torch.equal(m(idx), adapted)
 
 
 def test_merged_equals_unmerged_and_names_are_kept():
-    m = M.apply_lora(_tiny(), rank=4, alpha=16, targets=("q", "v", "down"))
+    m = lora.apply_lora(_tiny(), rank=4, alpha=16, targets=("q", "v", "down"))
     _randomise_adapters(m)
     idx = torch.randint(0, 96, (2, 10))
     with torch.no_grad():
         unmerged = m(idx)
         base_names = {k for k in m.state_dict() if "lora_" not in k}
-        M.merge_lora(m)
-        assert not M.lora_layers(m) and set(m.state_dict()) == base_names == set(_tiny().state_dict())
+        lora.merge_lora(m)
+        assert not lora.lora_layers(m) and set(m.state_dict()) == base_names == set(_tiny().state_dict())
         torch.testing.assert_close(m(idx), unmerged, rtol=1e-5, atol=1e-5)
 
 
 def test_only_adapters_learn():
-    m = M.apply_lora(_tiny(), rank=2, alpha=4, dropout=0.1)
+    m = lora.apply_lora(_tiny(), rank=2, alpha=4, dropout=0.1)
     m.train()
     idx, tgt = torch.randint(0, 96, (2, 10)), torch.randint(0, 96, (2, 10))
     m(idx, tgt).backward()
     for name, p in m.named_parameters():
         assert p.requires_grad == ("lora_" in name), name
         assert (p.grad is not None) == ("lora_" in name), name
-    assert all(m.lora_A.dtype == torch.float32 for m in M.lora_layers(m))
+    assert all(m.lora_A.dtype == torch.float32 for m in lora.lora_layers(m))
     # lora_B starts at zero, so the first step's gradient reaches B (A's gradient is B^T ... = 0)
-    assert all(layer.lora_B.grad.abs().sum() > 0 for layer in M.lora_layers(m))
+    assert all(layer.lora_B.grad.abs().sum() > 0 for layer in lora.lora_layers(m))
 
 
 def test_lora_run_saves_adapters_only_and_loads_as_a_plain_model(tmp_path):
@@ -89,7 +90,7 @@ def test_lora_run_saves_adapters_only_and_loads_as_a_plain_model(tmp_path):
     model, _, _ = train.build_model(cfg, "cpu")
     model.load_state_dict(ck["model"], strict=False)
     merged, tok, info = C.load_model(str(run / "ckpt-000004.pt"))
-    assert not M.lora_layers(merged) and info["kind"] == "nanomath"
+    assert not lora.lora_layers(merged) and info["kind"] == "nanomath"
     idx = torch.randint(0, 200, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(merged(idx), model.eval()(idx), rtol=1e-4, atol=1e-5)
