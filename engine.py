@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
@@ -51,14 +52,66 @@ class Sampling:
 # decoding
 
 
-def sample_next(logits, sampling, u=None):
-    """logits (B, V) -> next token ids (B,). temperature 0 = greedy (argmax). Otherwise a draw from
-    the temperature / top-k / top-p distribution by inverting its CDF at u (B,) uniforms in [0,
-    1): one cumulative sum and a binary search per row, static shapes, no host sync, so it runs
-    inside the captured decode step."""
+VOCAB_BLOCK = 128  # vocabulary entries per block of the two-level inverse CDF (sample_next)
+
+
+def token_sums(logits, temperature, stats):
+    """The reductions over the vocabulary that choosing the next token and its statistics need, from logits
+    (B, V) in one pass (the engine's decode step compiles this into a kernel or two; eager, it is several
+    passes over fp32 copies): for a draw at temperature T > 0, the row max m (B, 1) of x = logits / T in fp32
+    and the sums of exp(x - m) over consecutive blocks of VOCAB_BLOCK entries (B, C = ceil(V / VOCAB_BLOCK));
+    with stats, at temperature 1 (the model's own distribution), m1 (B, 1) the max, s1 (B,) the sum of
+    exp(x1 - m1) and sd1 (B,) the sum of exp(x1 - m1) (x1 - m1). -> (m, blocks, m1, s1, sd1), None where
+    not asked."""
+    m = blocks = m1 = s1 = sd1 = None
+    x1 = logits.float()  # (B, V)
+    if temperature > 0:
+        x = x1 if temperature == 1.0 else x1 / temperature  # x / 1 == x: skipped, bit-identical
+        m = x.amax(-1, keepdim=True)
+        e = torch.exp(x - m)
+        e = F.pad(e, (0, -e.size(-1) % VOCAB_BLOCK))  # (B, C * VOCAB_BLOCK), zeros past the vocabulary
+        blocks = e.view(e.size(0), -1, VOCAB_BLOCK).sum(-1)  # (B, C)
+    if stats:
+        m1 = x1.amax(-1, keepdim=True)
+        d = x1 - m1  # (B, V), <= 0; -inf for a masked logit
+        e1 = torch.exp(d)
+        s1 = e1.sum(-1)
+        sd1 = (e1 * d.clamp(min=torch.finfo(torch.float32).min)).sum(-1)  # 0 * -inf would be NaN
+    return m, blocks, m1, s1, sd1
+
+
+def _invert(logits, temperature, u, m, blocks):
+    """The token of each row where its CDF first reaches u (B,) times its total, in two levels: the block,
+    by a binary search of the (B, C) blocks' running sums, then the entry, by a running sum of that block's
+    VOCAB_BLOCK probabilities (exp(x - m), recomputed). Static shapes, no sync, no pass over the
+    vocabulary."""
+    B, V = logits.shape
+    csum = blocks.cumsum(-1)  # (B, C)
+    # in (0, total]: the first block that reaches it holds probability, and so does the entry found in it
+    target = (u.float() * csum[:, -1]).clamp(min=torch.finfo(torch.float32).tiny)[:, None]  # (B, 1)
+    c = torch.searchsorted(csum, target).clamp(max=csum.size(1) - 1)  # (B, 1)
+    before = torch.where(c > 0, csum.gather(1, (c - 1).clamp(min=0)), 0.0)  # (B, 1) the blocks before it
+    idx = c * VOCAB_BLOCK + torch.arange(VOCAB_BLOCK, device=logits.device)  # (B, VOCAB_BLOCK) its entries
+    x = logits.gather(1, idx.clamp(max=V - 1)).float()
+    x = x if temperature == 1.0 else x / temperature
+    cdf = before + torch.exp(x - m).masked_fill(idx >= V, 0.0).cumsum(-1)  # (B, VOCAB_BLOCK)
+    # the block's own running sum has the last word: recomputed, its total may round below the target
+    j = torch.searchsorted(cdf, torch.minimum(target, cdf[:, -1:])).clamp(max=VOCAB_BLOCK - 1)  # (B, 1)
+    return idx.gather(1, j)[:, 0]
+
+
+def sample_next(logits, sampling, u=None, sums=None):
+    """logits (B, V) -> next token ids (B,). temperature 0 = greedy (argmax). Otherwise a draw from the
+    temperature / top-k / top-p distribution by inverting its CDF at u (B,) uniforms in [0, 1): static shapes,
+    no host sync, so it runs inside the captured decode step. At a temperature alone, in two levels over
+    blocks of the vocabulary (_invert; sums: token_sums' result if already computed); with top-k or top-p, one
+    cumulative sum (and for top-p a sort) over the whole vocabulary."""
     temperature, top_k, top_p = sampling.temperature, sampling.top_k, sampling.top_p
     if temperature <= 0.0:
         return logits.argmax(-1)
+    if top_k <= 0 and top_p >= 1.0:
+        m, blocks = (sums or token_sums(logits, temperature, False))[:2]
+        return _invert(logits, temperature, u, m, blocks)
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # (B, V); x / 1 == x
     if top_k > 0 and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
@@ -108,23 +161,26 @@ class _Slots:
         self.lp = torch.zeros(B, N + 1, device=device)
 
 
-def _emit(st, rows, logits, stop, sampling, entropy, logprobs):
+def _emit(st, rows, logits, stop, sampling, entropy, logprobs, sums_fn=token_sums):
     """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it:
     kept unless it is a stop token or the slot was already done; done once stopped or out of
-    budget. Static shapes, no sync."""
+    budget. The reductions over the vocabulary come from sums_fn (token_sums, compiled in the decode step).
+    Static shapes, no sync."""
     n_out = st.n_out[rows]  # (n,)
-    nxt = sample_next(logits, sampling, u=st.u[rows, n_out])  # (n,); u: this step's uniform of each slot
+    plain = sampling.top_k <= 0 and sampling.top_p >= 1.0  # a temperature alone: token_sums serves the draw
+    sums = sums_fn(logits, sampling.temperature if plain else 0.0, entropy or logprobs)
+    m1, s1, sd1 = sums[2:]
+    nxt = sample_next(logits, sampling, u=st.u[rows, n_out], sums=sums)  # (n,); u: this step's uniform
     active = ~st.done[rows]
     keep = active & ~(nxt[:, None] == stop).any(-1)
     # a stop token lands after the kept ones
     st.out[rows, n_out] = torch.where(active, nxt, st.out[rows, n_out])
-    if entropy:
-        ent = torch.special.entr(logits.float().softmax(-1)).sum(-1)  # (n,) nats; entr(0) = 0
+    if entropy:  # nats of the model's own distribution: -sum p log p = log s1 - sum exp(d) d / s1, d = x - m1
+        ent = torch.log(s1) - sd1 / s1  # (n,)
         st.ent[rows, n_out] = torch.where(keep, ent, st.ent[rows, n_out])
     # of the chosen token under the model's own distribution (temperature 1): what RL's ratio uses
     if logprobs:
-        x = logits.float()
-        lp = x.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(x, dim=-1)  # (n,)
+        lp = logits.gather(1, nxt[:, None]).float().squeeze(1) - m1[:, 0] - torch.log(s1)  # (n,)
         st.lp[rows, n_out] = torch.where(active, lp, st.lp[rows, n_out])  # a stop token's too
     n_out = n_out + keep.long()
     st.n_out[rows] = n_out
@@ -146,9 +202,10 @@ class Engine:
     sampling, each layer compiled into a few fused kernels (model.run_block: one compile serves every
     layer) around its attention through the cache, which stays eager (model.cache_attention: the new keys
     and values written in place, and on a GPU the flash kernel's variable-length form, which reads only
-    each row's filled positions); the embedding, masks, final norm, head and sampler stay eager too,
-    inside the graph at no launch cost (inductor failed to generate the sampler's cumulative sum over the
-    vocabulary, torch 2.11).
+    each row's filled positions); the embedding, masks, final norm and head stay eager too, inside the
+    graph at no launch cost. The sampler's and the statistics' passes over the (B, V) logits are compiled
+    (token_sums: a row max and block sums, no scan over the vocabulary, which inductor failed to generate
+    in torch 2.11); the draw itself searches C block sums, then one block (_invert).
     Prefills run eagerly, batched across the waiting prompts. Later calls replay the same graph: weights
     the trainer changes in place (an optimizer step, LoRA adapters) are read by the next call as they are,
     with no recapture and no copy of the model (bf16 working copies are recast first). free() gives the
@@ -167,7 +224,9 @@ class Engine:
         self.compiled = cuda if compile is None else compile
         # the decode step's blocks compiled: one compile serves every layer (model.run_block)
         self.block = torch.compile(run_block, dynamic=False) if self.compiled else None
-        self.tried = False  # the compiled block has been called once
+        # the sampler's and the statistics' passes over the (B, V) logits fused into a kernel or two
+        self.sums = torch.compile(token_sums, dynamic=False) if self.compiled else token_sums
+        self.tried = set()  # the kinds of step (token_sums' arguments) whose compiled pieces have run once
         with ctx:
             self.cache = model.make_cache(slots, max_len)
         self.st = _Slots(slots, max_new_tokens, self.device)
@@ -200,20 +259,23 @@ class Engine:
         """The decode step for this kind of sampling: captured once as a CUDA graph (replayed from then on),
         or called directly (eager, or when a stream needs each step's token)."""
         # the first call compiles; a compiler failure must not stop a run
-        if self.compiled and not self.tried:
-            self.tried = True
+        plain = sampling.top_k <= 0 and sampling.top_p >= 1.0  # as _emit calls token_sums
+        kind = (sampling.temperature if plain else 0.0, entropy or logprobs)
+        if self.compiled and kind not in self.tried:
+            self.tried.add(kind)
             try:  # harmless on the state: every slot is free now, and an admitted row is prefilled afresh
                 with self.ctx:
-                    _decode_logits(self.model, self.st.tok, self.cache, self.block)
+                    logits = _decode_logits(self.model, self.st.tok, self.cache, self.block)
+                self.sums(logits, *kind)
             except Exception as e:
                 print(f"warning: compiling the decode step failed ({type(e).__name__}: "
                       f"{str(e).strip().splitlines()[0][:200]}); decoding eagerly", file=sys.stderr)
-                self.block, self.compiled = None, False
+                self.block, self.sums, self.compiled = None, token_sums, False
 
         def run():
             with self.ctx:
                 logits = _decode_logits(self.model, self.st.tok, self.cache, self.block)  # (B, V)
-            _emit(self.st, self.rows, logits, self.stop, sampling, entropy, logprobs)
+            _emit(self.st, self.rows, logits, self.stop, sampling, entropy, logprobs, self.sums)
             # a finished or empty slot starts over at slot 0 until a prompt is admitted into it: its steps
             # then attend over one position, not its whole stale row (on a GPU attention reads only the
             # filled positions; in a batch's tail most slots wait for the longest row)
@@ -368,9 +430,9 @@ def generate(model, prompts, sampling, num_samples=1, batch_size=64, ctx=nullcon
 def engine_bytes(config, slots, max_len, dtype, sampled=False):
     """The least memory an Engine of `slots` slots of `max_len` positions holds for a model of ModelConfig
     `config`, its cache in `dtype`: keys and values of every layer, the slots' state (_Slots) and a decode
-    step's fp32 logits over the vocabulary, three of them when `sampled` (the probabilities and their
-    cumulative sum: sample_next). From the config alone, so a slot count that cannot fit is refused before a
-    model loads."""
+    step's fp32 logits over the vocabulary, three of them when `sampled` (eager token_sums' upcast and
+    exponentials, or with top-p the probabilities and their cumulative sum: sample_next). From the config
+    alone, so a slot count that cannot fit is refused before a model loads."""
     kv = 2 * config.n_layer * max_len * config.n_kv_head * config.head_dim * dtype.itemsize
     return slots * (kv + 20 * (max_len + 1) + (12 if sampled else 4) * config.vocab_size)
 

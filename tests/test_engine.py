@@ -176,6 +176,57 @@ def test_sample_next_distribution():
     assert E.sample_next(masked, E.Sampling(temperature=1.0), u=torch.tensor([0.0, 0.5, 0.51, 1 - 2**-24])).tolist() == [1, 1, 3, 3]
 
 
+def test_two_level_draw_inverts_the_whole_cdf():
+    # at a temperature alone sample_next searches the block sums, then one block of VOCAB_BLOCK entries: each
+    # draw is the token whose CDF interval (fp64, over the whole vocabulary) holds u, never a -inf one, with a
+    # vocabulary that does not fill its last block, a first block all -inf and holes in the middle
+    g = torch.Generator().manual_seed(0)
+    B, V = 4000, 3 * E.VOCAB_BLOCK + 37
+    logits = 3 * torch.randn(B, V, generator=g)
+    logits[:, :E.VOCAB_BLOCK] = float("-inf")
+    logits[::2, -40:] = float("-inf")  # the other rows fill their last block up to V
+    logits[::3, 200:260] = float("-inf")
+    u = torch.rand(B, generator=g)
+    u[:3] = torch.tensor([0.0, 2**-24, 0.5])
+    u[-1000:] = 1 - 2**-24  # the last block with mass, where the block's recomputed sum may round below u
+    for T in (1.0, 0.7):
+        tok = E.sample_next(logits, E.Sampling(temperature=T), u=u)[:, None]
+        p = torch.softmax(logits.double() / T, -1)  # (B, V)
+        cdf = p.cumsum(-1)
+        assert (p.gather(1, tok) > 0).all()
+        lo, hi = (cdf - p).gather(1, tok)[:, 0], cdf.gather(1, tok)[:, 0]
+        assert ((lo - 1e-5 <= u) & (u <= hi + 1e-5)).all()
+
+
+def test_compiled_token_sums_equal_eager():
+    # the engine's decode step compiles token_sums (the draw's block sums, the statistics' sums): the same
+    # numbers as eager to fp32 rounding, and the same tokens
+    g = torch.Generator().manual_seed(1)
+    logits = (4 * torch.randn(64, 1000, generator=g)).to(torch.bfloat16)
+    logits[::5, 100:300] = float("-inf")
+    u = torch.rand(64, generator=g)
+    fast = torch.compile(E.token_sums, dynamic=False)
+    for T, stats in ((1.0, True), (0.8, False), (0.0, True)):
+        want, got = E.token_sums(logits, T, stats), fast(logits, T, stats)
+        assert [w is None for w in want] == [x is None for x in got]
+        for w, x in zip(want, got):
+            if w is not None:
+                torch.testing.assert_close(x, w, rtol=1e-5, atol=1e-5)
+        if T:
+            assert E._invert(logits, T, u, *got[:2]).equal(E._invert(logits, T, u, *want[:2]))
+
+
+def test_compiled_sampling_equals_eager_with_logprobs(model):
+    engine = E.Engine(model, 3, 40, 12, compile=True, cuda_graph=False)
+    sampling = E.Sampling(12, temperature=1.0, seed=3)
+    fast = engine.generate(PROMPTS, sampling, logprobs=True, entropy=True)
+    slow = generate(model, PROMPTS, 12, temperature=1.0, seed=3, logprobs=True, entropy=True)
+    assert engine.compiled and [s.ids for s in fast] == [s.ids for s in slow]
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(a.entropy), torch.tensor(b.entropy), rtol=0, atol=1e-5)
+
+
 def test_stream_calls_back_every_kept_token(model):
     seen = []
     out = gen(model, PROMPTS, 8, batch_size=2, stream=lambda i, t: seen.append((i, t)))

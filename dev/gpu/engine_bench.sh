@@ -5,7 +5,7 @@
 #   bash dev/gpu/engine_bench.sh attn     the decode step's attention alone: the engine's SDPA vs flex decoding
 #   bash dev/gpu/engine_bench.sh profile  where a decode step's time goes, at 64 and 512 slots: its kernels outside the graph
 #   bash dev/gpu/engine_bench.sh rl       rl.py's decode step (temperature 1, entropies and log-probs)
-#                                         against greedy, 256 slots, in one run each
+#                                         against greedy at 256 slots; temperature 0.8 against greedy at 512
 set -o pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 F="Warn\|warn("
@@ -20,9 +20,9 @@ check)
 more)
   timeout 200 python3 bench.py gen --model 1.5b --n 512 --slots 64,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_15b.log
   timeout 300 python3 bench.py gen --n 256 --slots 256 --hf-n 256 2>&1 | grep -v "$F" | tee $OUT/bench_gen_hf.log ;;
-rl)
-  for flags in "" "--temperature 1 --logprobs"; do
-    timeout 150 python3 bench.py gen --n 512 --slots 256 --hf-n 0 $flags 2>&1 | grep -v "$F" | tee -a $OUT/gen_rl.log
+rl)  # and 16 samples' temperature 0.8 at 512 slots (sample.py --num-samples 16 --batch-size 512)
+  for flags in "--slots 256" "--slots 256 --temperature 1 --logprobs" "--slots 512" "--slots 512 --temperature 0.8"; do
+    timeout 150 python3 bench.py gen --n 512 --hf-n 0 $flags 2>&1 | grep -v "$F" | tee -a $OUT/gen_rl.log
   done ;;
 profile)
   for slots in 64 512; do
