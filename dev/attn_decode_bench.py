@@ -13,8 +13,8 @@ rows are filled to different lengths.
          pos + 1 positions (seqused_k), query heads grouped by the kernel itself (no mask, no fold)
   flashp flashv with the 7 query heads of a kv head packed as 7 query rows of one sequence (not causal): each row's
          keys and values are read once per kv head rather than once per query head (the engine's path)
-  triton dev/decode_attn_triton.py: split-KV decoding in Triton, each program one row, one kv head and 256
-         positions, all 7 query heads of the kv head in one tile; a second kernel combines the splits
+  triN   dev/decode_attn_triton.py: split-KV decoding in Triton, each program one row, one kv head and N (128,
+         256, 512) positions, all 7 query heads of the kv head in one tile; a second kernel combines the splits
   flex   (--flex) flex_attention (compiled; on CUDA its split-KV decoding kernel) with a BlockMask built from the rows'
          lengths by tensor ops (no host sync, so a CUDA graph can hold it): full blocks unmasked, the row's last
          block masked by kv <= pos, blocks past it never read
@@ -23,6 +23,7 @@ Prints per layer call: microseconds, the bytes each variant must read (the whole
 bandwidth bound for those bytes, and the largest difference from sdpa's output (fp32 reference on CPU).
 """
 import argparse
+import functools
 import inspect
 import time
 
@@ -90,11 +91,12 @@ def flash_packed(q, k_bl, v_bl, pos):
     return out.view(B, rep, nkv, hd).transpose(1, 2).reshape(B, nh, 1, hd)
 
 
-def triton_decode(q, k_bl, v_bl, pos):
-    """dev/decode_attn_triton.py: split-KV decoding, each program one row, one kv head, 256 positions."""
+def triton_decode(q, k_bl, v_bl, pos, split=256):
+    """dev/decode_attn_triton.py: split-KV decoding, each program one row, one kv head, `split` positions."""
     from decode_attn_triton import decode_attention  # this folder; needs triton (CUDA builds of torch have it)
     B, nh, _, hd = q.shape
-    return decode_attention(q.reshape(B, nh, hd), k_bl, v_bl, (pos + 1).to(torch.int32)).view(B, nh, 1, hd)
+    return decode_attention(q.reshape(B, nh, hd), k_bl, v_bl, (pos + 1).to(torch.int32),
+                            split=split).view(B, nh, 1, hd)
 
 
 def flex_decode(q, k, v, pos, block=128):
@@ -152,11 +154,13 @@ def main(argv=None):
         k_bl, v_bl = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
         filled = int((pos + 1).sum()) * per_pos
         for name, fn, need in (("sdpa", sdpa_decode, B * L * per_pos), ("flashv", flash_decode, filled),
-                               ("flashp", flash_packed, filled), ("triton", triton_decode, filled),
+                               ("flashp", flash_packed, filled),
+                               *((f"tri{sp}", functools.partial(triton_decode, split=sp), filled)
+                                 for sp in (128, 256, 512)),
                                ("flex", flex, filled)):
             if name.startswith("flash") and not cuda or name == "flex" and not args.flex:
                 continue
-            kk, vv = (k_bl, v_bl) if name in ("flashv", "flashp", "triton") else (k, v)
+            kk, vv = (k_bl, v_bl) if name.startswith(("flash", "tri")) else (k, v)
             try:
                 t, out = timed(lambda: fn(q, kk, vv, pos), args.iters, cuda)
             except Exception as e:  # an op this build lacks: say so, measure the others

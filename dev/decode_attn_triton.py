@@ -37,7 +37,7 @@ def _partial(q_ptr, k_ptr, v_ptr, used_ptr, o_ptr, lse_ptr, scale,
     m_i = tl.full([REP_P], float("-inf"), tl.float32)
     l_i = tl.zeros([REP_P], tl.float32)
     acc = tl.zeros([REP_P, HD], tl.float32)
-    kv_base = b * sk_b + g * sk_h
+    kv_base = b.to(tl.int64) * sk_b + g * sk_h  # a large cache passes 2^31 elements
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         live = n < end
