@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 import data
 import grade as G
-from checkpoint import model_config_of, restore_training_state, save_tokenizer, write_text
+from checkpoint import model_config_of, restore_training_state, save_tokenizer, wait_for_saves, write_text
 from config import parse_config
 from engine import Engine, Sampling, engine_bytes, gib, slots_that_fit
 from lora import set_lora_enabled
@@ -497,9 +497,11 @@ def train(cfg):
     except KeyboardInterrupt:
         stop_reason = "interrupted"
         log.say("interrupted: saving a checkpoint before exiting")
+    wait_for_saves()  # the last step's own checkpoint may still be on its way to disk
     if step == 0 or not os.path.exists(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt")):
         save_run(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt"), step=step, best=best,
                  extra={"data_position": position}, **saving)
+    wait_for_saves()
     summary = {"step": step, "stop_reason": stop_reason, "best": best, "time": time.time() - t_start}
     log.say(f"done: {stop_reason} at step {step} after {summary['time']:.0f}s; checkpoints in {cfg.out_dir}")
     log.close()

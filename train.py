@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 import data
-from checkpoint import restore_training_state, save_tokenizer, write_text
+from checkpoint import restore_training_state, save_tokenizer, wait_for_saves, write_text
 from config import parse_config
 from engine import Sampling, score_examples, verifier_metrics
 from model import PRESETS, gpu_peak_flops
@@ -341,8 +341,10 @@ def train(cfg):
         stop_reason = "interrupted"
         log.say("interrupted: saving a checkpoint before exiting")
     late.settle()
+    wait_for_saves()  # the last step's own checkpoint may still be on its way to disk
     if step == 0 or not os.path.exists(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt")):
         save_run(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt"), step=step, best=best, **saving)
+    wait_for_saves()
     summary = {"step": step, "stop_reason": stop_reason, "best": best, "time": time.time() - t_start,
                **late.last}
     log.say(f"done: {stop_reason} at step {step} after {summary['time']:.0f}s; checkpoints in {cfg.out_dir}")

@@ -439,7 +439,8 @@ def save_run(path, model, opt, env, step, best, fsdp, part, config, global_batch
     """One training checkpoint of `model` (the plain module): ckpt-*.pt with the optimizer state
     (full), or best.pt with the weights only. Every rank calls it (FSDP gathers); rank 0 writes. A
     run that trains part of the model (LoRA adapters, a verifier's head on a frozen backbone)
-    stores only that part and its base."""
+    stores only that part and its base. The file is written in the background (see
+    checkpoint.save_checkpoint): call checkpoint.wait_for_saves() before reading it or ending."""
     sd = model_state(model, fsdp)
     osd = get_optimizer_state_dict(model, opt, options=_FULL) if full else None  # keyed by parameter name
     if env.master:
@@ -451,7 +452,7 @@ def save_run(path, model, opt, env, step, best, fsdp, part, config, global_batch
                                  base=part["base"] if partial else None, lora=part["lora"],
                                  value_head=part["value_head"], optimizer=osd,
                                  scaler=env.scaler.state_dict() if full and env.scaler else None,
-                                 keep_last=keep_last, extra=extra)
+                                 keep_last=keep_last, extra=extra, background=True)
     env.barrier()
 
 # -----------------------------------------------------------------------------

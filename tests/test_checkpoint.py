@@ -213,3 +213,33 @@ def test_hub_id_resolution(ckpts, tmp_path, monkeypatch):
         C.from_pretrained(tmp_path / "no-such-dir")
 
 
+
+
+# -----------------------------------------------------------------------------
+# training checkpoints written in the background
+
+
+def test_background_save_keeps_the_state_of_its_call(tmp_path):
+    # the run goes on changing its tensors while the file is written: the file holds them as they were
+    w = torch.arange(1_000_000, dtype=torch.float32)
+    state = {"model": {"w": w}, "model_config": {}, "step": 3}
+    C.save_checkpoint(state, str(tmp_path / "ckpt-000003.pt"), background=True)
+    w.add_(1.0)
+    C.wait_for_saves()
+    got = C.load_checkpoint(str(tmp_path / "ckpt-000003.pt"))
+    assert got["step"] == 3 and got["model"]["w"].equal(torch.arange(1_000_000, dtype=torch.float32))
+
+
+def test_background_save_prunes_after_writing_and_reraises_its_error(tmp_path):
+    kw = dict(model_config={}, config={}, best=None, global_batch=1, optimizer={}, keep_last=2, background=True)
+    for step in (1, 2, 3):
+        C.save_training_checkpoint(str(tmp_path / f"ckpt-{step:06d}.pt"), {"w": torch.ones(4) * step}, step=step,
+                                   **kw)
+    C.wait_for_saves()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000002.pt", "ckpt-000003.pt"]
+    # a write that fails in its thread: the next wait raises its error, and the files before it are intact
+    C.save_checkpoint({"w": torch.ones(4)}, str(tmp_path / "gone" / "ckpt-000004.pt"), background=True)
+    with pytest.raises(FileNotFoundError):
+        C.wait_for_saves()
+    C.wait_for_saves()  # raised once
+    assert C.load_checkpoint(str(tmp_path / "ckpt-000003.pt"))["model"]["w"].equal(torch.ones(4) * 3)
