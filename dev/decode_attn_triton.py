@@ -119,3 +119,24 @@ if __name__ == "__main__":
         diff = (decode_attention(q, k, v, used_t, split=split, block_n=32) - reference(q, k, v, used_t)).abs().max()
         print(f"B {B}, L {L}, split {split}, used {used}: max |diff| against fp32 {diff:.2e}")
         assert diff < 1e-4
+
+
+def patch_engine():
+    """Route the engine's one-token attention (model.cache_attention's flash branch) through decode_attention:
+    for an end-to-end measurement before it goes into model.py, e.g.
+      python -c "import sys; sys.path[:0] = ['.', 'dev']; import decode_attn_triton as d; d.patch_engine();
+                 import bench; bench.main(['gen', '--n', '512', '--slots', '64,256,512', '--hf-n', '0'])"
+    """
+    import model
+    flash = model.cache_attention
+
+    @torch.compiler.disable
+    def cache_attention(q, k, v, mask, kv, rep):
+        if not isinstance(mask, tuple):  # prefill, or the masked CPU path: as before
+            return flash(q, k, v, mask, kv, rep)
+        k_buf, v_buf, rows, slots = kv
+        k_buf[rows, slots] = k.transpose(1, 2).to(k_buf.dtype)
+        v_buf[rows, slots] = v.transpose(1, 2).to(v_buf.dtype)
+        B, nh, _, hd = q.shape
+        return decode_attention(q.reshape(B, nh, hd), k_buf, v_buf, mask[2]).view(B, nh, 1, hd)
+    model.cache_attention = cache_attention

@@ -2,7 +2,8 @@
 # The engine on one H200 (random weights, no transfer). Two calls, chained while the machine is warm:
 #   bash dev/gpu/engine_bench.sh check    engine_check.py at 0.5B, then bench.py gen --slots 64,256,512 (no HF)
 #   bash dev/gpu/engine_bench.sh more     bench.py gen at 1.5B, and 0.5B head-to-head with HF generate (256)
-#   bash dev/gpu/engine_bench.sh attn     the decode step's attention alone: the engine's SDPA vs flex decoding
+#   bash dev/gpu/engine_bench.sh attn     the decode step's attention alone: SDPA, flash (the engine's), Triton split-KV
+#   bash dev/gpu/engine_bench.sh triton   the engine with the Triton kernel patched in: bench.py gen, engine_check.py
 #   bash dev/gpu/engine_bench.sh profile  where a decode step's time goes, at 64 and 512 slots: its kernels outside the graph
 #   bash dev/gpu/engine_bench.sh rl       rl.py's decode step (temperature 1, entropies and log-probs)
 #                                         against greedy at 256 slots; temperature 0.8 against greedy at 512
@@ -31,4 +32,10 @@ profile)
   done ;;
 attn)
   timeout 300 python3 dev/attn_decode_bench.py 2>&1 | grep -v "$F" | tee $OUT/attn_decode.log ;;
+triton)  # the engine with dev/decode_attn_triton.py's kernel in place of flash: bench.py gen, then engine_check.py
+  P="import sys; sys.path[:0] = ['.', 'dev']; import decode_attn_triton as d; d.patch_engine()"
+  timeout 250 python3 -c "$P; import bench; bench.main(['gen', '--n', '512', '--slots', '64,256,512', '--hf-n', '0'])" \
+    2>&1 | grep -v "$F" | tee $OUT/bench_gen_triton.log
+  timeout 150 python3 -c "$P; import runpy; sys.argv = ['engine_check.py', '--model', '0.5b', '--n', '64', '--new', '64'];
+runpy.run_path('dev/engine_check.py', run_name='__main__')" 2>&1 | grep -v "$F" | tee $OUT/engine_check_triton.log ;;
 esac
