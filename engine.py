@@ -69,8 +69,8 @@ def token_sums(logits, temperature, stats):
         x = x1 if temperature == 1.0 else x1 / temperature  # x / 1 == x: skipped, bit-identical
         m = x.amax(-1, keepdim=True)
         e = torch.exp(x - m)
-        if e.size(-1) % VOCAB_BLOCK:  # (B, C * VOCAB_BLOCK), zeros past the vocabulary (Qwen's fills its blocks)
-            e = F.pad(e, (0, -e.size(-1) % VOCAB_BLOCK))
+        if e.size(-1) % VOCAB_BLOCK:  # zeros past the vocabulary (Qwen's 151,936 fill their blocks)
+            e = F.pad(e, (0, -e.size(-1) % VOCAB_BLOCK))  # (B, C * VOCAB_BLOCK)
         blocks = e.view(e.size(0), -1, VOCAB_BLOCK).sum(-1)  # (B, C)
     if stats:
         m1 = x1.amax(-1, keepdim=True)
