@@ -81,6 +81,8 @@ def _set_key(cfg, fields, aliases, key, value, where, from_cli=False):
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise SystemExit(f"{where}: unknown config key '{key}'{hint}")
     default = getattr(type(cfg), key)
+    kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        type(default), f"a {type(default).__name__}")
     if from_cli and not isinstance(default, str):
         try:
             if isinstance(default, bool):
@@ -88,9 +90,9 @@ def _set_key(cfg, fields, aliases, key, value, where, from_cli=False):
             else:
                 value = type(default)(value)
         except (KeyError, ValueError):
-            raise SystemExit(f"{where}: {key}={value!r} is not a valid {type(default).__name__}") from None
+            raise SystemExit(f"{where}: {key}={value!r} is not {kind}") from None
     if isinstance(default, float) and type(value) is int:
         value = float(value)
     if type(value) is not type(default):
-        raise SystemExit(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
+        raise SystemExit(f"{where}: {key} must be {kind}, got {value!r}")
     setattr(cfg, key, value)

@@ -52,11 +52,11 @@ def test_config_unknown_key_names_closest(tmp_path):
 
 
 def test_config_type_errors(tmp_path):
-    with pytest.raises(SystemExit, match="batch_size='four' is not a valid int"):
+    with pytest.raises(SystemExit, match="batch_size='four' is not an integer"):
         train.load_config(["--batch_size=four"])
     p = tmp_path / "exp.py"
     p.write_text("pack = 'yes'\n")
-    with pytest.raises(SystemExit, match="pack must be a bool"):
+    with pytest.raises(SystemExit, match="pack must be true or false, got 'yes'"):
         train.load_config([str(p)])
     with pytest.raises(SystemExit, match="--key=value"):
         train.load_config(["--lr"])
