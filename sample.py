@@ -124,6 +124,9 @@ def main(argv=None):
         return _main(args, ap)
     except (ValueError, OSError) as e:  # bad input (checkpoint, prompts, device): one line, no traceback
         raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:  # outputs are written all or none, at the end
+        print("interrupted: no output written", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def check_options(args, ap):

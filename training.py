@@ -203,7 +203,8 @@ def find_resume(cfg, env, keys, global_batch, batch_name, batch_now):
 
 def run_main(load_config, train, argv):
     """An entry script's main: its config from argv, its train(); a run that cannot go on and bad input (a
-    dataset, a checkpoint, a file) end in one line and a non-zero exit, Ctrl-C in 130 after a checkpoint."""
+    dataset, a checkpoint, a file) end in one line and a non-zero exit, Ctrl-C in 130 (after a checkpoint, in
+    the loop)."""
     cfg = load_config(sys.argv[1:] if argv is None else argv)
     try:
         summary = train(cfg)
@@ -211,6 +212,10 @@ def run_main(load_config, train, argv):
         raise SystemExit(f"training stopped: {e}")
     except (ValueError, OSError) as e:  # one line, no traceback
         raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:  # the loops catch their own (a checkpoint, then 130): this one came outside them
+        print("interrupted outside the training loop (loading, compiling, the first batch): no checkpoint "
+              "written now", file=sys.stderr)
+        raise SystemExit(130) from None
     if summary["stop_reason"] == "interrupted":
         raise SystemExit(130)  # Ctrl-C, after the checkpoint is saved
 

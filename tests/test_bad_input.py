@@ -209,6 +209,23 @@ def test_ctrl_c_saves_then_exits_130(tmp_path, monkeypatch):
     C.load_checkpoint(str(tmp_path / "ckpt-000002.pt"))  # complete and verified
 
 
+def test_ctrl_c_outside_the_loop_is_one_line_and_130(tmp_path, run_dir, monkeypatch, capsys):
+    # while the model loads (train.py), or while sample.py generates: no traceback, exit 130, nothing written
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "build_model", interrupt)
+    with pytest.raises(SystemExit) as e:
+        run_train(tmp_path / "o")
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted outside the training loop")
+    monkeypatch.setattr(S, "evaluate", interrupt)
+    out = tmp_path / "eval.jsonl"
+    with pytest.raises(SystemExit) as e:
+        S.main(["--ckpt", str(run_dir), "--eval", "arith2", "--max-samples", "4", "--out", str(out)])
+    assert e.value.code == 130 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted: no output written"
+
+
 def test_init_from_missing_local_path_gets_no_download_hint(tmp_path, capsys):
     msg = fails(run_train, tmp_path / "o", f"--init_from={tmp_path}/nope", match="no such file or folder")
     assert "download" not in msg and msg.startswith("config: init_from=")
