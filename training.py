@@ -212,7 +212,7 @@ def run_main(load_config, train, argv):
         raise SystemExit(f"training stopped: {e}")
     except (ValueError, OSError) as e:  # one line, no traceback
         raise SystemExit(f"error: {e}")
-    except KeyboardInterrupt:  # the loops catch their own (a checkpoint, then 130): this one came outside them
+    except KeyboardInterrupt:  # the loops catch their own (a checkpoint, then 130): this came outside them
         print("interrupted outside the training loop (loading, compiling, the first batch): no checkpoint "
               "written now", file=sys.stderr)
         raise SystemExit(130) from None
