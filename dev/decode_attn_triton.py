@@ -12,7 +12,9 @@ kernel combines a row's splits (cf. flash-decoding, Dao et al. 2023). Programs =
 small batch still fills the GPU, and a short row costs only its own positions.
 
   q (B, nh, hd); k_buf, v_buf (B, L, nkv, hd) (the engine's cache of one layer); used (B,) int32 filled positions
-  -> (B, nh, hd) in q's dtype.
+  -> (B, nh, hd) in q's dtype. With k_new, v_new the kernel first writes the new token's key and value at
+  position used - 1 (the engine's cache write fused in: the index_put kernels and the transposed copies of q, k
+  and v that the flash path needs go, ~5 of a layer's ~21 kernels a decode step).
 
 CPU check (Triton's interpreter; `pip install triton`): TRITON_INTERPRET=1 python dev/decode_attn_triton.py
 """
@@ -26,13 +28,23 @@ import triton.language as tl
 @triton.jit
 def _partial(q_ptr, k_ptr, v_ptr, used_ptr, o_ptr, lse_ptr, scale,
              sq_b, sq_h, sk_b, sk_l, sk_h, n_split,
-             REP: tl.constexpr, REP_P: tl.constexpr, HD: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+             kn_ptr, vn_ptr, sn_b, sn_h,
+             REP: tl.constexpr, REP_P: tl.constexpr, HD: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
+             APPEND: tl.constexpr):
     b, g, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n_used = tl.load(used_ptr + b)
     start = s * SPLIT
+    d = tl.arange(0, HD)
+    if APPEND:  # the new token's key and value go to position n_used - 1; the split that holds it writes them
+        last = n_used - 1
+        k_new = tl.load(kn_ptr + b * sn_b + g * sn_h + d)  # (HD,)
+        v_new = tl.load(vn_ptr + b * sn_b + g * sn_h + d)
+        if (last >= start) & (last < start + SPLIT):
+            at = b.to(tl.int64) * sk_b + last * sk_l + g * sk_h + d
+            tl.store(k_ptr + at, k_new.to(k_ptr.dtype.element_ty))
+            tl.store(v_ptr + at, v_new.to(v_ptr.dtype.element_ty))
     end = tl.minimum(start + SPLIT, n_used)
     r = tl.arange(0, REP_P)  # query heads g*REP .. g*REP + REP - 1 of this kv head, padded to REP_P rows
-    d = tl.arange(0, HD)
     q = tl.load(q_ptr + b * sq_b + (g * REP + r)[:, None] * sq_h + d[None, :], mask=r[:, None] < REP, other=0.0)
     m_i = tl.full([REP_P], float("-inf"), tl.float32)
     l_i = tl.zeros([REP_P], tl.float32)
@@ -42,6 +54,8 @@ def _partial(q_ptr, k_ptr, v_ptr, used_ptr, o_ptr, lse_ptr, scale,
         n = n0 + tl.arange(0, BLOCK_N)
         live = n < end
         k = tl.load(k_ptr + kv_base + n[:, None] * sk_l + d[None, :], mask=live[:, None], other=0.0)  # (BLOCK_N, HD)
+        if APPEND:  # the position written above, from registers (this program's store need not be visible yet)
+            k = tl.where(n[:, None] == last, k_new[None, :].to(k.dtype), k)
         sc = tl.dot(q, tl.trans(k)) * scale  # (REP_P, BLOCK_N) fp32
         sc = tl.where(live[None, :], sc, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(sc, 1))  # finite: every tile of the loop holds one live position at least
@@ -49,6 +63,8 @@ def _partial(q_ptr, k_ptr, v_ptr, used_ptr, o_ptr, lse_ptr, scale,
         alpha = tl.exp(m_i - m_new)  # 0 on the first tile (m_i = -inf)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + kv_base + n[:, None] * sk_l + d[None, :], mask=live[:, None], other=0.0)  # (BLOCK_N, HD)
+        if APPEND:
+            v = tl.where(n[:, None] == last, v_new[None, :].to(v.dtype), v)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     # a split past the row's end read nothing: weight 0 in the combine (lse = -inf, output 0)
@@ -80,20 +96,27 @@ def _combine(o_ptr, lse_ptr, y_ptr, n_split, sy_b, sy_h,
              mask=r[:, None] < REP)
 
 
-def decode_attention(q, k_buf, v_buf, used, split=256, block_n=64, num_warps=4):
-    """q (B, nh, hd), k_buf / v_buf (B, L, nkv, hd), used (B,) int32 (each >= 1) -> (B, nh, hd)."""
+def decode_attention(q, k_buf, v_buf, used, split=256, block_n=64, num_warps=4, k_new=None, v_new=None):
+    """q (B, nh, hd) (any strides, the last 1), k_buf / v_buf (B, L, nkv, hd), used (B,) int32 (each >= 1) ->
+    (B, nh, hd). With k_new, v_new (B, nkv, hd): first the new token's key and value are written at position
+    used - 1 of each row (the engine's cache write, fused: no index_put, no transposed copies)."""
     B, nh, hd = q.shape
     L, nkv = k_buf.shape[1], k_buf.shape[2]
     rep = nh // nkv
     rep_p = max(16, triton.next_power_of_2(rep))  # tl.dot wants 16 rows at least
     n_split = math.ceil(L / split)
-    q = q.contiguous()
+    assert q.stride(-1) == 1 and k_buf.stride(-1) == 1 and v_buf.stride() == k_buf.stride()
+    append = k_new is not None
+    kn, vn = (k_new, v_new) if append else (q, q)  # unused without APPEND
+    assert not append or (kn.stride(-1) == 1 and vn.stride() == kn.stride())
     o = torch.empty(B, nkv, n_split, rep_p, hd, device=q.device, dtype=torch.float32)
     lse = torch.empty(B, nkv, n_split, rep_p, device=q.device, dtype=torch.float32)
     _partial[(B, nkv, n_split)](q, k_buf, v_buf, used, o, lse, 1.0 / math.sqrt(hd),
                                 q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), k_buf.stride(2), n_split,
-                                REP=rep, REP_P=rep_p, HD=hd, BLOCK_N=block_n, SPLIT=split, num_warps=num_warps)
-    y = torch.empty_like(q)
+                                kn, vn, kn.stride(0), kn.stride(1),
+                                REP=rep, REP_P=rep_p, HD=hd, BLOCK_N=block_n, SPLIT=split, APPEND=append,
+                                num_warps=num_warps)
+    y = torch.empty(B, nh, hd, device=q.device, dtype=q.dtype)
     _combine[(B, nkv)](o, lse, y, n_split, y.stride(0), y.stride(1), REP=rep, REP_P=rep_p, HD=hd,
                        S_P=triton.next_power_of_2(n_split), num_warps=num_warps)
     return y
@@ -119,6 +142,17 @@ if __name__ == "__main__":
         diff = (decode_attention(q, k, v, used_t, split=split, block_n=32) - reference(q, k, v, used_t)).abs().max()
         print(f"B {B}, L {L}, split {split}, used {used}: max |diff| against fp32 {diff:.2e}")
         assert diff < 1e-4
+        # the fused append: the new key / value written at used - 1, then attended, from strided views
+        kn, vn = torch.randn(B, 2, 1, 64, generator=g), torch.randn(B, 2, 1, 64, generator=g)
+        k2, v2 = k.clone(), v.clone()
+        rows = torch.arange(B)
+        k[rows, used_t.long() - 1], v[rows, used_t.long() - 1] = kn[:, :, 0], vn[:, :, 0]
+        got = decode_attention(q[:, :, None][:, :, 0], k2, v2, used_t, split=split, block_n=32, k_new=kn[:, :, 0],
+                               v_new=vn[:, :, 0])
+        diff = (got - reference(q, k, v, used_t)).abs().max()
+        print(f"  appended: max |diff| {diff:.2e}, caches written as index_put writes them: "
+              f"{k2.equal(k) and v2.equal(v)}")
+        assert diff < 1e-4 and k2.equal(k) and v2.equal(v)
 
 
 def patch_engine():
@@ -134,9 +168,8 @@ def patch_engine():
     def cache_attention(q, k, v, mask, kv, rep):
         if not isinstance(mask, tuple):  # prefill, or the masked CPU path: as before
             return flash(q, k, v, mask, kv, rep)
-        k_buf, v_buf, rows, slots = kv
-        k_buf[rows, slots] = k.transpose(1, 2).to(k_buf.dtype)
-        v_buf[rows, slots] = v.transpose(1, 2).to(v_buf.dtype)
-        B, nh, _, hd = q.shape
-        return decode_attention(q.reshape(B, nh, hd), k_buf, v_buf, mask[2]).view(B, nh, 1, hd)
+        # one token per row, every row of the cache in order (rows = arange(B)), each at slot used - 1: the
+        # write fused into the kernel; q, k, v (B, heads, 1, hd) read in place
+        k_buf, v_buf = kv[0], kv[1]
+        return decode_attention(q[:, :, 0], k_buf, v_buf, mask[2], k_new=k[:, :, 0], v_new=v[:, :, 0])[:, :, None]
     model.cache_attention = cache_attention
