@@ -22,6 +22,11 @@ from engine import Engine, Sampling  # noqa: E402
 from lora import apply_lora, lora_layers  # noqa: E402
 
 
+def common(x, y):
+    """The number of tokens two samples chose alike before they first differ."""
+    return next((i for i, (s, t) in enumerate(zip(x.ids, y.ids)) if s != t), min(len(x.ids), len(y.ids)))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="0.5b")
@@ -53,6 +58,15 @@ def main(argv=None):
           f"{sum(x == y for x, y in answers)}/{len(a)} identical extracted answers")
 
     s1 = Sampling(args.new, temperature=1.0, seed=3, stop_ids=sampling.stop_ids)
+    # sampled: the graph's compiled token_sums (the draw's block sums, the log-probs' sums) against eager's
+    a = fast.generate(prompts[:32], s1, num_samples=2, logprobs=True)
+    b = Engine(model, 64, L, args.new, cuda_graph=False, compile=False).generate(prompts[:32], s1, num_samples=2,
+                                                                                logprobs=True)
+    lp = max(max((abs(u - w) for u, w in zip(x.logprobs[:common(x, y)], y.logprobs)), default=0.0)
+             for x, y in zip(a, b))
+    print(f"sampled at T 1, graph vs eager: {sum(x.ids == y.ids for x, y in zip(a, b))}/{len(a)} identical "
+          f"sequences, {sum(x.ids[:16] == y.ids[:16] for x, y in zip(a, b))}/{len(a)} identical first 16 tokens; "
+          f"log-probs of the common prefix max |diff| {lp:.2e}")
     first = fast.generate(prompts[:32], s1, num_samples=2, logprobs=True)
     with torch.no_grad():
         for p in model.parameters():

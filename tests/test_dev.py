@@ -38,6 +38,7 @@ def test_engine_check_script_runs_and_agrees(tmp_path):
     out = run("dev/engine_check.py", "--model", str(tmp_path), "--device", "cpu", "--n", "6", "--new", "8")
     assert "graph vs eager: 6/6 identical sequences" in out and "equals a fresh engine on 12/12" in out, out
     assert "LoRA unmerged, graph vs eager: 6/6 identical" in out, out
+    assert "sampled at T 1, graph vs eager: 12/12 identical sequences" in out, out
 
 
 def test_attention_decode_bench_agrees_on_cpu():
