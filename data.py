@@ -100,6 +100,17 @@ def is_test_split(path):
     return p.startswith(os.path.realpath(DATA_DIR) + os.sep) and os.path.basename(p).startswith("test")
 
 
+def test_problem(examples):
+    """The first of `examples` (dicts with "id" and "prompt") whose problem text is a GSM8K, MATH or MATH-500
+    test problem, as (its id, the dataset); None if none is. Graded samples and RFT rows of test problems keep
+    the problems' texts: training on them, or picking best.pt by them, would carry the test set into the
+    model, which no file name reveals. (No text is in both a train and a test split of these; the generated
+    arithmetic's small problems recur across its sizes' splits, so it is not checked here.)"""
+    tests = {ex["prompt"]: name for name in ("gsm8k", "math", "math500")  # 6,800 texts, ~0.1 s: for files only
+             for ex in DATASETS[name].load("test")}
+    return next(((ex["id"], tests[ex["prompt"]]) for ex in examples if ex["prompt"] in tests), None)
+
+
 def short_name(path):
     """Example ids name files relative to the repo when they are vendored (data/gsm8k/test.jsonl:12)."""
     path = os.path.abspath(path)

@@ -215,6 +215,13 @@ def _eval_inputs(args, ap, plan, ckpt_file, ckpt_dir):
         print(f"note: --max-samples {args.max_samples}: {args.eval} has {len(problems)} problems{split}: "
               f"evaluating all of them", file=sys.stderr)
     plan["problems"] = problems[:args.max_samples] if args.max_samples else problems
+    # rejection sampling writes training data: of test problems, the next run would train on the test set
+    leak = data.test_problem(plan["problems"]) if args.rft_out else None
+    if leak:
+        split = f" --split {args.split}" if args.eval in data.DATASETS else ""
+        ap.error(f"--rft-out: problem {leak[0]} of --eval {args.eval}{split} is one of {leak[1]}'s test "
+                 f"problems, and --rft-out makes training data of it: rejection-sample training problems"
+                 f"{' (--split train)' if split else ''}")
     ids = {p["id"] for p in problems}
     for f in args.rft_with:  # an earlier round of the same problems, or the union would mix two tasks
         rows = _graded_samples(f)

@@ -170,7 +170,10 @@ def check_config(cfg):
             bad.append(f"eval_dataset={cfg.eval_dataset!r}: no such file or folder")
         else:
             try:  # read now, not after the model is built
-                data.load_dataset(cfg.eval_dataset)
+                leak = data.test_problem(data.load_dataset(cfg.eval_dataset))
+                if leak:  # best.pt would be picked by test problems
+                    bad.append(f"eval_dataset={cfg.eval_dataset!r}: problem {leak[0]} is one of {leak[1]}'s "
+                               f"test split, and the eval that picks best.pt must grade training problems")
             except ValueError as e:
                 bad.append(f"eval_dataset={cfg.eval_dataset!r}: {e}")
     elif cfg.eval_samples:

@@ -95,21 +95,7 @@ def check_common(cfg):
     need(cfg.resume in ("", "auto") or os.path.isfile(cfg.resume), "resume",
          "must be '', 'auto' or an existing ckpt-*.pt file")
     bad += check_start(cfg, fresh)
-    try:
-        mixture = data.parse_mixture(cfg.datasets)
-    except ValueError as e:
-        bad.append(str(e))
-        mixture = []
-    for name, _ in mixture:
-        need(name in data.DATASETS or os.path.exists(name), "datasets",
-             f"'{name}' is not a known name ({', '.join(list(data.DATASETS)[:5])}, arith1-9) nor a file or "
-             f"folder")
-        need(not data.is_test_split(name), "datasets", f"'{name}' is a test split: train on training data")
-        if name not in data.DATASETS and os.path.exists(name):
-            try:  # a user's file is read now, not after the model has loaded: its first bad line, named
-                data.load_dataset(name)
-            except (ValueError, OSError) as e:
-                bad.append(f"datasets: {e}")
+    bad += check_datasets(cfg.datasets)
     need(cfg.prompt_format in ("chat", "plain"), "prompt_format", "must be 'chat' or 'plain'")
     need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32): numpy takes no other")
     need(finite(cfg.max_time) and cfg.max_time >= 0, "max_time", "must be >= 0 seconds (0 = no limit)")
@@ -134,6 +120,33 @@ def check_common(cfg):
         need(set(targets) <= set(LORA_TARGETS) and len(set(targets)) == len(targets), "lora_targets",
              f"must be a comma-separated subset of {','.join(LORA_TARGETS)}, each named once")
     return bad
+
+def check_datasets(spec):
+    """The training mixture `spec` (cfg.datasets): its weights, each dataset there and no test split, a user's
+    file read whole (its first bad line, named) and none of its problems a test problem. -> error lines."""
+    bad = []
+    try:
+        mixture = data.parse_mixture(spec)
+    except ValueError as e:
+        return [str(e)]
+    for name, _ in mixture:
+        where = f"datasets={spec!r}: '{name}'"
+        if name not in data.DATASETS and not os.path.exists(name):
+            known = ", ".join(list(data.DATASETS)[:5])
+            bad.append(f"{where} is not a known name ({known}, arith1-9) nor a file or folder")
+        elif data.is_test_split(name):
+            bad.append(f"{where} is a test split: train on training data")
+        elif name not in data.DATASETS:
+            try:  # read now, not after the model has loaded
+                leak = data.test_problem(data.load_dataset(name))
+            except (ValueError, OSError) as e:
+                bad.append(f"datasets: {e}")
+                continue
+            if leak:  # samples of test problems (sample.py --eval's default split)?
+                bad.append(f"{where}: example {leak[0]} is a problem of {leak[1]}'s test split: train on "
+                           f"training problems (sample.py --split train)")
+    return bad
+
 
 def check_start(cfg, fresh):
     """What a fresh run starts from and replaces: not a verifier (unless it trains one), and not a checkpoint

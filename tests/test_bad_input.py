@@ -836,3 +836,27 @@ def test_a_system_prompt_the_format_does_not_use_is_refused_or_noted(run_dir, mo
                   match=f"--system-prompt goes with the chat format: --format {fmt}")
     S.main(["--ckpt", str(run_dir), "--prompt", "x", "--system-prompt", "Be brief.", "--max-new-tokens", "2"])
     assert "--system-prompt is not used: this checkpoint's prompt format is plain" in capsys.readouterr().err
+
+
+def test_test_problems_never_become_training_data(run_dir, tmp_path, monkeypatch):
+    # samples of GSM8K *test* problems (sample.py --eval gsm8k without --split train) are refused as training
+    # data, as the data that picks best.pt, and as rejection sampling's output, by their problems' texts, before
+    # any model is loaded; training problems pass
+    monkeypatch.setattr(train, "build_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(S, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    test_q = data.load_dataset("gsm8k", "test")[5]
+    train_q = data.load_dataset("gsm8k", "train")[5]
+    graded = tmp_path / "graded.jsonl"
+    graded.write_text("".join(json.dumps({"id": q["id"], "prompt": q["prompt"], "response": "It is 3.",
+                                          "gold": q["answer"], "correct": c}) + "\n"
+                              for q in (train_q, test_q) for c in (True, False)))
+    msg = fails(run_train, tmp_path / "v", "--objective=verifier", f"--datasets={graded}", "--eval_samples=0",
+                match="is a problem of gsm8k's test split")
+    assert "graded.jsonl:3" in msg  # the first row of the test problem
+    fails(run_train, tmp_path / "e", f"--eval_dataset={graded}", match="one of gsm8k's test split")
+    ck = str(run_dir / "best.pt")
+    for ev in (["--eval", "gsm8k"], ["--eval", str(graded)]):
+        fails(S.main, ["--ckpt", ck, *ev, "--rft-out", str(tmp_path / "r.jsonl")], match="gsm8k's test problems")
+    assert not (tmp_path / "v").exists() and not (tmp_path / "e").exists() and not (tmp_path / "r.jsonl").exists()
+    assert data.test_problem(data.load_dataset("gsm8k", "train")) is None
+    assert data.test_problem(data.load_dataset("math", "train")) is None
