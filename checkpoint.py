@@ -803,29 +803,29 @@ def tokenizer_of(path_or_hub_id):
     return load_tokenizer(_tokenizer_dir(path) if path else resolve_checkpoint_dir(path_or_hub_id))
 
 
-def has_value_head(path):
-    """Whether one of our checkpoint files holds a verifier's value head, read without its weights (mmap, no
-    checksum: the load checks that); ValueError as load_checkpoint's for a file that cannot be read."""
+def _peek(path, read):
+    """read(state) of one of our checkpoint files without reading its weights (mmap, no checksum: the load
+    checks that); ValueError as load_checkpoint's for a file that cannot be read."""
     try:
-        return bool(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("value_head"))
+        return read(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
     except Exception:
         raise ValueError(f"{path}: cannot be read as a nanomath checkpoint (damaged or truncated, or not a "
                          f"checkpoint file)") from None
+
+
+def has_value_head(path):
+    """Whether one of our checkpoint files holds a verifier's value head."""
+    return _peek(path, lambda state: bool(state.get("value_head")))
 
 
 def model_config_of(path_or_hub_id):
-    """The ModelConfig load_model would build, read without the weights (our checkpoint files with mmap and no
-    checksum, which the load checks; a Hugging Face folder's config.json): for the checks that come before a
-    model is loaded (its context, its layers, the memory of a KV cache)."""
+    """The ModelConfig load_model would build, read without the weights (our checkpoint files; a Hugging Face
+    folder's config.json): for the checks that come before a model is loaded (its context, its layers, the
+    memory of a KV cache)."""
     path = checkpoint_file(path_or_hub_id)
     if path is None:
         return _hf_config(resolve_checkpoint_dir(path_or_hub_id))
-    try:
-        mc = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model_config"]
-        return ModelConfig(**mc)
-    except Exception:
-        raise ValueError(f"{path}: cannot be read as a nanomath checkpoint (damaged or truncated, or not a "
-                         f"checkpoint file)") from None
+    return _peek(path, lambda state: ModelConfig(**state["model_config"]))
 
 
 def load_model(path_or_hub_id, device="cpu", dtype=torch.float32):

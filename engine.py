@@ -162,14 +162,20 @@ class _Slots:
         self.lp = torch.zeros(B, N + 1, device=device)
 
 
+def _sums_kind(sampling, stats):
+    """token_sums' arguments after the logits: the draw's temperature when it is a temperature alone (with
+    top-k or top-p, sample_next sorts and sums the whole vocabulary itself), and whether stats are asked."""
+    plain = sampling.top_k <= 0 and sampling.top_p >= 1.0
+    return (sampling.temperature if plain else 0.0, stats)
+
+
 def _emit(st, rows, logits, stop, sampling, entropy, logprobs, sums_fn=token_sums):
     """Choose the next token of slots `rows` ((n,) long) from their logits (n, V) and record it:
     kept unless it is a stop token or the slot was already done; done once stopped or out of
     budget. The reductions over the vocabulary come from sums_fn (token_sums, compiled in the decode step).
     Static shapes, no sync."""
     n_out = st.n_out[rows]  # (n,)
-    plain = sampling.top_k <= 0 and sampling.top_p >= 1.0  # a temperature alone: token_sums serves the draw
-    sums = sums_fn(logits, sampling.temperature if plain else 0.0, entropy or logprobs)
+    sums = sums_fn(logits, *_sums_kind(sampling, entropy or logprobs))
     m1, s1, sd1 = sums[2:]
     nxt = sample_next(logits, sampling, u=st.u[rows, n_out], sums=sums)  # (n,); u: this step's uniform
     active = ~st.done[rows]
@@ -260,8 +266,7 @@ class Engine:
         """The decode step for this kind of sampling: captured once as a CUDA graph (replayed from then on),
         or called directly (eager, or when a stream needs each step's token)."""
         # the first call compiles; a compiler failure must not stop a run
-        plain = sampling.top_k <= 0 and sampling.top_p >= 1.0  # as _emit calls token_sums
-        kind = (sampling.temperature if plain else 0.0, entropy or logprobs)
+        kind = _sums_kind(sampling, entropy or logprobs)  # as _emit calls token_sums
         if self.compiled and kind not in self.tried:
             self.tried.add(kind)
             try:  # harmless on the state: every slot is free now, and an admitted row is prefilled afresh
