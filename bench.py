@@ -43,6 +43,7 @@ import training
 from checkpoint import load_model, save_pretrained, save_tokenizer
 from engine import Engine, Sampling
 from lora import LoRALinear
+import model as M
 from model import ModelConfig, Transformer, gpu_peak_flops, setup_numerics
 from tokenizer import load_tokenizer
 
@@ -136,15 +137,26 @@ def bench_gen(args):
 
 def _ours(engine, tok, prompts, problems, sampling, rl=False):
     """One timed generation with a warm engine (rl: each token's entropy and log-probability too, as rl.py
-    asks): -> (seconds, new tokens, decode steps, accuracy, samples)."""
+    asks): -> (seconds, new tokens, decode steps, accuracy, samples, seconds of prefill). The prefills (eager,
+    one per batch of admitted prompts) are timed between syncs: the rest of the time is decode steps."""
+    admit, prefill_s = engine._admit, []
+
+    def timed_admit(*a):
+        sync()
+        t = time.time()
+        admit(*a)
+        sync()
+        prefill_s.append(time.time() - t)
+    engine._admit = timed_admit
     sync()
     steps, t0 = engine.steps, time.time()
     samples = engine.generate(prompts, sampling, entropy=rl, logprobs=rl)
     sync()
     dt = time.time() - t0
+    del engine._admit  # the method again
     acc = sum(G.grade(tok.decode(s.ids), p["answer"], truncated=not s.stopped).correct
               for s, p in zip(samples, problems)) / len(problems)
-    return dt, sum(len(s.ids) for s in samples), engine.steps - steps, acc, samples
+    return dt, sum(len(s.ids) for s in samples), engine.steps - steps, acc, samples, sum(prefill_s)
 
 
 def kernel_time(prof):
@@ -204,10 +216,14 @@ def _bench_gen(args, device, dtype, tmp):
     sampling = Sampling(max_new, args.temperature, stop_ids=stop)
     how = f"temperature {args.temperature:g}" if args.temperature > 0 else "greedy"
     how += ", with each token's entropy and log-probability (rl.py's)" if args.logprobs else ""
+    M.DECODE_WITH_TRITON = not args.flash_decode
+    attn = ("masked SDPA" if device != "cuda" else "flash" if args.flash_decode or not M.triton_decode()
+            else "Triton split-KV")
     print(f"data: {args.dataset}/{args.split}, {len(problems)} problems, {fmt} prompts, {how}, <= {max_new} new "
-          f"tokens; cache of {L} positions per slot; compiled decode step captured as a CUDA graph", flush=True)
+          f"tokens; cache of {L} positions per slot; compiled decode step"
+          f"{' captured as a CUDA graph' if device == 'cuda' else ''}, its attention by the {attn} kernel", flush=True)
     print(f"{'slots':>6} {'compile+capture s':>17} {'gen s':>7} {'new tokens':>10} {'tokens/s':>9} {'ms/step':>8} "
-          f"{'bound ms':>9} {'cache GiB':>9} {'accuracy':>9}")
+          f"{'bound ms':>9} {'cache GiB':>9} {'accuracy':>9} {'prefill s':>9}")
     engines = {}
     for slots in args.slots:
         engine = engines[slots] = Engine(model, slots, L, max_new)
@@ -217,13 +233,13 @@ def _bench_gen(args, device, dtype, tmp):
                         logprobs=args.logprobs)
         sync()
         warm = time.time() - t0
-        dt, n_tok, steps, acc, samples = _ours(engine, tok, prompts, problems, sampling, args.logprobs)
+        dt, n_tok, steps, acc, samples, pre = _ours(engine, tok, prompts, problems, sampling, args.logprobs)
         # a step reads the weights and each live row's filled cache positions (on a GPU attention reads no
         # more: model.cache_attention): sequence i reads P_i + t + 1 positions at its t-th step
         reads = sum(len(p) * len(s.ids) + len(s.ids) * (len(s.ids) + 1) // 2 for p, s in zip(prompts, samples))
         bound = (w_bytes + reads / steps * per_pos) / bw * 1e3 if bw else float("nan")
         print(f"{slots:>6} {warm:>17.1f} {dt:>7.2f} {n_tok:>10} {n_tok / dt:>9.0f} {dt / steps * 1e3:>8.2f} "
-              f"{bound:>9.2f} {engine.memory()['cache'] / 2**30:>9.2f} {acc:>9.4f}", flush=True)
+              f"{bound:>9.2f} {engine.memory()['cache'] / 2**30:>9.2f} {acc:>9.4f} {pre:>9.2f}", flush=True)
         if slots != args.slots[-1]:
             engine.free()
     if args.profile and device == "cuda":
@@ -232,7 +248,7 @@ def _bench_gen(args, device, dtype, tmp):
     if not (n_hf and device == "cuda" and importlib.util.find_spec("transformers")):
         return
     slots = args.slots[-1]
-    dt, n_tok, _, acc, samples = _ours(engines[slots], tok, prompts[:n_hf], problems[:n_hf], sampling)
+    dt, n_tok, _, acc, samples, _ = _ours(engines[slots], tok, prompts[:n_hf], problems[:n_hf], sampling)
     engines[slots].free()
     outs, hf_dt = hf_generate(path, prompts[:n_hf], max_new, tok.stop_ids, tok.pad_id, args.hf_batch_size, dtype)
     torch.cuda.empty_cache()
@@ -481,6 +497,8 @@ def main(argv=None):
                    "samples (with --temperature 1: its decode step)")
     g.add_argument("--profile", action="store_true",
                    help="then profile the last slot count's decode step outside its graph: its kernels and their time")
+    g.add_argument("--flash-decode", action="store_true",
+                   help="the decode step's attention by the flash kernel, not the Triton one (decode_attention.py)")
     t = sub.add_parser("train", help="training steps: ours vs the Hugging Face Trainer recipe")
     t.add_argument("--model", default="0.5b", help="0.5b, 1.5b (random weights at that shape) or a checkpoint path")
     t.add_argument("--config", help="take data, rows, batch and checkpointing from this experiment file instead")

@@ -207,12 +207,13 @@ class Engine:
     new tokens at most per sequence. On CUDA the one-token decode step (the model, the sampler and the
     slots' bookkeeping, static shapes, positions in tensors) is captured once as a CUDA graph per kind of
     sampling, each layer compiled into a few fused kernels (model.run_block: one compile serves every
-    layer) around its attention through the cache, which stays eager (model.cache_attention: the new keys
-    and values written in place, and on a GPU the flash kernel's variable-length form, which reads only
-    each row's filled positions); the embedding, masks, final norm and head stay eager too, inside the
-    graph at no launch cost. The sampler's and the statistics' passes over the (B, V) logits are compiled
-    (token_sums: a row max and block sums, no scan over the vocabulary, which inductor failed to generate
-    in torch 2.11); the draw itself searches C block sums, then one block (_invert).
+    layer) around its attention through the cache, which stays eager (model.cache_attention: on a GPU one
+    Triton kernel a layer writes the new key and value in place and attends over each row's filled
+    positions alone, split over programs: decode_attention.py); the embedding, masks, final norm and head
+    stay eager too, inside the graph at no launch cost. The sampler's and the statistics' passes over the
+    (B, V) logits are compiled (token_sums: a row max and block sums, no scan over the vocabulary, which
+    inductor failed to generate in torch 2.11); the draw itself searches C block sums, then one block
+    (_invert).
     Prefills run eagerly, batched across the waiting prompts. Later calls replay the same graph: weights
     the trainer changes in place (an optimizer step, LoRA adapters) are read by the next call as they are,
     with no recapture and no copy of the model (bf16 working copies are recast first). free() gives the

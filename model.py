@@ -15,9 +15,11 @@ Numerics: RMSNorm, rotary angles and the loss are computed in fp32 whatever the 
 softmax happens inside scaled_dot_product_attention (fp32 accumulation in every backend).
 Under autocast, fp32 weights that train can carry working copies in the autocast dtype
 (Transformer.set_working_dtype): the Linear layers multiply by those, recast only when a weight changes.
-Only torch and the standard library are imported here (tests check it).
+Only torch and the standard library are imported here (tests check it); on a GPU, the decode step's attention
+kernel (decode_attention.py, Triton) on first use.
 """
 
+import functools
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -181,6 +183,20 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
+DECODE_WITH_TRITON = True  # False: the flash kernel's variable-length form instead (bench.py gen --flash-decode)
+
+
+@functools.cache
+def triton_decode():
+    """decode_attention.decode_attention, or None without Triton (torch's CUDA builds ship it; CPU and Apple
+    builds do not)."""
+    try:
+        from decode_attention import decode_attention
+    except ImportError:
+        return None
+    return decode_attention
+
+
 @torch.compiler.disable
 def cache_attention(q, k, v, mask, kv, rep):
     """Attention through the KV cache: write this call's keys/values k, v (B, nkv, T, hd) into the static
@@ -193,15 +209,22 @@ def cache_attention(q, k, v, mask, kv, rep):
     kv = (k_buf, v_buf, rows, slots): buffers (B_cache, L, nkv, hd); rows (B, 1) and slots (B, T) long tensors
     (fixed shapes, no Python ints, cf. gpt-fast's input_pos). mask, built once for all layers by hidden():
       - None: a prefill, which needs only its own tokens (causal attention within them; the flash kernel);
-      - (cu_q, cu_k, used): one token per row on a GPU: the flash kernel's variable-length form reads each row's
-        `used` (B,) int32 filled positions and no more, each kv head once for its query group (no mask);
+      - (cu_q, cu_k, used): one token per row on a GPU, every cache row in order (the engine's decode step): the
+        Triton kernel (decode_attention.py) writes the new key and value at used - 1 (= slots) and attends over
+        each row's `used` (B,) int32 filled positions, split over programs, each kv head read once for its
+        query group; without Triton, the flash kernel's variable-length form (its time follows the longest row);
       - else an additive (B, 1, rep*T, L) mask over all L slots of every row (fixed shapes; CPU, fp32)."""
     k_buf, v_buf, rows, slots = kv
+    hd = q.shape[-1]  # the kernel's tiles: a power of two, 16 at least (Qwen's 64 and 128)
+    if (isinstance(mask, tuple) and DECODE_WITH_TRITON and hd >= 16 and hd & (hd - 1) == 0
+            and q.dtype == k_buf.dtype and triton_decode()):
+        y = triton_decode()(q[:, :, 0], k_buf, v_buf, mask[2], k_new=k[:, :, 0], v_new=v[:, :, 0])  # (B, nh, hd)
+        return y[:, :, None]
     k_buf[rows, slots] = k.transpose(1, 2).to(k_buf.dtype)  # the indexed view is (B, T, nkv, hd)
     v_buf[rows, slots] = v.transpose(1, 2).to(v_buf.dtype)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)
-    B, nh, T, hd = q.shape
+    B, nh, T, _ = q.shape
     L, nkv = k_buf.shape[1], k_buf.shape[2]
     if isinstance(mask, tuple):
         cu_q, cu_k, used = mask

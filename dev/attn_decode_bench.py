@@ -13,7 +13,7 @@ rows are filled to different lengths.
          pos + 1 positions (seqused_k), query heads grouped by the kernel itself (no mask, no fold)
   flashp flashv with the 7 query heads of a kv head packed as 7 query rows of one sequence (not causal): each row's
          keys and values are read once per kv head rather than once per query head (the engine's path)
-  triN   dev/decode_attn_triton.py: split-KV decoding in Triton, each program one row, one kv head and N (128,
+  triN   decode_attention.py: split-KV decoding in Triton, each program one row, one kv head and N (128,
          256, 512) positions, all 7 query heads of the kv head in one tile; a second kernel combines the splits
   flex   (--flex) flex_attention (compiled; on CUDA its split-KV decoding kernel) with a BlockMask built from the rows'
          lengths by tensor ops (no host sync, so a CUDA graph can hold it): full blocks unmasked, the row's last
@@ -25,12 +25,16 @@ bandwidth bound for those bytes, and the largest difference from sdpa's output (
 import argparse
 import functools
 import inspect
+import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 
 def sdpa_decode(q, k, v, pos):
@@ -92,8 +96,8 @@ def flash_packed(q, k_bl, v_bl, pos):
 
 
 def triton_decode(q, k_bl, v_bl, pos, split=256):
-    """dev/decode_attn_triton.py: split-KV decoding, each program one row, one kv head, `split` positions."""
-    from decode_attn_triton import decode_attention  # this folder; needs triton (CUDA builds of torch have it)
+    """decode_attention.py: split-KV decoding, each program one row, one kv head, `split` positions."""
+    from decode_attention import decode_attention  # the engine's kernel (needs triton: CUDA builds have it)
     B, nh, _, hd = q.shape
     return decode_attention(q.reshape(B, nh, hd), k_bl, v_bl, (pos + 1).to(torch.int32),
                             split=split).view(B, nh, 1, hd)

@@ -1,6 +1,13 @@
 """Shared fixtures: tiny Hugging Face checkpoints (the reference implementation, test-only) saved in several forms."""
+import os
+
 import pytest
 import torch
+
+# without a GPU, the Triton decode kernel (decode_attention.py) runs in Triton's interpreter on CPU tensors; set
+# before anything imports it (triton.jit reads it when a kernel is defined)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 import transformers
 
 PROMPTS = [[5, 17, 99, 3, 42, 8, 61], [7, 7, 120], [33, 2, 90, 14, 71, 11, 4, 19, 56, 23, 100]]  # lengths 7, 3, 11

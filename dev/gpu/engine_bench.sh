@@ -2,8 +2,11 @@
 # The engine on one H200 (random weights, no transfer). Two calls, chained while the machine is warm:
 #   bash dev/gpu/engine_bench.sh check    engine_check.py at 0.5B, then bench.py gen --slots 64,256,512 (no HF)
 #   bash dev/gpu/engine_bench.sh more     bench.py gen at 1.5B, and 0.5B head-to-head with HF generate (256)
+#   bash dev/gpu/engine_bench.sh real     the real model (after device_convert.sh): the full GSM8K test greedy at 256
+#                                         and 512 slots, head-to-head with HF generate on 256 prompts; then 16 samples
+#                                         a problem at T 0.8 (sample.py, 512 slots)
 #   bash dev/gpu/engine_bench.sh attn     the decode step's attention alone: SDPA, flash (the engine's), Triton split-KV
-#   bash dev/gpu/engine_bench.sh triton   the engine with the Triton kernel patched in: bench.py gen, engine_check.py
+#   bash dev/gpu/engine_bench.sh flash    the engine's attention by the flash kernel instead of Triton's (--flash-decode)
 #   bash dev/gpu/engine_bench.sh profile  where a decode step's time goes, at 64 and 512 slots: its kernels outside the graph
 #   bash dev/gpu/engine_bench.sh rl       rl.py's decode step (temperature 1, entropies and log-probs)
 #                                         against greedy at 256 slots; temperature 0.8 against greedy at 512
@@ -30,12 +33,15 @@ profile)
     timeout 150 python3 bench.py gen --n $slots --slots $slots --hf-n 0 --max-new-tokens 128 --profile 2>&1 | grep -v "$F" \
       | tee -a $OUT/gen_profile.log
   done ;;
+real)
+  M=$HOME/real_model/qwen2.5-coder-0.5b-instruct
+  timeout 300 python3 bench.py gen --model $M --slots 256,512 --hf-n 256 2>&1 | grep -v "$F\|Loading" \
+    | tee $OUT/bench_real.log
+  timeout 250 python3 sample.py --ckpt $M --eval gsm8k --num-samples 16 --temperature 0.8 --batch-size 512 \
+    --out $HOME/k16.jsonl 2>&1 | grep -v "$F" | tail -8 | tee $OUT/real_k16.log ;;
 attn)
   timeout 300 python3 dev/attn_decode_bench.py 2>&1 | grep -v "$F" | tee $OUT/attn_decode.log ;;
-triton)  # the engine with dev/decode_attn_triton.py's kernel in place of flash: bench.py gen, then engine_check.py
-  P="import sys; sys.path[:0] = ['.', 'dev']; import decode_attn_triton as d; d.patch_engine()"
-  timeout 250 python3 -c "$P; import bench; bench.main(['gen', '--n', '512', '--slots', '64,256,512', '--hf-n', '0'])" \
-    2>&1 | grep -v "$F" | tee $OUT/bench_gen_triton.log
-  timeout 150 python3 -c "$P; import runpy; sys.argv = ['engine_check.py', '--model', '0.5b', '--n', '64', '--new', '64'];
-runpy.run_path('dev/engine_check.py', run_name='__main__')" 2>&1 | grep -v "$F" | tee $OUT/engine_check_triton.log ;;
+flash)  # the reference for decode_attention.py's kernel, in the same call as `check`
+  timeout 250 python3 bench.py gen --n 512 --slots 64,256,512 --hf-n 0 --flash-decode 2>&1 | grep -v "$F" \
+    | tee $OUT/bench_gen_flash.log ;;
 esac
