@@ -40,9 +40,9 @@ from engine import Engine, Sampling, engine_bytes, gib, slots_that_fit
 from lora import set_lora_enabled
 from model import Transformer
 from training import (LateValues, RunLog, apply_update, build_model, check_common, check_model_config,
-                      find_resume, forward_backward, generation_eval, improved, lr_at, make_optimizer,
-                      make_out_dir, out_of_time, run_main, run_tokenizer, save_run, setup, teardown,
-                      whole_step, wrap_model)
+                      find_resume, forward_backward, generation_eval, improved, last_saved, lr_at,
+                      make_optimizer, make_out_dir, out_of_time, run_main, run_tokenizer, save_run, setup,
+                      teardown, whole_step, wrap_model)
 
 
 @dataclass
@@ -398,6 +398,7 @@ def train(cfg):
                                cpp_wrapper=cfg.cpp_wrapper)
     opt, params = make_optimizer(model, cfg)
     step, best = restore_training_state(ckpt, model, opt, env.scaler) if ckpt else (0, None)
+    saved = last_saved(ckpt, cfg.out_dir)  # then kept in memory by the loop: the same on every rank
     position = ckpt["data_position"] if ckpt else 0
     engine = Engine(model, cfg.slots, L, max(cfg.max_new_tokens, cfg.eval_max_new_tokens), env.ctx,
                     compile=cfg.compile and env.device.startswith("cuda"))
@@ -490,6 +491,7 @@ def train(cfg):
                 if step % cfg.save_interval == 0 and step != cfg.max_iters:
                     save_run(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt"), step=step, best=best,
                              extra={"data_position": position}, **saving)
+                    saved = step
                 rec["other_s"] = time.time() - t0 - rec["sample_s"] - rec["train_s"]
                 if step % cfg.log_interval == 0 or "eval_accuracy" in rec:
                     log.say(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -499,8 +501,7 @@ def train(cfg):
     except KeyboardInterrupt:
         stop_reason = "interrupted"
         log.say("interrupted: saving a checkpoint before exiting")
-    wait_for_saves()  # the last step's own checkpoint may still be on its way to disk
-    if step == 0 or not os.path.exists(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt")):
+    if saved != step:  # on every rank or none: save_run meets at a barrier (see last_saved)
         save_run(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt"), step=step, best=best,
                  extra={"data_position": position}, **saving)
     wait_for_saves()

@@ -23,9 +23,9 @@ from engine import Sampling, score_examples, verifier_metrics
 from model import PRESETS, gpu_peak_flops
 from training import (LateValues, RunLog, apply_update, build_model, check_common, check_model_config,
                       eval_problems, evaluate_loss, find_resume, forward_backward, generation_eval, improved,
-                      lr_at, make_optimizer, make_out_dir, out_of_time, run_main, run_model_config,
-                      run_tokenizer, save_run, setup, sft_loss, teardown, verifier_loss, whole_model,
-                      whole_step, wrap_model)
+                      last_saved, lr_at, make_optimizer, make_out_dir, out_of_time, run_main,
+                      run_model_config, run_tokenizer, save_run, setup, sft_loss, teardown, verifier_loss,
+                      whole_model, whole_step, wrap_model)
 
 
 @dataclass
@@ -274,6 +274,7 @@ def train(cfg):
                                   cpp_wrapper=cfg.cpp_wrapper)
     opt, params = make_optimizer(model, cfg)
     step, best = restore_training_state(ckpt, model, opt, env.scaler) if ckpt else (0, None)
+    saved = last_saved(ckpt, cfg.out_dir)  # then kept in memory by the loop: the same on every rank
     del ckpt
     saving = dict(model=model, opt=opt, env=env, fsdp=fsdp, part=part, config=dataclasses.asdict(cfg),
                   global_batch=rows_per_step, keep_last=cfg.keep_last)
@@ -342,12 +343,12 @@ def train(cfg):
             if step % cfg.save_interval == 0 and step != total_steps:
                 late.settle()
                 save_run(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt"), step=step, best=best, **saving)
+                saved = step
     except KeyboardInterrupt:
         stop_reason = "interrupted"
         log.say("interrupted: saving a checkpoint before exiting")
     late.settle()
-    wait_for_saves()  # the last step's own checkpoint may still be on its way to disk
-    if step == 0 or not os.path.exists(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt")):
+    if saved != step:  # on every rank or none: save_run meets at a barrier (see last_saved)
         save_run(os.path.join(cfg.out_dir, f"ckpt-{step:06d}.pt"), step=step, best=best, **saving)
     wait_for_saves()
     summary = {"step": step, "stop_reason": stop_reason, "best": best, "time": time.time() - t_start,

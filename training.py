@@ -189,6 +189,15 @@ def make_out_dir(out_dir, replace=False):
     return remove_orphan_tmp(out_dir)
 
 
+def last_saved(ckpt, out_dir):
+    """The step of the last ckpt-*.pt in out_dir when a run starts (-1 if none: a fresh run, or one
+    resumed from another folder); the loop keeps it up to date in memory. Its final save asks that, not the
+    file system: rank 0 writes in the background, so another rank could look before the file is renamed,
+    skip or take the save alone, and wait at its barrier forever."""
+    step = ckpt["step"] if ckpt else -1
+    return step if ckpt and os.path.exists(os.path.join(out_dir, f"ckpt-{step:06d}.pt")) else -1
+
+
 def find_resume(cfg, env, keys, global_batch, batch_name, batch_now):
     """The checkpoint a run continues (None: a fresh run), checked against cfg on `keys` and the global batch
     (checkpoint.load_for_resume). A fresh run will not replace an out_dir that holds one, unless overwrite."""

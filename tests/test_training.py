@@ -164,3 +164,17 @@ def test_working_copies_follow_weights_changed_outside_the_optimizer(one_thread)
         assert torch.equal(m(x), other(x))
     m.set_working_dtype(None)
     assert m.working == [] and m.lm_head.working is None
+
+
+def test_last_saved_is_read_once_at_the_start(tmp_path):
+    # the loops' final save asks last_saved() and then their own memory, never the file system at the end: rank 0
+    # writes checkpoints in the background, and a rank that looked for the file before rank 0 renamed it took the
+    # save alone and waited at its barrier forever
+    from training import last_saved
+    assert last_saved(None, str(tmp_path)) == -1  # a fresh run
+    (tmp_path / "ckpt-000040.pt").write_bytes(b"")
+    assert last_saved({"step": 40}, str(tmp_path)) == 40  # resumed in its own folder: that step is on disk
+    assert last_saved({"step": 40}, str(tmp_path / "elsewhere")) == -1  # resumed into another folder: save it there
+    for script in ("train.py", "rl.py"):
+        src = open(os.path.join(ROOT, script)).read()
+        assert "if saved != step:" in src and 'os.path.exists(os.path.join(cfg.out_dir, f"ckpt' not in src
