@@ -292,6 +292,7 @@ def ours_train(args, folder, steps):
     device, ctx, scaler, _ = setup_numerics("cuda" if cuda else "cpu", "bfloat16")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    torch._inductor.config.cpp_wrapper = args.cpp_wrapper  # before the first compile
     t0 = time.time()
     model, tok, _ = training.build_model(cfg, device, "bfloat16" if cuda else "float32")
     train_ds, _ = data.build_datasets(cfg.datasets, tok, cfg.seq_len, cfg.prompt_format, cfg.pack, cfg.seed,
@@ -317,7 +318,7 @@ def ours_train(args, folder, steps):
         for compiled in (False, True):
             model.uncompile()
             if compiled:
-                model.compile_blocks(activation_budget=cfg.activation_budget, cpp_wrapper=args.cpp_wrapper)
+                model.compile_blocks(activation_budget=cfg.activation_budget)
             model.zero_grad(set_to_none=True)
             loss, _ = training.forward_backward(model, b, ctx, scaler, device)
             g = torch.cat([p.grad.float().flatten() for p in params if p.grad is not None])

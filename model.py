@@ -647,7 +647,7 @@ class Transformer(nn.Module):
         h = x[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
         return torch.sigmoid(self.value_head(h.to(self.value_head[0].weight.dtype)).float())
 
-    def compile_blocks(self, compile=True, activation_budget=1.0, cpp_wrapper=False):
+    def compile_blocks(self, compile=True, activation_budget=1.0):
         """torch.compile each block for the training forward (KV-cache decoding keeps the eager blocks: it has
         its own CUDA graph). One block's code compiles once and serves every layer, so the first step comes in
         seconds, not the minutes a whole-model compile takes; packed rows then run flex attention inside the
@@ -659,17 +659,14 @@ class Transformer(nn.Module):
         partitioner when a block first compiles (a process-wide setting of torch). Ignored when every block is
         checkpointed (grad_checkpointing -1, set it first): only one block's activations exist at a time, and
         the budget would make the recomputation recompute again (the 1.5B config: 1.12 s per step without it,
-        1.63 s with it, on two H100s). cpp_wrapper: inductor's C++ wrapper calls the compiled kernels instead
-        of its Python one; the 0.5B step is bound by Python's kernel launches (H200, bench.py train: 113.5k
-        real tokens/s with it, 96.0k without, in two sessions), and its first step compiles ~75 s longer."""
+        1.63 s with it, on two H100s)."""
         every_block = self.grad_checkpointing < 0 or self.grad_checkpointing >= self.config.n_layer
         torch._functorch.config.activation_memory_budget = 1.0 if every_block else activation_budget
-        opts = {"cpp_wrapper": True} if cpp_wrapper else None
-        self.compiled_blocks = [torch.compile(b, dynamic=False, options=opts) if compile else b for b in self.layers]
+        self.compiled_blocks = [torch.compile(b, dynamic=False) if compile else b for b in self.layers]
         # the loss's per-chunk (n, V) cross-entropy and its gradient as fused kernels instead of eager's
         # upcast copy, log-sum-exp, gather and softmax over fp32 logits. Dynamic in n: a batch's last chunk is
         # shorter, and this way it costs no recompile.
-        self.chunk_ce = torch.compile(self._chunk_ce, dynamic=True, options=opts) if compile else self._chunk_ce
+        self.chunk_ce = torch.compile(self._chunk_ce, dynamic=True) if compile else self._chunk_ce
 
     def uncompile(self):
         """Back to the plain eager path: boolean-mask SDPA for packed rows and the eager loss."""

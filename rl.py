@@ -92,7 +92,6 @@ class Config:
     compile: bool = True            # compiled blocks for the update and a compiled decode step (CUDA only)
     grad_checkpointing: int = 0
     activation_budget: float = 1.0
-    cpp_wrapper: bool = False       # the update's compiled blocks launched from C++ (see train.py)
     dist_timeout: float = 300.0
     # LoRA
     lora_rank: int = 0
@@ -394,8 +393,7 @@ def train(cfg):
                                   assign=True)
         ref_model.requires_grad_(False).eval()
     # bf16 working copies of the fp32 weights: the engine decodes from them, no cast per decode step
-    step_model, _ = wrap_model(model, env, False, cfg.compile, cfg.activation_budget, working=True,
-                               cpp_wrapper=cfg.cpp_wrapper)
+    step_model, _ = wrap_model(model, env, False, cfg.compile, cfg.activation_budget, working=True)
     opt, params = make_optimizer(model, cfg)
     step, best = restore_training_state(ckpt, model, opt, env.scaler) if ckpt else (0, None)
     saved = last_saved(ckpt, cfg.out_dir)  # then kept in memory by the loop: the same on every rank

@@ -70,7 +70,6 @@ class Config:
     compile: bool = True            # torch.compile each block, flex attention for packed rows (CUDA only)
     grad_checkpointing: int = 0     # blocks recomputed in backward: 0 none, n the first n, -1 all
     activation_budget: float = 1.0  # < 1: compiled blocks keep this share of activations, recompute the rest
-    cpp_wrapper: bool = False       # compiled blocks launched from C++: faster 0.5B steps, ~75 s more compile
     fsdp: bool = False              # under torchrun: shard weights, gradients, optimizer state (FSDP2) vs DDP
     dist_timeout: float = 300.0     # under torchrun: seconds for the processes to meet, then a clear error
     # LoRA: adapters on the listed projections, the rest frozen in the compute dtype (lr ~1e-4 vs ~1e-5 full)
@@ -270,8 +269,7 @@ def train(cfg):
     log = RunLog(cfg.out_dir, env.master, ckpt["step"] if ckpt else None, cfg.wandb_project,
                  dataclasses.asdict(cfg), plot_keys=("loss", "val_loss", "eval_accuracy", "verifier_auroc"))
     env.barrier()
-    step_model, fsdp = wrap_model(model, env, cfg.fsdp, cfg.compile, cfg.activation_budget,
-                                  cpp_wrapper=cfg.cpp_wrapper)
+    step_model, fsdp = wrap_model(model, env, cfg.fsdp, cfg.compile, cfg.activation_budget)
     opt, params = make_optimizer(model, cfg)
     step, best = restore_training_state(ckpt, model, opt, env.scaler) if ckpt else (0, None)
     saved = last_saved(ckpt, cfg.out_dir)  # then kept in memory by the loop: the same on every rank

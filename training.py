@@ -408,12 +408,11 @@ def build_model(cfg, device, dtype="float32", value_head=False, freeze=False):
     return model, tok, {"base": base, "lora": lora, "value_head": value_head}
 
 
-def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0, working=False, cpp_wrapper=False):
+def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0, working=False):
     """The module the step calls, and whether it is sharded: under torchrun FSDP2 (each block, then the
     rest, sharded across the ranks; gathered in the compute dtype for each block's forward and backward,
     gradients reduced in fp32; blocks eager) or DDP (gradients as views into its all-reduce buckets: one
-    copy in memory, not two); on CUDA the blocks compiled (flex attention for packed rows; cpp_wrapper: see
-    model.compile_blocks). `model` itself
+    copy in memory, not two); on CUDA the blocks compiled (flex attention for packed rows). `model` itself
     stays the plain module: compiled blocks, DDP and FSDP share its parameters, and its state_dict names
     are the checkpoint's.
     working (unsharded): the fp32 weights that train get working copies in the compute dtype
@@ -433,7 +432,7 @@ def wrap_model(model, env, fsdp=False, compile=True, activation_budget=1.0, work
         return model, True
     model.set_working_dtype(None if env.dtype == "float32" or not working else getattr(torch, env.dtype))
     if compile and env.device.startswith("cuda"):
-        model.compile_blocks(activation_budget=activation_budget, cpp_wrapper=cpp_wrapper)
+        model.compile_blocks(activation_budget=activation_budget)
     if env.world > 1:
         cuda = env.device.startswith("cuda")
         return DDP(model, device_ids=[env.local] if cuda else None, gradient_as_bucket_view=True), False
