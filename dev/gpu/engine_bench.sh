@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The engine on one H200 (random weights, no transfer). Two calls, chained while the machine is warm:
-#   bash dev/gpu/engine_bench.sh check    engine_check.py at 0.5B, then bench.py gen --slots 64,256,512 (no HF)
+#   bash dev/gpu/engine_bench.sh check    engine_check.py at 0.5B (256 prompts: issue 21 asks >= 95% equal answers), then bench.py gen --slots 64,256,512 (no HF)
 #   bash dev/gpu/engine_bench.sh more     bench.py gen at 1.5B, and 0.5B head-to-head with HF generate (256)
 #   bash dev/gpu/engine_bench.sh real     the real model (after device_convert.sh): the full GSM8K test greedy at 256
 #                                         and 512 slots, head-to-head with HF generate on 256 prompts; then 16 samples
@@ -19,7 +19,7 @@ check)
   date +%T
   timeout 280 python3 bench.py gen --n 512 --slots 64,256,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_05b.log
   date +%T
-  timeout 150 python3 dev/engine_check.py --model 0.5b --n 64 --new 64 2>&1 | grep -v "$F" | tee $OUT/engine_check.log
+  timeout 150 python3 dev/engine_check.py --model 0.5b --n 256 --new 64 2>&1 | grep -v "$F" | tee $OUT/engine_check.log
   date +%T ;;
 more)
   timeout 200 python3 bench.py gen --model 1.5b --n 512 --slots 64,512 --hf-n 0 2>&1 | grep -v "$F" | tee $OUT/bench_gen_15b.log
