@@ -215,10 +215,10 @@ def cache_attention(q, k, v, mask, kv, rep):
         query group; without Triton, the flash kernel's variable-length form (its time follows the longest row);
       - else an additive (B, 1, rep*T, L) mask over all L slots of every row (fixed shapes; CPU, fp32)."""
     k_buf, v_buf, rows, slots = kv
+    decode = triton_decode() if isinstance(mask, tuple) and DECODE_WITH_TRITON else None
     hd = q.shape[-1]  # the kernel's tiles: a power of two, 16 at least (Qwen's 64 and 128)
-    if (isinstance(mask, tuple) and DECODE_WITH_TRITON and hd >= 16 and hd & (hd - 1) == 0
-            and q.dtype == k_buf.dtype and triton_decode()):
-        y = triton_decode()(q[:, :, 0], k_buf, v_buf, mask[2], k_new=k[:, :, 0], v_new=v[:, :, 0])  # (B, nh, hd)
+    if decode and hd >= 16 and hd & (hd - 1) == 0 and q.dtype == k_buf.dtype:
+        y = decode(q[:, :, 0], k_buf, v_buf, mask[2], k_new=k[:, :, 0], v_new=v[:, :, 0])  # (B, nh, hd)
         return y[:, :, None]
     k_buf[rows, slots] = k.transpose(1, 2).to(k_buf.dtype)  # the indexed view is (B, T, nkv, hd)
     v_buf[rows, slots] = v.transpose(1, 2).to(v_buf.dtype)
